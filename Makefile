@@ -1,0 +1,43 @@
+# llmctl — the two commands: `make demo` (set up, run the main job end to end on
+# the local site) and `make test` (set up, pass the tests).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Extras the environment installs. torch is pinned to the CPU build on this disk
+# (see pyproject.toml); the MPI extra brings mpi4py and MPICH from PyPI.
+EXTRAS ?= dev,train,mpi
+STAMP  := $(VENV)/.installed-$(subst /,_,$(EXTRAS))
+DEMO   ?= demo
+
+.PHONY: all venv demo test test-unit test-integration bench docs docs-check clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	LLMCTL=$(BIN)/llmctl DEMO_DIR=$(DEMO) bash scripts/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q tests/bench --benchmark-enable --benchmark-only
+
+docs: $(STAMP)
+	$(BIN)/python -m llmctl.docgen write
+
+docs-check: $(STAMP)
+	$(BIN)/python -m llmctl.docgen check
+
+clean:
+	rm -rf $(VENV) $(DEMO) dist build .pytest_cache .benchmarks

@@ -1,0 +1,5 @@
+"""`python -m llmctl` runs the CLI."""
+
+from llmctl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""`llmctl init`: create a project folder."""
+
+from __future__ import annotations
+
+import click
+
+from llmctl.cli.common import json_option, print_json
+
+SIZES = ("tiny", "125m", "1b", "7b", "13b", "30b", "70b")
+
+
+@click.group("init")
+def group() -> None:
+    """Create new projects."""
+
+
+@group.command("scaffold")
+@click.option("--template", type=click.Choice(["gpt", "llama"]), required=True,
+              help="Model architecture template.")
+@click.option("--size", type=click.Choice(SIZES), required=True,
+              help="Model size: published shapes for 7b-70b; tiny/125m/1b train on a CPU.")
+@click.option("--name", required=True, help="Project name (a plain folder name).")
+@click.option("--output-dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Folder in which the project folder is created.")
+@click.option("--site", default=None, help="Site-config (name or path) to copy into the project.")
+@click.option("--force", is_flag=True, help="Write into a non-empty project folder, replacing llmctl's files.")
+@json_option
+def scaffold(template: str, size: str, name: str, output_dir: str, site: str | None,
+             force: bool, as_json: bool) -> None:
+    """Create a project: model, hardware, training, data and eval configs.
+
+    \b
+    Example:
+      llmctl init scaffold --template llama --size 7b --name llama-experiment
+    """
+    from llmctl.scaffold import scaffold_project
+
+    result = scaffold_project(template=template, size=size, name=name, output_dir=output_dir,
+                              site=site, force=force)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"created {result['project_dir']} ({result['model']['name']}: "
+               f"{result['model']['parameters_human']} parameters)")
+    for f in result["files"]:
+        click.echo(f"  {f}")
+    click.echo("next:")
+    click.echo(f"  cd {result['project_dir']}")
+    click.echo("  llmctl hw probe --emit configs/hw/local.toml")

@@ -1,0 +1,38 @@
+"""Serve config (TOML): the OpenAI-compatible server's settings."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import Field
+
+from llmctl.config.base import StrictModel
+
+
+class ServeConfig(StrictModel):
+    """Server settings; every key can also be given as a flag of `llmctl serve start`."""
+
+    artifact: Optional[str] = None
+    """Model artifact folder (from `llmctl export`)."""
+    host: str = "127.0.0.1"
+    """Address to bind (loopback unless told otherwise)."""
+    port: int = Field(8080, ge=1, le=65535)
+    """Port to bind."""
+    scheduler: str = "vllm-like"
+    """Batching scheduler: vllm-like, fcfs, or a plugin name."""
+    max_batch_tokens: int = Field(8192, gt=0)
+    """Token budget of one engine step."""
+    max_tokens_limit: int = Field(2048, gt=0)
+    """Largest max_tokens a request may ask for."""
+    max_prompt_tokens: int = Field(4096, gt=0)
+    """Longest prompt accepted."""
+    max_queue: int = Field(256, gt=0)
+    """Waiting requests before answering 429."""
+    kv_block_size: int = Field(16, gt=0)
+    """Tokens per KV-cache block."""
+    kv_blocks: Optional[int] = Field(None, gt=0)
+    """KV-cache blocks (default: sized from free memory)."""
+    api_key_env: Optional[str] = None
+    """Environment variable holding the bearer key (no auth when unset)."""
+    dtype: str = "auto"
+    """Weights dtype: auto, bf16, fp16, fp32."""

@@ -1,0 +1,236 @@
+"""Site-config: one TOML per cluster, kept by the site's admins.
+
+It says how to ask the cluster for resources (scheduler, partitions and their node
+shape, account, QoS, GPU request syntax), what to load (modules, container), which
+environment to set (NCCL and InfiniBand settings), and where the shared
+filesystems are. Job rendering reads it; `llmctl site check` validates it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from llmctl.config.base import StrictModel
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
+
+
+def parse_time_limit(text: str) -> int:
+    """SLURM-style time limit to seconds: 'MM', 'HH:MM:SS', 'D-HH', 'D-HH:MM:SS'.
+
+    Raises ValueError with the accepted forms when `text` is none of them.
+    """
+    m = _TIME.match(text.strip())
+    if not m:
+        raise ValueError(f"time limit {text!r} is not MM, HH:MM:SS or D-HH:MM:SS")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, seconds = int(a), int(b or 0), int(c or 0)
+        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
+    elif b is None:  # MM
+        total = int(a) * 60
+    elif c is None:  # MM:SS
+        total = int(a) * 60 + int(b)
+    else:  # HH:MM:SS
+        total = int(a) * 3600 + int(b) * 60 + int(c)
+    if total <= 0:
+        raise ValueError(f"time limit {text!r} must be positive")
+    return total
+
+
+class Partition(StrictModel):
+    """A partition (SLURM) or queue (PBS) and the shape of its nodes."""
+
+    nodes: int = Field(1, gt=0)
+    """Nodes in the partition."""
+    max_nodes: Optional[int] = Field(None, gt=0)
+    """Most nodes one job may ask for (default: all of them)."""
+    gpus_per_node: int = Field(0, ge=0)
+    """GPUs on each node."""
+    gpu_model: Optional[str] = None
+    """GPU model as NVML names it, e.g. `NVIDIA H100 80GB HBM3` (looked up in the accelerator table)."""
+    gpu_type: Optional[str] = None
+    """GRES type to request, e.g. `a100` in `--gres=gpu:a100:8` (omit for untyped GRES)."""
+    cpus_per_node: int = Field(1, gt=0)
+    """CPU cores on each node."""
+    memory_gb: float = Field(gt=0)
+    """Host memory on each node in GB."""
+    max_time: str = "24:00:00"
+    """Longest time limit a job may ask for."""
+    default_time: Optional[str] = None
+    """Time limit used when the job does not say (default: max_time)."""
+    constraint: Optional[str] = None
+    """Node feature constraint added to every job (`--constraint`)."""
+    exclusive: bool = False
+    """Ask for whole nodes (`--exclusive`)."""
+
+    @field_validator("max_time", "default_time")
+    @classmethod
+    def _time(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            parse_time_limit(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "Partition":
+        if self.max_nodes is not None and self.max_nodes > self.nodes:
+            raise ValueError(f"max_nodes ({self.max_nodes}) exceeds nodes ({self.nodes})")
+        if self.default_time and parse_time_limit(self.default_time) > parse_time_limit(self.max_time):
+            raise ValueError(f"default_time {self.default_time} exceeds max_time {self.max_time}")
+        if self.gpu_model and not self.gpus_per_node:
+            raise ValueError("gpu_model is set but gpus_per_node is 0")
+        return self
+
+
+class Container(StrictModel):
+    """Run the job inside a container."""
+
+    runtime: Literal["none", "apptainer", "singularity", "pyxis", "kubernetes"] = "none"
+    """apptainer/singularity (`exec --nv`), pyxis (`srun --container-image`), or kubernetes."""
+    image: Optional[str] = None
+    """Image: a .sif path, a registry reference, or a squashfs file."""
+    mounts: list[str] = []
+    """Bind mounts as `SRC:DST` (or `SRC:DST:ro`)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Container":
+        if self.runtime != "none" and not self.image:
+            raise ValueError(f"runtime {self.runtime!r} needs an image")
+        for m in self.mounts:
+            if ":" not in m:
+                raise ValueError(f"mount {m!r} is not SRC:DST")
+        return self
+
+
+class Network(StrictModel):
+    """The inter-node network."""
+
+    inter_node: str = "none"
+    """`InfiniBand`, `RoCE`, `Ethernet`, or `none` for a single node."""
+    inter_node_bw_gbps: Optional[float] = Field(None, gt=0)
+    """Per-node injection bandwidth in GB/s (one direction), e.g. 4×HDR200 = 100."""
+    intra_node: Optional[str] = None
+    """GPU-to-GPU link inside a node, e.g. `NVLink`, `PCIe`."""
+
+
+class Filesystems(StrictModel):
+    """Shared filesystems, as seen from every node."""
+
+    home: Optional[str] = None
+    """Home directories."""
+    shared: Optional[str] = None
+    """Shared project space (code, configs)."""
+    scratch: Optional[str] = None
+    """Fast scratch for data and checkpoints."""
+    checkpoints: Optional[str] = None
+    """Default root for checkpoints (default: the run folder)."""
+
+
+class Mail(StrictModel):
+    """Scheduler mail."""
+
+    user: str
+    """Address to mail."""
+    types: list[Literal["BEGIN", "END", "FAIL", "REQUEUE", "ALL", "TIME_LIMIT"]] = ["FAIL"]
+    """Events that send mail."""
+
+
+class Kubernetes(StrictModel):
+    """Kubernetes settings (scheduler = 'k8s')."""
+
+    namespace: str = "default"
+    """Namespace the job runs in."""
+    job_kind: Literal["indexed-job", "pytorchjob", "jobset"] = "indexed-job"
+    """An indexed batch/v1 Job (one pod per node), a Kubeflow PyTorchJob, or a JobSet."""
+    gpu_resource: str = "nvidia.com/gpu"
+    """Extended resource name for GPUs."""
+    service_account: Optional[str] = None
+    """Service account for the pods."""
+    image_pull_secret: Optional[str] = None
+    """Secret to pull the image."""
+    pvc: Optional[str] = None
+    """PersistentVolumeClaim mounted at the shared path."""
+    node_selector: dict[str, str] = {}
+    """Node labels the pods must match."""
+
+
+class SiteConfig(StrictModel):
+    """A cluster: how to ask it for resources and what to run on it."""
+
+    name: str = Field(min_length=1)
+    """Short name, used by `--site NAME`."""
+    description: str = ""
+    """One line for `llmctl site list`."""
+    scheduler: Literal["slurm", "pbs", "mpi", "local", "k8s"]
+    """Batch system: slurm, pbs, mpi (mpirun over a hostfile), local (this machine), k8s."""
+    pbs_dialect: Literal["pbspro", "torque"] = "pbspro"
+    """PBS only: PBS Pro (`-l select=`) or Torque (`-l nodes=:ppn=`)."""
+    default_partition: str
+    """Partition used when a job names none."""
+    partitions: dict[str, Partition] = Field(min_length=1)
+    """Partitions (SLURM) or queues (PBS) by name."""
+    account: Optional[str] = None
+    """Account to charge (`--account` / `-A`)."""
+    qos: Optional[str] = None
+    """Quality of service (`--qos`)."""
+    gpu_request: Literal["gres", "gpus-per-node", "none"] = "gres"
+    """How GPUs are requested: `--gres=gpu:N`, `--gpus-per-node=N`, or not at all."""
+    launcher: Literal["srun", "torchrun", "mpirun"] = "srun"
+    """How ranks start inside the allocation: one srun task per GPU, one torchrun per node, or mpirun."""
+    modules: list[str] = []
+    """Environment modules to `module load`, in order."""
+    module_purge: bool = False
+    """Run `module purge` before loading."""
+    setup: list[str] = []
+    """Extra shell lines run before the job (e.g. activating a venv). Reviewed by admins: not quoted."""
+    container: Container = Container()
+    """Container runtime and image."""
+    env: dict[str, str] = {}
+    """Environment for every job (e.g. NCCL_IB_HCA, NCCL_SOCKET_IFNAME)."""
+    debug_env: dict[str, str] = {}
+    """Environment added only with `--debug-env` (e.g. NCCL_DEBUG=INFO)."""
+    extra_directives: list[str] = []
+    """Extra scheduler directives, e.g. `--reservation=llm` (each becomes one #SBATCH/#PBS line)."""
+    network: Network = Network()
+    """Inter-node network."""
+    filesystems: Filesystems = Filesystems()
+    """Shared filesystems."""
+    mail: Optional[Mail] = None
+    """Scheduler mail settings."""
+    requeue_grace_s: int = Field(120, ge=0)
+    """Seconds between the preemption signal and the kill: the time to checkpoint."""
+    kubernetes: Optional[Kubernetes] = None
+    """Kubernetes settings (scheduler = 'k8s')."""
+
+    @field_validator("env", "debug_env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not _ENV_NAME.match(k)]
+        if bad:
+            raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "SiteConfig":
+        if self.default_partition not in self.partitions:
+            raise ValueError(
+                f"default_partition {self.default_partition!r} is not one of the partitions: "
+                f"{', '.join(self.partitions)}")
+        if self.container.runtime == "pyxis" and self.scheduler != "slurm":
+            raise ValueError("container.runtime 'pyxis' works only with scheduler 'slurm'")
+        if (self.container.runtime == "kubernetes") != (self.scheduler == "k8s"):
+            raise ValueError("container.runtime 'kubernetes' goes with scheduler 'k8s' and only with it")
+        if self.scheduler == "k8s" and self.kubernetes is None:
+            self.kubernetes = Kubernetes()
+        has_gpus = any(p.gpus_per_node for p in self.partitions.values())
+        if has_gpus and self.gpu_request == "none" and self.scheduler in ("slurm", "pbs"):
+            raise ValueError("partitions have GPUs but gpu_request is 'none'; use 'gres' or 'gpus-per-node'")
+        return self
+
+    def partition(self, name: Optional[str] = None) -> Partition:
+        """The named partition, or the default one."""
+        return self.partitions[name or self.default_partition]

@@ -1,0 +1,146 @@
+"""Training config (TOML): model, optimizer, parallel layout, data, schedule, checkpoints.
+
+The seed's sections `[model]`, `[optimizer]`, `[parallel]` keep their keys; `[data]`,
+`[schedule]`, `[checkpoint]` and `[training]` complete a run. Precedence, stated
+once for all of llmctl: command-line flag > job file > site-config > defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from llmctl.config.base import StrictModel
+
+
+class ModelRef(StrictModel):
+    """Which model to train."""
+
+    name: str
+    """Model name (matches the model config's `name`)."""
+    config_file: str
+    """Path to the model config JSON, relative to the project folder."""
+
+
+class Optimizer(StrictModel):
+    """The optimizer."""
+
+    type: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimizer type."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas."""
+    eps: float = Field(1e-8, gt=0)
+    """Adam epsilon."""
+    weight_decay: float = Field(0.1, ge=0)
+    """Decoupled weight decay."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this (0 = off)."""
+
+    @model_validator(mode="after")
+    def _betas(self) -> "Optimizer":
+        for b in self.betas:
+            if not 0 <= b < 1:
+                raise ValueError(f"betas must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class Parallel(StrictModel):
+    """Parallel layout; with strategy 'auto' the plan decides what is not given."""
+
+    strategy: Literal["auto", "manual", "ddp", "fsdp", "deepspeed"] = "auto"
+    """auto: take the plan; manual: use the degrees below; or force a data-parallel engine."""
+    zero_stage: int = Field(0, ge=0, le=3)
+    """ZeRO stage (0-3)."""
+    micro_batch_size: int = Field(1, gt=0)
+    """Sequences per micro-batch per GPU."""
+    global_batch_size: int = Field(8, gt=0)
+    """Sequences per optimizer step over all data-parallel ranks."""
+    tp: int = Field(1, gt=0)
+    """Tensor-parallel degree."""
+    pp: int = Field(1, gt=0)
+    """Pipeline-parallel degree."""
+    cp: int = Field(1, gt=0)
+    """Context-parallel degree."""
+
+
+class DataRef(StrictModel):
+    """Training data."""
+
+    config_file: Optional[str] = None
+    """Data config TOML (what `llmctl data prepare` reads)."""
+    seq_len: int = Field(2048, gt=0)
+    """Tokens per training sequence."""
+
+
+class Schedule(StrictModel):
+    """Learning-rate schedule."""
+
+    type: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay shape after warm-up."""
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warm-up steps."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate as a fraction of the peak."""
+
+
+class Checkpoint(StrictModel):
+    """Checkpointing."""
+
+    dir: str = "checkpoints"
+    """Checkpoint folder (relative to the project, or absolute)."""
+    interval_steps: int = Field(1000, gt=0)
+    """Save every N steps (and on preemption)."""
+    keep_last: int = Field(3, gt=0)
+    """Checkpoints to keep."""
+
+
+class Training(StrictModel):
+    """The run itself."""
+
+    max_steps: int = Field(1000, gt=0)
+    """Optimizer steps to train."""
+    seed: int = Field(1234, ge=0)
+    """Seed for parameters, data order and dropout."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU."""
+    eval_interval: int = Field(500, gt=0)
+    """Validation loss every N steps."""
+    eval_batches: int = Field(20, gt=0)
+    """Batches per validation."""
+    log_interval: int = Field(10, gt=0)
+    """Metrics line every N steps."""
+
+
+class TrainConfig(StrictModel):
+    """A training config (TOML)."""
+
+    model: ModelRef
+    """The model to train."""
+    optimizer: Optimizer = Optimizer()
+    """Optimizer settings."""
+    parallel: Parallel = Parallel()
+    """Parallel layout."""
+    data: DataRef = DataRef()
+    """Training data."""
+    schedule: Schedule = Schedule()
+    """Learning-rate schedule."""
+    checkpoint: Checkpoint = Checkpoint()
+    """Checkpointing."""
+    training: Training = Training()
+    """Run length, seed, precision, logging."""
+
+    @model_validator(mode="after")
+    def _batches(self) -> "TrainConfig":
+        p = self.parallel
+        if p.global_batch_size % p.micro_batch_size:
+            raise ValueError(
+                f"parallel.global_batch_size ({p.global_batch_size}) is not a multiple of "
+                f"parallel.micro_batch_size ({p.micro_batch_size})")
+        if self.schedule.warmup_steps > self.training.max_steps:
+            raise ValueError(
+                f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds "
+                f"training.max_steps ({self.training.max_steps})")
+        return self

@@ -1,0 +1,145 @@
+"""`llmctl init scaffold`: write a new project folder.
+
+The whole project is built in a hidden temporary folder next to the target and
+moved into place at the end, so a failure never leaves a half-written project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from llmctl import __version__
+from llmctl.errors import LlmctlError
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+# The example hardware profile the seed README's plan example uses (8×A100-80GB SXM):
+# 312 TFLOP/s dense bf16 and 1935 GB/s per GPU, NVLink 3 (300 GB/s per direction),
+# 8×HDR200 InfiniBand per node (200 GB/s).
+A100X8_PROFILE = {
+    "gpu": {"count": 8, "devices": [{"id": i, "name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80.0}
+                                    for i in range(8)]},
+    "interconnect": {"intra_node": "NVLink", "inter_node": "InfiniBand"},
+    "limits": {"estimated_flops": 2.496e15, "memory_bw_gbps": 15480.0,
+               "intra_node_bw_gbps": 300.0, "inter_node_bw_gbps": 200.0},
+    "notes": ["example profile from datasheet numbers; run `llmctl hw probe` on a real node"],
+}
+
+
+def check_project_name(name: str) -> str:
+    """Accept only plain folder names: no path separators, '..', spaces or shell characters."""
+    if not _SAFE_NAME.match(name) or ".." in name:
+        raise LlmctlError(
+            f"unsafe project name {name!r}",
+            hint="use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                 "(no path separators, '..', spaces or shell characters)",
+        )
+    return name
+
+
+def project_files(template: str, size: str, name: str, site_path: Path | None) -> tuple[dict[str, str], Any]:
+    """(relative path -> file content, validated ModelConfig) for a new project."""
+    from llmctl.config.base import validate_data
+    from llmctl.config.model import ModelConfig
+    from llmctl.plan.params import human_count
+    from llmctl.presets import TRAINING, model_fields, source
+    from llmctl.render import render
+
+    model = validate_data(model_fields(template, size), ModelConfig, f"preset {template}-{size}")
+    model_file_name = f"{template}-{size}.json"
+    t = TRAINING[size]
+    seq_len = t.get("seq_len", model.max_seq_len)
+    ctx = dict(
+        name=name, version=__version__, model_name=model.name,
+        model_file=f"configs/models/{model_file_name}", model_file_name=model_file_name,
+        parameters=human_count(model.num_parameters()), source=source(template, size),
+        t=t, seq_len=seq_len, vocab_size=model.vocab_size,
+        site=site_path.stem if site_path else None,
+    )
+    import tomli_w
+
+    files = {
+        "README.md": render("scaffold/README.md.j2", **ctx),
+        f"configs/models/{model_file_name}": json.dumps(model.to_data(), indent=2) + "\n",
+        "configs/hw/a100x8.toml": "# Example hardware profile (8x A100-80GB SXM, datasheet numbers).\n"
+                                  + tomli_w.dumps(A100X8_PROFILE),
+        "configs/train.toml": render("scaffold/train.toml.j2", **ctx),
+        "configs/data/example.toml": render("scaffold/data.toml.j2", **ctx),
+        "configs/eval/lm-eval-harness.toml": render("scaffold/eval-suite.toml.j2", **ctx),
+        "configs/serve.toml": render("scaffold/serve.toml.j2", **ctx),
+        "plans/.gitkeep": "",
+        "checkpoints/.gitkeep": "",
+        "site-configs/.gitkeep": "",
+        ".gitignore": "checkpoints/*\n!checkpoints/.gitkeep\ndata/\nruns/\n",
+    }
+    if site_path is not None:
+        files[f"site-configs/{site_path.name}"] = site_path.read_text(encoding="utf-8")
+    return files, model
+
+
+def scaffold_project(*, template: str, size: str, name: str, output_dir: str | os.PathLike = ".",
+                     site: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Create the project folder `output_dir/name`; returns what was written."""
+    from llmctl.presets import MODELS
+
+    check_project_name(name)
+    if (template, size) not in MODELS:
+        sizes = sorted({s for t, s in MODELS if t == template})
+        raise LlmctlError(f"no {template} preset of size {size!r}; sizes: {', '.join(sizes)}")
+    site_path = None
+    if site is not None:
+        from llmctl.sites import load_site
+
+        _, site_path = load_site(site)  # validates it, so the project never carries a broken one
+
+    out = Path(output_dir)
+    target = out / name
+    if target.exists() and not target.is_dir():
+        raise LlmctlError(f"{target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise LlmctlError(f"{target} exists and is not empty",
+                          hint="choose another --name or --output-dir, or pass --force to overwrite llmctl's files")
+    files, model = project_files(template, size, name, site_path)
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".scaffold", dir=out))
+    except OSError as e:
+        raise LlmctlError(f"cannot create {target}: {e.strerror or e}") from e
+    try:
+        for rel, content in files.items():
+            p = staging / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(content, encoding="utf-8")
+        if not target.exists():
+            os.rename(staging, target)
+        else:
+            if not any(target.iterdir()):
+                target.rmdir()
+                os.rename(staging, target)
+            else:  # --force: replace llmctl's files one by one, keep the user's others
+                for rel in files:
+                    dst = target / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staging / rel, dst)
+    except OSError as e:
+        raise LlmctlError(f"cannot write {target}: {e.strerror or e}") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    from llmctl.plan.params import human_count
+
+    n = model.num_parameters()
+    return {
+        "project_dir": str(target),
+        "files": sorted(files),
+        "model": {"name": model.name, "file": f"configs/models/{template}-{size}.json",
+                  "parameters": n, "parameters_human": human_count(n)},
+        "site": site_path.stem if site_path else None,
+    }
