@@ -1,0 +1,58 @@
+"""Shared fixtures and the skip policy.
+
+A test that needs SLURM, MPI or a GPU skips cleanly where it is missing; CI sets
+LLMCTL_REQUIRE_SLURM=1 / LLMCTL_REQUIRE_MPI=1 so that those skips become failures
+for what CI can run. Use `needs("slurm", available, why)` rather than pytest.skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+def needs(what: str, available: bool, why: str = "") -> None:
+    """Skip unless `available`; fail instead when LLMCTL_REQUIRE_<WHAT>=1 is set."""
+    if available:
+        return
+    msg = f"{what} not available{': ' + why if why else ''}"
+    if os.environ.get(f"LLMCTL_REQUIRE_{what.upper()}", "") not in ("", "0"):
+        pytest.fail(f"{msg} (LLMCTL_REQUIRE_{what.upper()} is set)")
+    pytest.skip(msg)
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real `llmctl` entry point in a subprocess (as a user would)."""
+    full_env = dict(os.environ)
+    full_env.pop("LLMCTL_DEBUG", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "llmctl", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    """Call the CLI in a subprocess: cli('site', 'list', cwd=...)."""
+    return run_cli
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test inside an empty temporary folder."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
