@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import click
 
@@ -60,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except LlmctlError as e:
         if debug:
+            import traceback
+
             traceback.print_exc()
         click.echo(e.render(), err=True)
         return e.exit_code

@@ -1,0 +1,71 @@
+"""Parameter counts against published figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmctl.config.model import ModelConfig
+from llmctl.plan.params import count_parameters
+from llmctl.presets import MODELS, model_fields
+
+
+def model(**kw) -> ModelConfig:
+    return ModelConfig.model_validate({"name": "m", **kw})
+
+
+@pytest.mark.parametrize("size,published_b", [("7b", 6.74), ("13b", 13.0), ("70b", 69.0)])
+def test_llama2_published_counts(size, published_b):
+    # Touvron et al. 2023 / Meta's model cards: 6,738,415,616; 13,015,864,320; 68,976,648,192.
+    n = count_parameters(model(**model_fields("llama", size))).total
+    assert round(n / 1e9, 2 if size == "7b" else 1) == published_b
+
+
+def test_llama2_7b_exact():
+    # The exact count of the released checkpoint (sum of numel over consolidated.00.pth).
+    assert count_parameters(model(**model_fields("llama", "7b"))).total == 6_738_415_616
+
+
+# Narayanan et al. 2021, Table 1: (billions, layers, hidden, heads) with V = 51200, s = 2048.
+NARAYANAN = [(1.7, 24, 2304, 24), (3.6, 30, 3072, 32), (7.5, 36, 4096, 32), (18.4, 40, 6144, 48),
+             (39.1, 48, 8192, 64), (76.1, 60, 10240, 80), (145.6, 80, 12288, 96),
+             (310.1, 96, 16384, 128), (529.6, 105, 20480, 128), (1008.0, 128, 25600, 160)]
+
+
+@pytest.mark.parametrize("billions,layers,hidden,heads", NARAYANAN)
+def test_narayanan_table1_as_printed(billions, layers, hidden, heads):
+    # The table prints billions to one decimal; the count must round to that figure,
+    # and land within 1% wherever the rounding itself allows it (>= 7.5B).
+    cfg = model(template="gpt", layers=layers, hidden=hidden, heads=heads, vocab_size=51200, max_seq_len=2048)
+    n = count_parameters(cfg).total / 1e9
+    assert round(n, 1) == billions
+    if billions >= 7.5:
+        assert abs(n - billions) / billions < 0.01
+
+
+def test_gpt_matches_narayanan_equation_2_plus_final_norm():
+    l, h, V, s = 36, 4096, 51200, 2048
+    cfg = model(template="gpt", layers=l, hidden=h, heads=32, vocab_size=V, max_seq_len=s)
+    eq2 = 12 * l * h * h * (1 + 13 / (12 * h) + (V + s) / (12 * l * h))
+    assert count_parameters(cfg).total == round(eq2) + 2 * h  # eq. 2 leaves out the final LayerNorm
+
+
+def test_gqa_shrinks_only_kv_projections():
+    mha = count_parameters(model(template="llama", layers=1, hidden=512, heads=8, ffn=1024, vocab_size=10))
+    gqa = count_parameters(model(template="llama", layers=1, hidden=512, heads=8, kv_heads=2, ffn=1024,
+                                 vocab_size=10))
+    # k and v projections go from 512x512 to 512x128 each
+    assert mha.per_layer - gqa.per_layer == 2 * (512 * 512 - 512 * 128)
+
+
+def test_tied_head_counted_once():
+    untied = count_parameters(model(template="llama", layers=2, hidden=64, heads=4, vocab_size=1000))
+    tied = count_parameters(model(template="llama", layers=2, hidden=64, heads=4, vocab_size=1000,
+                                  tie_embeddings=True))
+    assert untied.total - tied.total == 1000 * 64
+
+
+@pytest.mark.parametrize("template,size", sorted(MODELS))
+def test_every_preset_is_valid_and_near_its_label(template, size):
+    n = count_parameters(model(**model_fields(template, size))).total
+    label = {"tiny": 1.3e6, "125m": 125e6, "1b": 1.1e9, "7b": 7e9, "13b": 13e9, "30b": 30e9, "70b": 70e9}[size]
+    assert 0.7 * label < n < 1.3 * label
