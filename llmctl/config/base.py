@@ -135,8 +135,10 @@ def format_validation_error(err: ValidationError, model: type[BaseModel]) -> lis
                 msg = msg[len("Value error, "):]
             elif msg.startswith("Assertion failed, "):
                 msg = msg[len("Assertion failed, "):]
-            shown = "" if kind.endswith("_error") and "value" in msg.lower() else _short_input(e.get("input"))
-            lines.append(f"{key_path(loc)}: {msg}{shown}")
+            # A rule of the model's own (value/assertion error) already names its keys
+            # and values; echoing the input would print the whole table.
+            shown = "" if kind in ("value_error", "assertion_error") else _short_input(e.get("input"))
+            lines.append(f"{key_path(loc)}: {msg}{shown}" if loc else f"{msg}{shown}")
     return lines
 
 
