@@ -9,7 +9,7 @@ EXTRAS ?= dev,train,mpi
 STAMP  := $(VENV)/.installed-$(subst /,_,$(EXTRAS))
 DEMO   ?= demo
 
-.PHONY: all venv demo test test-unit test-integration bench docs docs-check clean
+.PHONY: all venv demo test test-unit bench docs docs-check services services-down clean
 
 all: test
 
@@ -24,8 +24,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	LLMCTL=$(abspath $(BIN))/llmctl DEMO_DIR=$(DEMO) bash scripts/demo.sh
 
-test: $(STAMP)
+test: $(STAMP) services
 	$(BIN)/python -m pytest -q
+
+# The local SLURM cluster the integration tests submit to (Debian packages; needs
+# root). Without root the SLURM tests skip, unless LLMCTL_REQUIRE_SLURM=1.
+services:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  bash scripts/slurm-local.sh up; \
+	else echo "not root: not starting the local SLURM cluster (its tests will skip)"; fi
+
+services-down:
+	bash scripts/slurm-local.sh down
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llmctl.cli.common import json_option, not_implemented
+from llmctl.cli.common import json_option, print_json, print_table
 
 
 @click.group("job")
@@ -17,15 +17,38 @@ def group() -> None:
 @click.option("--allow-edited", is_flag=True, help="Submit even if the script changed since rendering.")
 def submit(run_dir, allow_edited) -> None:
     """Submit a reviewed run folder exactly as rendered."""
-    not_implemented("job submit", 5)
+    from llmctl.jobs.launch import submit_run
+
+    run, job_id = submit_run(run_dir, allow_edited=allow_edited)
+    click.echo(f"submitted job {job_id}: {run.path}")
 
 
 @group.command("status")
 @click.argument("run", required=False)
 @json_option
 def status(run, as_json) -> None:
-    """Show a job's state."""
-    not_implemented("job status", 5)
+    """Show a job's state (RUN: run folder or job id; none: every job)."""
+    from llmctl.jobs import track
+
+    if run is None:
+        rows = []
+        for e in track.list_jobs():
+            if e["present"]:
+                try:
+                    rows.append(track.status(e["run_dir"]))
+                except Exception as err:  # one broken entry must not hide the others
+                    rows.append({**e, "state": f"? ({err})"})
+        if as_json:
+            print_json(rows)
+        else:
+            print_table(rows, ["job_id", "backend", "state", "restarts", "name", "run_dir"])
+        return
+    st = track.status(run)
+    if as_json:
+        print_json(st)
+    else:
+        click.echo(f"{st['job_id']} {st['state']} restarts={st['restarts']} "
+                   f"exit={st.get('exit_code') or '-'} {st['run_dir']}")
 
 
 @group.command("logs")
@@ -33,18 +56,39 @@ def status(run, as_json) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 def logs(run, follow) -> None:
     """Print a job's logs."""
-    not_implemented("job logs", 5)
+    from llmctl.jobs import track
+
+    if follow:
+        for chunk in track.follow(run):
+            click.echo(chunk, nl=False)
+        return
+    files = track.log_files(run)
+    if not files:
+        click.echo("(no logs yet)", err=True)
+    for f in files:
+        if len(files) > 1:
+            click.echo(f"==> {f} <==")
+        click.echo(f.read_text(encoding="utf-8", errors="replace"), nl=False)
 
 
 @group.command("cancel")
 @click.argument("run")
 def cancel(run) -> None:
     """Cancel a job."""
-    not_implemented("job cancel", 5)
+    from llmctl.jobs import track
+
+    st = track.cancel(run)
+    click.echo(f"{st['job_id']} {st['state']}")
 
 
 @group.command("list")
 @json_option
 def list_(as_json) -> None:
     """List jobs llmctl knows about."""
-    not_implemented("job list", 5)
+    from llmctl.jobs import track
+
+    rows = track.list_jobs()
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, ["job_id", "backend", "name", "submitted", "run_dir"])

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import click
+import shlex
+import sys
 
-from llmctl.cli.common import not_implemented
+import click
 
 LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
 
@@ -16,17 +17,41 @@ def group() -> None:
 
 @group.command("launch")
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="Plan file.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Training config (TOML).")
+@click.option("--config", "config_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="Training config (TOML). Repeat it for a job array: one task per config.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Data config (TOML).")
 @click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True,
               help="Where the job runs.")
 @click.option("--site", default=None, help="Site-config (name or path).")
+@click.option("--partition", help="Partition or queue (default: the site's).")
 @click.option("--nodes", type=click.IntRange(min=1), help="Nodes.")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs per node.")
 @click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
 @click.option("--name", help="Job name.")
-@click.option("--after", help="Start after this job id completes (afterok).")
-@click.option("--dry-run", is_flag=True, help="Print the script; submit nothing.")
-def launch(**kwargs) -> None:
+@click.option("--after", multiple=True, help="Start after this job id completes (afterok); repeatable.")
+@click.option("--array-parallel", type=click.IntRange(min=1), help="Most array tasks running at once.")
+@click.option("--debug-env", is_flag=True, help="Add the site's debug environment (e.g. NCCL_DEBUG).")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME-TIME).")
+@click.option("--dry-run", is_flag=True, help="Write the run folder and print the script; submit nothing.")
+def launch(plan_path, config_paths, data_path, launcher, site, partition, nodes, gpus_per_node,
+           time_limit, name, after, array_parallel, debug_env, run_dir, dry_run) -> None:
     """Render the job script for a plan and submit it."""
-    not_implemented("train launch", 5)
+    from llmctl.jobs.launch import prepare_train_job, submit_run
+
+    run, dry = prepare_train_job(
+        plan_path=plan_path, config_paths=config_paths, data_path=data_path, launcher=launcher,
+        site=site, nodes=nodes, gpus_per_node=gpus_per_node, time_limit=time_limit, name=name,
+        after=after, partition=partition, debug_env=debug_env, run_dir=run_dir,
+        array_parallel=array_parallel, command=shlex.join(["llmctl", *sys.argv[1:]]))
+    report(run, dry, dry_run, submit_run)
+
+
+def report(run, dry, dry_run, submit_run) -> None:
+    """Print the script (dry run) or submit it; shared by the job-making commands."""
+    if dry_run:
+        click.echo(dry.script, nl=False)
+        click.echo(f"# dry run: nothing submitted. Run folder: {run.path}", err=True)
+        click.echo(f"# review it, then: llmctl job submit {shlex.quote(str(run.path))}", err=True)
+        return
+    _, job_id = submit_run(run.path)
+    click.echo(f"submitted {dry.spec.backend} job {job_id}: {run.path}")

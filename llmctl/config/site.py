@@ -181,6 +181,12 @@ class SiteConfig(StrictModel):
     """How GPUs are requested: `--gres=gpu:N`, `--gpus-per-node=N`, or not at all."""
     launcher: Literal["srun", "torchrun", "mpirun"] = "srun"
     """How ranks start inside the allocation: one srun task per GPU, one torchrun per node, or mpirun."""
+    mpirun: str = "mpirun"
+    """MPI launcher (launcher = 'mpirun'); a full path avoids SLURM's `mpiexec` wrapper."""
+    mpirun_args: list[str] = []
+    """Extra mpirun arguments, e.g. `["--allow-run-as-root", "-x", "NCCL_IB_HCA"]` for Open MPI."""
+    python: Optional[str] = None
+    """Python on the compute nodes (default: the one running llmctl, as on a shared filesystem)."""
     modules: list[str] = []
     """Environment modules to `module load`, in order."""
     module_purge: bool = False

@@ -154,7 +154,7 @@ def test_env_json(capsys):
 
 
 @pytest.mark.parametrize("argv,issue", [
-    (["data", "prepare", "--config", "configs/data/example.toml"], 6),
+    (["eval", "run", "--checkpoint", "checkpoints/x/step-1"], 8),
     (["export", "--checkpoint", "c", "--out", "artifacts/x"], 9),
 ])
 def test_placeholders_say_not_implemented_and_exit_2(argv, issue, capsys):

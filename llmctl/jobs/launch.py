@@ -1,0 +1,269 @@
+"""Library entry points: make a run folder for a job, and submit one.
+
+`prepare_train_job`, `prepare_eval_job` and `prepare_serve_job` resolve a job,
+render it and write its run folder; `submit_run` submits a (reviewed) run folder
+exactly as it is on disk. The CLI commands are thin wrappers; the eval and serve
+issues call these functions.
+
+Nothing is written until every check has passed, and the folder appears whole:
+it is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from llmctl.errors import LlmctlError
+from llmctl.fsutil import atomic_write_text
+from llmctl.jobs.resolve import JobRequest, resolve
+from llmctl.jobs.rundir import RunDir, sha256_file
+
+
+def default_run_dir(name: str) -> Path:
+    """runs/<name>-<UTC timestamp> under the current folder."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)[:60] or "job"
+    return Path.cwd() / "runs" / f"{safe}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+def _load_plan(path: str | Path) -> tuple[Any, str]:
+    from llmctl.config.base import load_config
+    from llmctl.config.plan import PlanFile
+    import tomli_w
+
+    plan = load_config(path, PlanFile)
+    p = Path(path)
+    text = p.read_text(encoding="utf-8") if p.suffix.lower() == ".toml" else tomli_w.dumps(plan.to_data())
+    return plan, text
+
+
+def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str]) -> str:
+    """The resolved training config as TOML: the file, else one made from the plan.
+
+    The plan's layout fills what the file leaves to `strategy = "auto"`; --data
+    overrides the file's data config.
+    """
+    import tomli_w
+
+    from llmctl.config.base import load_config, validate_data
+    from llmctl.config.train import TrainConfig
+
+    if config_path:
+        cfg = load_config(config_path, TrainConfig)
+        data = cfg.to_data()
+        where = str(config_path)
+    elif plan is not None:
+        model = plan.inputs.model
+        data = {"model": {"name": Path(model).stem, "config_file": model}}
+        where = "(made from the plan)"
+    else:
+        raise LlmctlError("a training job needs --config or --plan")
+    if plan is not None and data.get("parallel", {}).get("strategy", "auto") == "auto":
+        par = plan.parallelism
+        data.setdefault("parallel", {}).update({
+            "tp": par.tp, "pp": par.pp, "cp": par.cp, "zero_stage": par.zero_stage,
+            "micro_batch_size": par.micro_batch, "global_batch_size": plan.inputs.global_batch})
+        data.setdefault("data", {})["seq_len"] = plan.inputs.seq_len
+    if data_path:
+        data.setdefault("data", {})["config_file"] = str(Path(data_path).absolute())
+    cfg = validate_data(data, TrainConfig, where)
+    return tomli_w.dumps(cfg.to_data())
+
+
+def _write_run(run: RunDir, dry: Any, files: dict[str, str]) -> None:
+    """Write the run folder whole: into a temporary sibling, then one rename."""
+    if run.path.exists() and any(run.path.iterdir()):
+        raise LlmctlError(f"{run.path}: run folder exists and is not empty",
+                          hint="choose another --run-dir (or remove the old one)")
+    run.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run.path.name}.", dir=run.path.parent))
+    try:
+        staged = RunDir(tmp)
+        written = []
+        for rel, text in files.items():
+            p = staged.path / rel
+            atomic_write_text(p, text)
+            written.append(p)
+        script = staged.script(dry.spec.backend)
+        atomic_write_text(script, dry.script, mode=0o755)
+        written.append(script)
+        spec_path = staged.spec_file
+        atomic_write_text(spec_path, dry.spec.model_dump_json(indent=2) + "\n")
+        written.append(spec_path)
+        staged.logs.mkdir()
+        staged.checkpoints.mkdir()
+        staged.write_manifest(written, dry.spec.command, dry.spec.backend)
+        if run.path.exists():
+            run.path.rmdir()
+        tmp.rename(run.path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
+            files: Optional[dict[str, str]] = None) -> tuple[RunDir, Any]:
+    """Resolve, render and write a run folder; returns (RunDir, DryRun). Submits nothing."""
+    from llmctl.schedulers import get_scheduler
+    from llmctl.sites import load_site
+
+    site, _ = load_site(site_ref or _default_site(req.backend))
+    spec = resolve(site, req, plan)
+    dry = get_scheduler(spec.backend).render(spec)
+    run = RunDir(req.run_dir)
+    _write_run(run, dry, files or {})
+    return run, dry
+
+
+def _default_site(backend: str) -> str:
+    if backend in ("local", "mpi"):
+        return "local"
+    from llmctl.sites import list_sites
+
+    names = sorted({e["name"] for e in list_sites() if e["scheduler"] == backend})
+    raise LlmctlError(f"--launcher {backend} needs --site",
+                      hint=f"sites with scheduler {backend!r}: {', '.join(names) or '(none)'}")
+
+
+def _program_run_dir(run_dir: Optional[str | Path], name: str) -> str:
+    rd = str(Path(run_dir).expanduser().absolute() if run_dir else default_run_dir(name))
+    # The run folder lands in one-line scheduler directives (#SBATCH --output=...),
+    # where a newline cannot be quoted; refuse it rather than mangle the path.
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in rd):
+        raise LlmctlError(f"run folder {rd!r} contains a control character (e.g. a newline)",
+                          hint="choose a --run-dir without control characters")
+    return rd
+
+
+def train_program(run_dir: str) -> list[str]:
+    """What each training rank runs (after the interpreter)."""
+    return ["-m", "llmctl.train", "--run-dir", run_dir]
+
+
+def eval_program(run_dir: str, checkpoint: str, suite: Optional[str] = None,
+                 output: Optional[str] = None, tasks: Optional[str] = None) -> list[str]:
+    program = ["-m", "llmctl", "eval", "run", "--checkpoint", str(Path(checkpoint).absolute()),
+               "--output", str(Path(output).absolute()) if output else str(Path(run_dir) / "results.json")]
+    if suite:
+        program += ["--suite", str(Path(suite).absolute())]
+    if tasks:
+        program += ["--tasks", tasks]
+    return program
+
+
+def serve_program(kind: str, run_dir: str, artifact: str, input_path: Optional[str] = None,
+                  output_path: Optional[str] = None, port: int = 8080,
+                  config_path: Optional[str] = None) -> list[str]:
+    art = str(Path(artifact).absolute())
+    if kind == "serve-batch":
+        if not input_path:
+            raise LlmctlError("a serve-batch job needs an input file")
+        out = str(Path(output_path).absolute()) if output_path else str(Path(run_dir) / "output.jsonl")
+        return ["-m", "llmctl", "serve", "batch", "--artifact", art,
+                "--input", str(Path(input_path).absolute()), "--output", out]
+    # Bind all interfaces: the client runs on another host than the compute node.
+    program = ["-m", "llmctl", "serve", "start", "--artifact", art, "--host", "0.0.0.0",
+               "--port", str(port)]
+    if config_path:
+        program += ["--config", str(Path(config_path).absolute())]
+    return program
+
+
+def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] = (),
+                      data_path: Optional[str] = None, launcher: str = "local",
+                      site: Optional[str] = None, nodes: Optional[int] = None,
+                      gpus_per_node: Optional[int] = None, time_limit: Optional[str] = None,
+                      name: Optional[str] = None, after: Sequence[str] = (),
+                      partition: Optional[str] = None, debug_env: bool = False,
+                      run_dir: Optional[str] = None, array_parallel: Optional[int] = None,
+                      command: str = "") -> tuple[RunDir, Any]:
+    """A training job: several configs make an array, one task per config."""
+    plan = plan_text = None
+    if plan_path:
+        plan, plan_text = _load_plan(plan_path)
+    configs = list(config_paths) or [None]
+    rendered = [_train_config(c, plan, data_path) for c in configs]
+    name = name or "train"
+    rd = _program_run_dir(run_dir, name)
+    files: dict[str, str] = {}
+    if plan_text is not None:
+        files["plan.toml"] = plan_text
+    if len(rendered) == 1:
+        files["config.toml"] = rendered[0]
+    else:
+        for i, text in enumerate(rendered):
+            files[f"configs/{i}.toml"] = text
+    req = JobRequest(kind="train", backend=launcher, run_dir=rd, name=name,
+                     program=train_program(rd), partition=partition,
+                     nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit,
+                     after=list(after), array=len(rendered) if len(rendered) > 1 else 0,
+                     array_parallel=array_parallel, debug_env=debug_env, command=command)
+    return prepare(req, site, plan, files)
+
+
+def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Optional[str] = None,
+                     tasks: Optional[str] = None, launcher: str = "local", site: Optional[str] = None,
+                     time_limit: Optional[str] = None, name: Optional[str] = None,
+                     after: Sequence[str] = (), partition: Optional[str] = None,
+                     gpus_per_node: Optional[int] = None, run_dir: Optional[str] = None,
+                     command: str = "") -> tuple[RunDir, Any]:
+    """An evaluation job (`llmctl eval run` in the allocation), e.g. after a train job."""
+    name = name or "eval"
+    rd = _program_run_dir(run_dir, name)
+    program = eval_program(rd, checkpoint, suite, output, tasks)
+    req = JobRequest(kind="eval", backend=launcher, run_dir=rd, name=name, program=program,
+                     partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
+                     after=list(after), command=command)
+    return prepare(req, site)
+
+
+def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = None,
+                      output_path: Optional[str] = None, port: int = 8080,
+                      config_path: Optional[str] = None, launcher: str = "local",
+                      site: Optional[str] = None, time_limit: Optional[str] = None,
+                      name: Optional[str] = None, after: Sequence[str] = (),
+                      partition: Optional[str] = None, gpus_per_node: Optional[int] = None,
+                      run_dir: Optional[str] = None, command: str = "") -> tuple[RunDir, Any]:
+    """A batch-inference job (resumable, requeued on preemption) or a persistent server."""
+    if kind not in ("serve-batch", "serve-persistent"):
+        raise LlmctlError(f"unknown serve job kind {kind!r}; expected serve-batch or serve-persistent")
+    name = name or kind
+    rd = _program_run_dir(run_dir, name)
+    program = serve_program(kind, rd, artifact, input_path, output_path, port, config_path)
+    req = JobRequest(kind=kind, backend=launcher, run_dir=rd, name=name, program=program,
+                     partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
+                     after=list(after), command=command)
+    return prepare(req, site)
+
+
+def submit_run(run_dir: str | Path, allow_edited: bool = False) -> tuple[RunDir, str]:
+    """Submit a run folder's script exactly as it is on disk; returns (RunDir, job id).
+
+    A script edited since rendering is refused unless `allow_edited`: the reviewed
+    script is the one that runs, or the user says otherwise.
+    """
+    from llmctl.schedulers import get_scheduler
+    from llmctl.schedulers.base import record_submission
+
+    run = RunDir(run_dir).require()
+    spec = run.load_spec()
+    if run.submission():
+        raise LlmctlError(f"{run.path}: already submitted as job {run.submission().get('job_id')}",
+                          hint="render a new run folder to run it again")
+    edited = run.edited_files()
+    if edited and not allow_edited:
+        raise LlmctlError(f"{run.path}: edited since rendering: {', '.join(edited)}",
+                          hint="review the change, then pass --allow-edited to submit it as it is")
+    sched = get_scheduler(spec.backend)
+    script = run.script(spec.backend)
+    job_id = sched.submit(run, spec)
+
+    run.write_json(run.submission_file, {
+        "backend": spec.backend, "job_id": job_id,
+        "submit_command": sched.submit_argv(script), "script_sha256": sha256_file(script),
+        "edited": edited, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    record_submission(run.path, spec.backend, job_id, spec.name)
+    return run, job_id

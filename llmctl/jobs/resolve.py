@@ -1,0 +1,197 @@
+"""Site-config + plan + job kind + command-line overrides -> one JobSpec.
+
+Precedence, as everywhere in llmctl: command-line flag > job file (plan) >
+site-config > defaults. Whatever the site does not allow (a partition it lacks, a
+time limit over the partition's maximum, more GPUs or nodes than a node or a job
+may have) is refused here, before anything is written or submitted, with a list
+of what the site allows.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from llmctl.errors import LlmctlError
+
+# Backends that start processes on this machine work with any site whose
+# scheduler is not a batch system; the others need a site of their own kind.
+HOST_BACKENDS = {"local": ("local", "mpi"), "mpi": ("local", "mpi")}
+
+# Kinds that run many ranks; the others run one process on one node.
+DISTRIBUTED_KINDS = ("train",)
+# Kinds that checkpoint on USR1 and requeue themselves.
+REQUEUE_KINDS = ("train", "serve-batch")
+
+
+@dataclass
+class JobRequest:
+    """What the caller asks for; None means 'take it from the plan or the site'."""
+
+    kind: str
+    backend: str
+    run_dir: str
+    program: list[str]
+    name: Optional[str] = None
+    partition: Optional[str] = None
+    nodes: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    time: Optional[str] = None
+    after: list[str] = field(default_factory=list)
+    array: int = 0
+    array_parallel: Optional[int] = None
+    debug_env: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    python: Optional[str] = None
+    command: str = ""
+    master_port: int = 29500
+
+
+def format_time(seconds: int) -> str:
+    """Seconds as SLURM's D-HH:MM:SS (HH:MM:SS under a day)."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    hms = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}-{hms}" if days else hms
+
+
+def _allowed(site: Any) -> str:
+    """One line per partition: what a job may ask of it."""
+    lines = []
+    for name, p in site.partitions.items():
+        gpus = f"{p.gpus_per_node} GPU(s)/node" if p.gpus_per_node else f"{p.cpus_per_node} CPU(s)/node, no GPUs"
+        lines.append(f"{name}: up to {p.max_nodes or p.nodes} node(s), {gpus}, max time {p.max_time}")
+    return "the site allows: " + "; ".join(lines)
+
+
+def _launcher(site_launcher: str, backend: str) -> str:
+    """How ranks start on `backend`, given the site's preference.
+
+    Off SLURM there is no srun: a local job uses torchrun, PBS and MPI use mpirun
+    (one torchrun per node would need pbsdsh), Kubernetes runs torchrun in each pod.
+    """
+    if backend == "slurm":
+        return site_launcher
+    if backend == "local":
+        return "torchrun" if site_launcher == "srun" else site_launcher
+    if backend == "k8s":
+        return "torchrun"
+    return "mpirun"
+
+
+def check_backend(site: Any, backend: str) -> None:
+    """Refuse a backend the site cannot run (e.g. `--launcher slurm` on a PBS site)."""
+    ok = HOST_BACKENDS.get(backend, (backend,))
+    if site.scheduler not in ok:
+        raise LlmctlError(
+            f"site {site.name!r} uses scheduler {site.scheduler!r}; it cannot run a {backend!r} job",
+            hint=f"use --launcher {site.scheduler}, or a site whose scheduler is {' or '.join(ok)}")
+
+
+def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
+    """Build and validate the JobSpec for `req` on `site` (a SiteConfig)."""
+    from llmctl.config.site import parse_time_limit
+    from llmctl.jobs.spec import ContainerSpec, JobSpec, KubernetesSpec
+
+    check_backend(site, req.backend)
+    where = f"site {site.name!r}"
+    pname = req.partition or site.default_partition
+    if pname not in site.partitions:
+        raise LlmctlError(f"{where}: no partition {pname!r}", hint=_allowed(site))
+    part = site.partitions[pname]
+
+    # Size: flags > plan > one node with one rank.
+    distributed = req.kind in DISTRIBUTED_KINDS
+    plan_nodes = plan.inputs.nodes if (plan is not None and distributed) else 1
+    plan_gpn = plan.inputs.gpus_per_node if (plan is not None and distributed) else None
+    nodes = req.nodes or plan_nodes
+    gpn = req.gpus_per_node if req.gpus_per_node is not None else plan_gpn
+    if gpn is None:
+        gpn = 1  # one process: on one GPU where the partition has GPUs, else on CPU
+    if plan is not None and distributed and nodes * max(gpn, 1) != plan_nodes * plan.inputs.gpus_per_node:
+        raise LlmctlError(
+            f"{nodes} node(s) x {gpn} GPU(s) = {nodes * max(gpn, 1)} ranks, but the plan is laid out "
+            f"for {plan_nodes} x {plan.inputs.gpus_per_node} = {plan_nodes * plan.inputs.gpus_per_node}",
+            hint="compute a plan for this size (`llmctl plan compute`), or drop --nodes/--gpus-per-node")
+    max_nodes = part.max_nodes or part.nodes
+    if nodes > max_nodes:
+        raise LlmctlError(f"{where}: {nodes} nodes exceed partition {pname!r}'s limit of {max_nodes}",
+                          hint=_allowed(site))
+    if part.gpus_per_node:
+        if gpn > part.gpus_per_node:
+            raise LlmctlError(
+                f"{where}: {gpn} GPUs per node, but partition {pname!r} nodes have {part.gpus_per_node}",
+                hint=_allowed(site))
+        ranks_per_node, gpus = max(gpn, 1), gpn
+    else:
+        # No GPUs on this partition: the ranks run on CPU cores.
+        if gpn > part.cpus_per_node:
+            raise LlmctlError(
+                f"{where}: {gpn} ranks per node, but partition {pname!r} has no GPUs and "
+                f"{part.cpus_per_node} CPU(s) per node", hint=_allowed(site))
+        ranks_per_node, gpus = max(gpn, 1), 0
+
+    # Time: flag > partition default > partition maximum.
+    max_s = parse_time_limit(part.max_time)
+    if req.time:
+        try:
+            secs = parse_time_limit(req.time)
+        except ValueError as e:
+            raise LlmctlError(f"--time: {e}") from e
+        if secs > max_s:
+            raise LlmctlError(f"{where}: time limit {req.time} exceeds partition {pname!r}'s maximum "
+                              f"{part.max_time}", hint=_allowed(site))
+    else:
+        secs = parse_time_limit(part.default_time or part.max_time)
+
+    cpus_per_task = max(1, part.cpus_per_node // ranks_per_node)
+    if part.exclusive:
+        mem = 0
+    else:
+        share = min(1.0, ranks_per_node * cpus_per_task / part.cpus_per_node)
+        mem = max(1, int(part.memory_gb * share))
+
+    env = dict(site.env)
+    if req.debug_env:
+        env.update(site.debug_env)
+    env.update(req.env)
+
+    # One process needs no launcher (and no rendezvous).
+    launcher = _launcher(site.launcher, req.backend) if distributed and nodes * ranks_per_node > 1 else "single"
+    if req.array and req.backend not in ("slurm", "pbs"):
+        raise LlmctlError(f"job arrays need a batch scheduler (slurm or pbs), not {req.backend!r}",
+                          hint="submit one job per config, or use --launcher slurm/pbs")
+    requeue = req.kind in REQUEUE_KINDS and req.backend in ("slurm", "pbs")
+    k8s = None
+    if req.backend == "k8s":
+        k = site.kubernetes
+        if k.job_kind != "indexed-job":
+            raise LlmctlError(f"{where}: kubernetes.job_kind {k.job_kind!r} is not rendered yet",
+                              hint="use job_kind = 'indexed-job' (one pod per node)")
+        k8s = KubernetesSpec(namespace=k.namespace, job_kind=k.job_kind, gpu_resource=k.gpu_resource,
+                             service_account=k.service_account, image_pull_secret=k.image_pull_secret,
+                             pvc=k.pvc, node_selector=dict(k.node_selector),
+                             mount_path=site.filesystems.shared or "/workspace")
+    name = req.name or f"llmctl-{req.kind}"
+    return JobSpec(
+        name=name, kind=req.kind, backend=req.backend, site=site.name, run_dir=req.run_dir,
+        partition=pname if req.backend in ("slurm", "pbs") else None,
+        account=site.account, qos=site.qos, nodes=nodes, ranks_per_node=ranks_per_node,
+        gpus_per_node=gpus, gpu_request=site.gpu_request if gpus else "none",
+        gpu_type=part.gpu_type, cpus_per_task=cpus_per_task, cpus_per_node=part.cpus_per_node,
+        mem_gb=mem, time_limit=format_time(secs), time_limit_s=secs, exclusive=part.exclusive,
+        constraint=part.constraint, mail_user=site.mail.user if site.mail else None,
+        mail_types=list(site.mail.types) if site.mail else [], array=req.array,
+        array_parallel=req.array_parallel, after=list(req.after), requeue=requeue,
+        signal_grace_s=site.requeue_grace_s if requeue else 0, pbs_dialect=site.pbs_dialect,
+        launcher=launcher, mpirun=site.mpirun, mpirun_args=list(site.mpirun_args),
+        master_port=req.master_port, modules=list(site.modules), module_purge=site.module_purge,
+        setup=list(site.setup),
+        container=ContainerSpec(runtime=site.container.runtime, image=site.container.image,
+                                mounts=list(site.container.mounts)),
+        env=env, extra_directives=list(site.extra_directives),
+        python=req.python or site.python or sys.executable, program=list(req.program),
+        kubernetes=k8s, command=req.command,
+    )

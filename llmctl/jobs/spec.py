@@ -1,0 +1,121 @@
+"""The job spec: everything a template needs, resolved, validated and saved.
+
+A JobSpec holds no defaults of its own that a template could disagree with: the
+resolver (`llmctl.jobs.resolve`) fills every field from the site-config, the plan
+and the command line, and the run folder keeps it as `spec.json`. Rendering the
+same spec twice gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from llmctl.config.base import StrictModel
+
+KINDS = ("train", "eval", "serve-batch", "serve-persistent")
+Kind = Literal["train", "eval", "serve-batch", "serve-persistent"]
+Backend = Literal["local", "slurm", "pbs", "mpi", "k8s"]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ContainerSpec(StrictModel):
+    """How each rank is wrapped in a container (runtime 'none': not at all)."""
+
+    runtime: Literal["none", "apptainer", "singularity", "pyxis", "kubernetes"] = "none"
+    image: Optional[str] = None
+    mounts: list[str] = []
+
+
+class KubernetesSpec(StrictModel):
+    """Kubernetes settings copied from the site-config."""
+
+    namespace: str
+    job_kind: Literal["indexed-job", "pytorchjob", "jobset"]
+    gpu_resource: str
+    service_account: Optional[str] = None
+    image_pull_secret: Optional[str] = None
+    pvc: Optional[str] = None
+    mount_path: str
+    """Where the PVC (and so the run folder) is mounted in each pod."""
+    node_selector: dict[str, str] = {}
+
+
+class JobSpec(StrictModel):
+    """One job, resolved: resources, environment, launcher and program."""
+
+    version: int = 1
+    name: str = Field(min_length=1)
+    """Job name (any text: it is quoted wherever it lands)."""
+    kind: Kind
+    backend: Backend
+    site: str
+    """Site-config name it was resolved against."""
+    run_dir: str
+    """Absolute path of the run folder (logs, checkpoints, the script)."""
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    nodes: int = Field(gt=0)
+    ranks_per_node: int = Field(gt=0)
+    """Processes per node (one per GPU, or CPU ranks where the node has no GPUs)."""
+    gpus_per_node: int = Field(ge=0)
+    """GPUs requested per node (0: none requested)."""
+    gpu_request: Literal["gres", "gpus-per-node", "none"]
+    gpu_type: Optional[str] = None
+    cpus_per_task: int = Field(gt=0)
+    cpus_per_node: int = Field(gt=0)
+    mem_gb: int = Field(ge=0)
+    """Memory per node in GB (0 with exclusive: the whole node)."""
+    time_limit: str
+    """Normalized D-HH:MM:SS or HH:MM:SS."""
+    time_limit_s: int = Field(gt=0)
+    exclusive: bool = False
+    constraint: Optional[str] = None
+    mail_user: Optional[str] = None
+    mail_types: list[str] = []
+    array: int = Field(0, ge=0)
+    """Array tasks (0: not an array); task i reads configs/<i>.toml."""
+    array_parallel: Optional[int] = Field(None, gt=0)
+    after: list[str] = []
+    """Job ids this job starts after (afterok)."""
+    requeue: bool = False
+    signal_grace_s: int = Field(0, ge=0)
+    """Seconds between USR1 and the kill (0: no preemption signal)."""
+    pbs_dialect: Literal["pbspro", "torque"] = "pbspro"
+    launcher: Literal["srun", "torchrun", "mpirun", "single"]
+    """How ranks start: srun task per rank, torchrun per node, mpirun, or one process."""
+    mpirun: str = "mpirun"
+    mpirun_args: list[str] = []
+    master_port: int = Field(29500, ge=1, le=65535)
+    modules: list[str] = []
+    module_purge: bool = False
+    setup: list[str] = []
+    """Admin-reviewed shell lines from the site-config (not quoted, by design)."""
+    container: ContainerSpec = ContainerSpec()
+    env: dict[str, str] = {}
+    """Exported before launch: the site's env (and debug_env with --debug-env), then the job's."""
+    extra_directives: list[str] = []
+    python: str
+    """Interpreter on the compute nodes."""
+    program: list[str] = Field(min_length=1)
+    """Arguments after the interpreter, e.g. ['-m', 'llmctl.train', '--run-dir', R]."""
+    kubernetes: Optional[KubernetesSpec] = None
+    command: str = ""
+    """The llmctl command that made this spec (shown in the script header)."""
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not _ENV_NAME.match(k)]
+        if bad:
+            raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
+        return v
+
+    @property
+    def ranks(self) -> int:
+        """World size."""
+        return self.nodes * self.ranks_per_node

@@ -1,0 +1,98 @@
+"""Finding a submitted job again, by run folder or job id, and asking its backend.
+
+`llmctl job status|logs|cancel|list` go through here: the run folder's
+`submission.json` says which backend and job id; a bare job id is looked up in
+the index of submitted jobs (see `llmctl.schedulers.base.index_file`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from llmctl.errors import LlmctlError
+from llmctl.jobs.rundir import RunDir
+
+
+def find(ref: str) -> tuple[RunDir, Any, str]:
+    """(RunDir, JobSpec, job id) for a run folder path or a job id."""
+    from llmctl.schedulers.base import read_index
+
+    p = Path(ref)
+    if not p.is_dir():
+        hits = [e for e in read_index() if e.get("job_id") == ref]
+        if not hits:
+            raise LlmctlError(f"{ref}: neither a run folder nor a job id llmctl submitted",
+                              hint="`llmctl job list` shows the jobs llmctl knows about")
+        p = Path(hits[-1]["run_dir"])
+    run = RunDir(p).require()
+    spec = run.load_spec()
+    sub = run.submission()
+    if not sub.get("job_id"):
+        raise LlmctlError(f"{run.path}: not submitted yet", hint=f"llmctl job submit {run.path}")
+    return run, spec, str(sub["job_id"])
+
+
+def status(ref: str) -> dict[str, Any]:
+    from llmctl.schedulers import get_scheduler
+
+    run, spec, job_id = find(ref)
+    st = get_scheduler(spec.backend).status(run, job_id)
+    return {"run_dir": str(run.path), "name": spec.name, "backend": spec.backend, **st.to_data()}
+
+
+def log_files(ref: str) -> list[Path]:
+    from llmctl.schedulers import get_scheduler
+
+    run, spec, job_id = find(ref)
+    return get_scheduler(spec.backend).log_files(run, job_id)
+
+
+def follow(ref: str, poll_s: float = 1.0) -> Iterator[str]:
+    """Yield log text as it grows, until the job is done."""
+    from llmctl.schedulers import get_scheduler
+
+    run, spec, job_id = find(ref)
+    sched = get_scheduler(spec.backend)
+    offsets: dict[Path, int] = {}
+    while True:
+        done = sched.status(run, job_id).done
+        for f in sched.log_files(run, job_id):
+            with f.open("r", encoding="utf-8", errors="replace") as fh:
+                fh.seek(offsets.get(f, 0))
+                chunk = fh.read()
+                offsets[f] = fh.tell()
+            if chunk:
+                yield chunk
+        if done:
+            return
+        time.sleep(poll_s)
+
+
+def cancel(ref: str, wait_s: float = 30.0) -> dict[str, Any]:
+    """Cancel and wait (briefly) until the backend reports a final state."""
+    from llmctl.schedulers import get_scheduler
+
+    run, spec, job_id = find(ref)
+    sched = get_scheduler(spec.backend)
+    sched.cancel(run, job_id)
+    deadline = time.monotonic() + wait_s
+    st = sched.status(run, job_id)
+    while not st.done and time.monotonic() < deadline:
+        time.sleep(0.5)
+        st = sched.status(run, job_id)
+    return {"run_dir": str(run.path), "name": spec.name, "backend": spec.backend, **st.to_data()}
+
+
+def list_jobs() -> list[dict[str, Any]]:
+    """Every job in the index, newest last, with its run folder's current existence."""
+    from llmctl.schedulers.base import read_index
+
+    rows = []
+    for e in read_index():
+        rows.append({"job_id": e.get("job_id", "?"), "backend": e.get("backend", "?"),
+                     "name": e.get("name", ""), "submitted": e.get("submitted", ""),
+                     "run_dir": e.get("run_dir", ""),
+                     "present": Path(e.get("run_dir", "")).is_dir()})
+    return rows
