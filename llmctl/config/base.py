@@ -9,6 +9,7 @@ lines each name the file, the key path and the problem.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import typing
 from pathlib import Path
@@ -81,6 +82,17 @@ def parse_text(text: str, fmt: str, name: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(name, [f"top level must be a table/object, got {type(data).__name__}"])
     return data
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_env_names(env: dict[str, str]) -> dict[str, str]:
+    """Validator for environment tables: every key must be a valid variable name."""
+    bad = [k for k in env if not _ENV_NAME.match(k)]
+    if bad:
+        raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
+    return env
 
 
 def _reject_constant(token: str) -> Any:

@@ -13,9 +13,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import StrictModel, check_env_names
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
 
 
@@ -215,10 +214,7 @@ class SiteConfig(StrictModel):
     @field_validator("env", "debug_env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if not _ENV_NAME.match(k)]
-        if bad:
-            raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
-        return v
+        return check_env_names(v)
 
     @model_validator(mode="after")
     def _check(self) -> "SiteConfig":

@@ -8,18 +8,16 @@ same spec twice gives the same bytes.
 
 from __future__ import annotations
 
-import re
 from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import StrictModel, check_env_names
 
 KINDS = ("train", "eval", "serve-batch", "serve-persistent")
 Kind = Literal["train", "eval", "serve-batch", "serve-persistent"]
 Backend = Literal["local", "slurm", "pbs", "mpi", "k8s"]
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ContainerSpec(StrictModel):
@@ -110,10 +108,7 @@ class JobSpec(StrictModel):
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in v if not _ENV_NAME.match(k)]
-        if bad:
-            raise ValueError(f"not valid environment variable names: {', '.join(map(repr, bad))}")
-        return v
+        return check_env_names(v)
 
     @property
     def ranks(self) -> int:
