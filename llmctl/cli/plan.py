@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llmctl.cli.common import json_option, not_implemented
+from llmctl.cli.common import json_option
 
 
 @click.group("plan")
@@ -37,12 +37,37 @@ def group() -> None:
 @click.option("--micro-batch", type=click.IntRange(min=1))
 @click.option("--zero-stage", type=click.IntRange(0, 3))
 @click.option("--recompute", type=click.Choice(["none", "selective", "full"]))
+@click.option("--tp-across-nodes", is_flag=True, help="Allow tensor parallelism to span nodes.")
 @click.option("--top", type=click.IntRange(min=0), default=3, show_default=True, help="Alternatives to keep.")
+@click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds the solver may take.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the plan (TOML) here.")
 @json_option
-def compute(**kwargs) -> None:
+def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, target_flops,
+            max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
+            zero_stage, recompute, tp_across_nodes, top, time_limit, out, as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
-    not_implemented("plan compute", 4)
+    from llmctl.plan.api import Request, compute_plan
+    from llmctl.plan.report import print_plan, write_plan
+    from llmctl.plan.search import Fixed
+
+    fixed = Fixed(tp=tp, cp=cp, pp=pp, dp=dp, vpp=vpp, mb=micro_batch, zero=zero_stage,
+                  recompute=recompute, tp_across_nodes=tp_across_nodes)
+    req = Request(model=model_path, hardware=hardware, site=site, nodes=nodes, gpus_per_node=gpus_per_node,
+                  seq_len=seq_len, global_batch=global_batch, target_flops=target_flops,
+                  max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
+                  strategy=strategy, fixed=fixed, top=top, time_limit=time_limit)
+    plan, _ = compute_plan(req)
+    if out:
+        write_plan(plan, out)
+    if as_json:
+        from llmctl.cli.common import print_json
+
+        print_json(plan.to_data())
+    else:
+        print_plan(plan)
+        if out:
+            click.echo(f"wrote {out}")
 
 
 @group.command("explain")
@@ -51,4 +76,19 @@ def compute(**kwargs) -> None:
 @json_option
 def explain(plan_file, png, as_json) -> None:
     """Show a plan as tables and a picture."""
-    not_implemented("plan explain", 4)
+    from llmctl.config.base import load_config
+    from llmctl.config.plan import PlanFile
+    from llmctl.plan.report import print_plan, write_png
+
+    plan = load_config(plan_file, PlanFile)
+    png = png or str(plan_file).rsplit(".", 1)[0] + ".png"
+    if plan.predicted is not None:
+        write_png(plan, png)
+    if as_json:
+        from llmctl.cli.common import print_json
+
+        print_json({**plan.to_data(), "png": png if plan.predicted is not None else None})
+    else:
+        print_plan(plan)
+        if plan.predicted is not None:
+            click.echo(f"picture: {png}")

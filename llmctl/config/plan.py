@@ -63,6 +63,8 @@ class Predicted(StrictModel):
     mfu: float = Field(ge=0)
     memory_gb_per_gpu: float = Field(ge=0)
     """Memory of the fullest stage."""
+    hw_tflops_per_gpu: float = Field(0.0, ge=0)
+    """Hardware TFLOP/s per GPU: model FLOPs plus recomputation (Narayanan et al. 2021 eq. 3's accounting)."""
     memory_per_stage: list[StageMemory] = []
     time_breakdown_s: dict[str, float] = {}
 
@@ -93,6 +95,10 @@ class PlanInputs(StrictModel):
     seq_len: int = Field(2048, gt=0)
     global_batch: int = Field(1, gt=0)
     """Sequences per optimizer step."""
+    memory_gb: Optional[float] = Field(None, gt=0)
+    """Memory per GPU the plan was made for."""
+    strategy: Literal["auto", "manual"] = "auto"
+    """auto: chosen by the solver; manual: a given layout, costed."""
 
 
 class Alternative(StrictModel):

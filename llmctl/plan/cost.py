@@ -1,0 +1,230 @@
+"""The cost model of one layout: per-stage coefficients, step time and memory.
+
+Everything the solvers optimise comes from `coefficients(...)`: the stage-split
+ILP (solvers/stages.py) builds its rows from them, `evaluate(...)` scores a
+finished split with the same numbers, and the test oracle enumerates with them,
+so the ILP and the oracle can only disagree if the solver is wrong.
+
+Step time of a pipeline with per-micro-batch stage times tau_s (forward+backward),
+m micro-batches and v virtual stages per rank (Narayanan et al. 2021 sec. 2.2,
+generalised to unequal stages):
+    T_pipe = (m - 1/v) * max_s tau_s + sum_s tau_s / v
+which for equal stages is (m + (p-1)/v) * tau: the bubble (p-1)/(v*m).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from llmctl.plan import comm
+from llmctl.plan.cluster import Cluster
+from llmctl.plan.model_costs import BYTES, LayerShape
+
+GB = 1e9
+FRAGMENTATION = 1.05  # allocator fragmentation on top of what tensors need
+OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixed share
+DP_EXPOSED = 0.25  # share of the gradient reduction not hidden behind the backward pass
+TP_EXPOSED = 1.0  # tensor-parallel collectives sit on the critical path
+CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention blocks
+RECOMPUTE_MODES = ("none", "selective", "full")
+GEMM_HALF_WIDTH = 1200.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The degrees of a layout (everything but the per-stage split)."""
+
+    tp: int = 1
+    cp: int = 1
+    pp: int = 1
+    dp: int = 1
+    vpp: int = 1
+    mb: int = 1
+    zero: int = 0
+    recompute: str = "none"
+
+
+@dataclass(frozen=True)
+class Workload:
+    shape: LayerShape
+    seq_len: int
+    global_batch: int
+
+
+@dataclass
+class Coefficients:
+    """Linear coefficients of one Config: per layer, per rank, per parameter."""
+
+    cfg: Config
+    m: int  # micro-batches per step per pipeline
+    t_layer: float  # fwd+bwd seconds of one block per micro-batch
+    t_recompute: float  # extra seconds per fully recomputed block per micro-batch
+    t_rank_const: list[float]  # per rank: head, p2p (seconds per micro-batch)
+    params_layer: float  # parameters of one block on one GPU
+    params_rank_const: list[float]  # per rank: embedding / head parameters on one GPU
+    bytes_per_param: float  # weights + gradients + Adam state under the ZeRO stage
+    act_layer: float  # bytes one kept block stores per micro-batch
+    act_ckpt: float  # bytes one recomputed block stores per micro-batch
+    act_mult: list[float]  # per rank: micro-batches in flight (chunks / v)
+    act_rank_const: list[float]  # per rank: logits, working layer
+    t_dp_per_param: float  # exposed DP seconds per parameter on the GPU
+    t_dp_const: float
+    t_opt_per_param: float
+    mem_limit: float  # bytes usable for tensors on one GPU (after overhead and fragmentation)
+    time_parts: dict[str, float] = field(default_factory=dict)
+
+
+def inflight(p: int, v: int, m: int, rank: int) -> float:
+    """Micro-batches whose activations rank `rank` holds at its peak, in layer-sets of its stage.
+
+    1F1B: rank s has p - s forwards in flight. Interleaved (Megatron's warm-up count):
+    2(p-s-1) + (v-1)p + 1 chunks of 1/v of its layers each.
+    """
+    if v == 1:
+        return float(min(p - rank, m))
+    chunks = min(2 * (p - rank - 1) + (v - 1) * p + 1, m * v)
+    return chunks / v
+
+
+def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
+    """The linear cost coefficients of `cfg` on `cl` for workload `w`."""
+    sh, s, b = w.shape, w.seq_len, cfg.mb
+    t, c, p, d, v = cfg.tp, cfg.cp, cfg.pp, cfg.dp, cfg.vpp
+    m = w.global_batch // (d * b)
+    # GEMMs whose inner dimension is the model width run below the large-GEMM rate
+    # when that width is small: a saturating curve fitted to the calibration runs
+    rate = cl.peak_flops * cl.sustained * sh.hidden / (sh.hidden + GEMM_HALF_WIDTH)
+    g, lat = cl.gpus_per_node, cl.latency_s
+    # compute: forward 1x, backward 2x; selective recomputation redoes the attention core
+    f_layer = sh.layer_flops(s) * b / (t * c)
+    compute = 3 * f_layer / rate
+    if cfg.recompute == "selective":
+        compute += sh.attention_core_flops(s) * b / (t * c) / rate
+    # tensor (+sequence) parallel: 2 all-gathers + 2 reduce-scatters forward, same backward
+    act_msg = BYTES * s / c * b * sh.hidden
+    bw_tp = comm.group_bw(1, t, g, cl.intra_bw, cl.inter_bw)
+    tp_fwd = 4 * comm.all_gather(act_msg, t, bw_tp, lat) * TP_EXPOSED
+    # context parallel: ring exchange of this rank's K and V chunk, c-1 steps, 3x for fwd+bwd
+    kv_chunk = 2 * BYTES * s / c * b * sh.kv_heads * sh.head_dim / t
+    bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw)
+    cp_time = 3 * (c - 1) * comm.p2p(kv_chunk, bw_cp, lat) * CP_EXPOSED if c > 1 else 0.0
+    t_layer = compute + 2 * tp_fwd + cp_time
+    t_recompute = f_layer / rate + tp_fwd if cfg.recompute == "full" else 0.0
+    # pipeline: each rank sends an activation forward and a gradient backward per chunk
+    bw_pp = comm.group_bw(t * c * d, p, g, cl.intra_bw, cl.inter_bw)
+    p2p = 2 * v * comm.p2p(act_msg / t, bw_pp, lat) if p > 1 else 0.0
+    head = 3 * sh.head_flops(s) * b / (t * c) / rate
+    t_rank = [p2p] * p
+    t_rank[-1] += head
+    # parameters per GPU; Megatron keeps a tied embedding's copy on the last stage
+    pr = [0.0] * p
+    if p == 1:
+        pr[0] = (sh.params_total - sh.layers * sh.params_layer) / t
+    else:
+        pr[0] += sh.params_first / t
+        pr[-1] += sh.params_last / t
+    z = cfg.zero
+    bpp = 2 / (d if z >= 3 else 1) + 2 / (d if z >= 2 else 1) + 12 / (d if z >= 1 else 1)
+    # activations
+    keep_core = cfg.recompute == "none"
+    a_layer = sh.act_bytes(s, b, t, c, keep_core)
+    a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute == "full" else a_layer
+    mult = [inflight(p, v, m, r) for r in range(p)]
+    a_rank = [0.0] * p
+    a_rank[-1] += sh.logits_bytes(s, b, t, c)
+    if cfg.recompute == "full":  # the block being recomputed holds its full activations
+        a_rank = [x + sh.act_bytes(s, b, t, c, True) for x in a_rank]
+    t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m)
+    # Adam step is memory-bound: read/write fp32 master, m, v and the bf16 weight and gradient
+    t_opt = 28.0 / (d if z >= 1 else 1) / cl.hbm_bw
+    usable = max(0.0, (cl.memory_gb - OVERHEAD_GB) * GB / FRAGMENTATION)
+    return Coefficients(cfg=cfg, m=m, t_layer=t_layer, t_recompute=t_recompute, t_rank_const=t_rank,
+                        params_layer=sh.params_layer / t, params_rank_const=pr, bytes_per_param=bpp,
+                        act_layer=a_layer, act_ckpt=a_ckpt, act_mult=mult, act_rank_const=a_rank,
+                        t_dp_per_param=t_dp, t_dp_const=t_dp_c, t_opt_per_param=t_opt, mem_limit=usable,
+                        time_parts={"compute": compute, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
+                                    "p2p": p2p, "head": head})
+
+
+def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int) -> tuple[float, float]:
+    """Exposed data-parallel seconds per parameter on the GPU, and the latency constant.
+
+    Gradients are all-reduced once per step (ZeRO-1/2: reduce-scatter + all-gather,
+    the same volume); ZeRO-3 reduce-scatters them and all-gathers the parameters
+    for the forward and the backward of every micro-batch (Rajbhandari et al. 2020 sec. 7).
+    """
+    if d <= 1:
+        return 0.0, 0.0
+    bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw)
+    if z >= 3:
+        per = BYTES * (comm.reduce_scatter(1, d, bw, 0) + 2 * m * comm.all_gather(1, d, bw, 0))
+        const = (1 + 2 * m) * (d - 1) * cl.latency_s
+    else:
+        per = BYTES * comm.all_reduce(1, d, bw, 0)
+        const = 2 * (d - 1) * cl.latency_s
+    return per * DP_EXPOSED, const * DP_EXPOSED
+
+
+def rank_of(chunk: int, p: int) -> int:
+    """Virtual stage j lives on rank j mod p (Megatron's interleaved assignment)."""
+    return chunk % p
+
+
+@dataclass
+class Evaluation:
+    step_time: float
+    tau: list[float]
+    params: list[float]
+    memory: list[dict[str, float]]  # per rank, bytes by part
+    parts: dict[str, float]  # seconds by part
+
+    @property
+    def fits(self) -> bool:
+        return all(r["fits"] for r in self.memory)
+
+
+def evaluate(co: Coefficients, layers: list[int], recomputed: Optional[list[int]] = None) -> Evaluation:
+    """Score a split: `layers[j]` blocks on virtual stage j, `recomputed[j]` of them recomputed."""
+    cfg = co.cfg
+    p, v = cfg.pp, cfg.vpp
+    rec = recomputed or [0] * len(layers)
+    n_r = [0] * p
+    r_r = [0] * p
+    for j, (n, r) in enumerate(zip(layers, rec)):
+        n_r[rank_of(j, p)] += n
+        r_r[rank_of(j, p)] += r
+    tau = [n_r[s] * co.t_layer + r_r[s] * co.t_recompute + co.t_rank_const[s] for s in range(p)]
+    params = [n_r[s] * co.params_layer + co.params_rank_const[s] for s in range(p)]
+    pmax = max(params)
+    pipe = (co.m - 1 / v) * max(tau) + sum(tau) / v
+    dp = co.t_dp_per_param * pmax + co.t_dp_const
+    opt = co.t_opt_per_param * pmax
+    memory = []
+    for s in range(p):
+        static = co.bytes_per_param * params[s]
+        act = co.act_mult[s] * ((n_r[s] - r_r[s]) * co.act_layer + r_r[s] * co.act_ckpt) + co.act_rank_const[s]
+        z = cfg.zero
+        d = cfg.dp
+        memory.append({
+            "weights": 2 * params[s] / (d if z >= 3 else 1),
+            "gradients": 2 * params[s] / (d if z >= 2 else 1),
+            "optimizer": 12 * params[s] / (d if z >= 1 else 1),
+            "activations": act,
+            "other": (FRAGMENTATION - 1) * (static + act) + OVERHEAD_GB * GB,
+            "total": FRAGMENTATION * (static + act) + OVERHEAD_GB * GB,
+            "fits": static + act <= co.mem_limit * (1 + 1e-9),
+        })
+    # where the time goes: each GPU's share of the work, then the bubble (incl. imbalance)
+    share = co.m / p
+    tl = co.time_parts
+    per_layer = tl["compute"] + tl["tp_comm"] + tl["cp_comm"]
+    scale = co.t_layer / per_layer if per_layer else 0.0
+    parts = {k: share * sum(n_r) * tl[k] * scale for k in ("compute", "tp_comm", "cp_comm")}
+    parts["recompute"] = share * sum(r_r) * co.t_recompute
+    parts["head"] = share * tl["head"]
+    parts["p2p"] = co.m * tl["p2p"]
+    parts["pipeline_bubble"] = max(0.0, pipe - sum(parts.values()))
+    parts["dp_comm"] = dp
+    parts["optimizer"] = opt
+    return Evaluation(step_time=pipe + dp + opt, tau=tau, params=params, memory=memory, parts=parts)

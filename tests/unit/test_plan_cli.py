@@ -1,0 +1,95 @@
+"""`llmctl plan compute/explain` through the real CLI: output, files, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from llmctl.presets import model_fields
+
+from conftest import run_cli
+
+
+def _model(tmp_path, template="llama", size="7b", **over):
+    data = model_fields(template, size)
+    data.update(over)
+    p = tmp_path / f"{template}-{size}.json"
+    p.write_text(json.dumps(data))
+    return str(p)
+
+
+def _profile(tmp_path, count=8, mem=80.0):
+    p = tmp_path / "hw.toml"
+    dev = f'[[gpu.devices]]\nid = 0\nname = "NVIDIA H100 80GB HBM3"\nmemory_gb = {mem}\n' if count else ""
+    p.write_text(f"[gpu]\ncount = {count}\n{dev}\n[limits]\nestimated_flops = 7.9e15\nmemory_bw_gbps = 26800\n"
+                 "intra_node_bw_gbps = 450\ninter_node_bw_gbps = 400\n")
+    return str(p)
+
+
+def test_compute_writes_a_valid_plan_and_explain_draws_it(tmp_path):
+    out = tmp_path / "plans" / "x.toml"
+    r = run_cli("plan", "compute", "--model", _model(tmp_path, size="1b"), "--hardware", _profile(tmp_path),
+                "--global-batch", "64", "--seq-len", "2048", "--top", "2", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    par = data["parallelism"]
+    assert par["tp"] * par["pp"] * par["dp"] * par["cp"] == 8
+    assert par["micro_batch"] * par["grad_accum"] * par["dp"] == 64
+    assert sum(par["layers_per_stage"]) == 22
+    assert data["predicted"]["memory_gb_per_gpu"] <= 80
+    assert len(data["alternatives"]) == 2
+    assert data["solver"]["status"] == "optimal" and data["solver"]["variables"] > 0
+    assert len(data["inputs"]["model_sha256"]) == 64
+    e = run_cli("plan", "explain", str(out), "--png", str(tmp_path / "p.png"))
+    assert e.returncode == 0, e.stderr
+    assert "where the step time goes" in e.stdout
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_manual_layout_is_costed(tmp_path):
+    r = run_cli("plan", "compute", "--model", _model(tmp_path, size="1b"), "--hardware", _profile(tmp_path),
+                "--global-batch", "64", "--strategy", "manual", "--tp", "2", "--pp", "2", "--dp", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    par = json.loads(r.stdout)["parallelism"]
+    assert (par["tp"], par["pp"], par["dp"], par["zero_stage"], par["recompute"]) == (2, 2, 2, 0, "none")
+
+
+def _bad(tmp_path, *args):
+    r = run_cli("plan", "compute", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return r.stderr
+
+
+def test_tp_not_dividing_heads(tmp_path):
+    err = _bad(tmp_path, "--model", _model(tmp_path), "--hardware", _profile(tmp_path), "--tp", "3")
+    assert "--tp 3 does not divide" in err
+
+
+def test_zero_gpus(tmp_path):
+    err = _bad(tmp_path, "--model", _model(tmp_path), "--hardware", _profile(tmp_path, count=0))
+    assert "gpu.count" in err and "0 GPUs" in err
+
+
+def test_model_that_fits_nowhere_says_what_would(tmp_path):
+    err = _bad(tmp_path, "--model", _model(tmp_path, size="70b"), "--hardware", _profile(tmp_path, count=1, mem=24),
+               "--global-batch", "8", "--seq-len", "2048")
+    assert "do not fit" in err and "hint: smallest change" in err
+
+
+def test_contradictory_manual_degrees(tmp_path):
+    err = _bad(tmp_path, "--model", _model(tmp_path), "--hardware", _profile(tmp_path), "--strategy", "manual",
+               "--tp", "2", "--pp", "2", "--dp", "4")
+    assert "tp*pp*dp*cp" in err and "16" in err and "8" in err
+
+
+def test_plan_path_imports_no_torch(tmp_path):
+    code = ("import sys; from llmctl.cli import main; "
+            f"rc = main(['plan', 'compute', '--model', {_model(tmp_path, size='tiny')!r}, '--hardware', "
+            f"{_profile(tmp_path)!r}, '--global-batch', '8', '--json']); "
+            "bad = [m for m in ('torch', 'deepspeed', 'mpi4py', 'transformers', 'matplotlib') if m in sys.modules]; "
+            "print('BAD', bad, file=sys.stderr); sys.exit(rc or (3 if bad else 0))")
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
