@@ -97,6 +97,15 @@ class Checkpoint(StrictModel):
     """Checkpoints to keep."""
 
 
+class Kernels(StrictModel):
+    """Which kernel implementations the model uses (built-in, or added by a plugin)."""
+
+    attention: str = "sdpa"
+    """Attention kernel: `sdpa` (torch's scaled_dot_product_attention: flash on GPU), `math`, or a plugin's."""
+    norm: Optional[str] = None
+    """Normalisation kernel (default: the model's `norm`, i.e. `layernorm` or `rmsnorm`), or a plugin's."""
+
+
 class Training(StrictModel):
     """The run itself."""
 
@@ -112,6 +121,8 @@ class Training(StrictModel):
     """Batches per validation."""
     log_interval: int = Field(10, gt=0)
     """Metrics line every N steps."""
+    compile: bool = False
+    """Compile the model with torch.compile (GPU runs; slower start, faster steps)."""
 
 
 class TrainConfig(StrictModel):
@@ -131,6 +142,8 @@ class TrainConfig(StrictModel):
     """Checkpointing."""
     training: Training = Training()
     """Run length, seed, precision, logging."""
+    kernels: Kernels = Kernels()
+    """Attention and normalisation kernels."""
 
     @model_validator(mode="after")
     def _batches(self) -> "TrainConfig":

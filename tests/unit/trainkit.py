@@ -1,0 +1,117 @@
+"""A tiny project for the data, model and trainer tests: a small slice of the stdlib
+corpus, a BPE of 512 tokens, a 2-layer llama, and a run folder that trains it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY_MODEL = {
+    "name": "llama-test", "template": "llama", "layers": 2, "hidden": 32, "ffn": 64, "heads": 4,
+    "kv_heads": 2, "vocab_size": 512, "max_seq_len": 64, "tie_embeddings": True,
+}
+TINY_GPT = {"name": "gpt-test", "template": "gpt", "layers": 2, "hidden": 32, "heads": 4,
+            "vocab_size": 512, "max_seq_len": 64}
+
+DATA_TOML = """name = "tiny"
+val_fraction = 0.1
+seed = 7
+max_documents = {docs}
+
+[[sources]]
+type = "stdlib"
+
+[tokenizer]
+type = "bpe"
+vocab_size = 512
+
+[output]
+dir = "data/tiny"
+shard_tokens = {shard_tokens}
+"""
+
+TRAIN_TOML = """[model]
+name = "llama-test"
+config_file = "configs/models/tiny.json"
+
+[optimizer]
+lr = 0.003
+
+[parallel]
+micro_batch_size = 4
+global_batch_size = 8
+
+[data]
+config_file = "configs/data/tiny.toml"
+seq_len = 32
+
+[schedule]
+type = "cosine"
+warmup_steps = {warmup}
+
+[checkpoint]
+interval_steps = {interval}
+keep_last = 2
+
+[training]
+max_steps = {steps}
+seed = 11
+eval_interval = {eval_interval}
+eval_batches = 2
+log_interval = 1
+"""
+
+
+def quiet_env(**extra: str) -> dict:
+    """One thread per process: the test machine has 2 cores shared with other tests."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra})
+    env.pop("LLMCTL_DEBUG", None)
+    return env
+
+
+def make_project(root: Path, docs: int = 40, shard_tokens: int = 20000, model: dict | None = None) -> Path:
+    """Project folder with configs (data not prepared yet)."""
+    (root / "configs" / "models").mkdir(parents=True, exist_ok=True)
+    (root / "configs" / "data").mkdir(parents=True, exist_ok=True)
+    (root / "configs" / "models" / "tiny.json").write_text(json.dumps(model or TINY_MODEL))
+    (root / "configs" / "data" / "tiny.toml").write_text(DATA_TOML.format(docs=docs, shard_tokens=shard_tokens))
+    return root
+
+
+def prepare_data(root: Path, workers: int = 1) -> dict:
+    r = subprocess.run([sys.executable, "-m", "llmctl", "data", "prepare", "--config",
+                        "configs/data/tiny.toml", "--workers", str(workers), "--json"],
+                       cwd=root, env=quiet_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def make_run(root: Path, name: str, steps: int = 30, interval: int = 10, eval_interval: int = 10,
+             extra: str = "") -> Path:
+    run = root / "runs" / name
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(
+        TRAIN_TOML.format(steps=steps, interval=interval, eval_interval=eval_interval,
+                          warmup=min(5, steps)) + extra)
+    return run
+
+
+def train_cmd(run: Path) -> list[str]:
+    return [sys.executable, "-m", "llmctl.train", "--run-dir", str(run)]
+
+
+def run_train(run: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(run), cwd=run, env=quiet_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def records(run: Path, kind: str | None = None, name: str = "metrics.jsonl") -> list[dict]:
+    p = run / name
+    if not p.is_file():
+        return []
+    out = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return [r for r in out if kind is None or r.get("kind") == kind]
