@@ -26,4 +26,24 @@ step "validate the project's configs against their schemas"
 "$LLMCTL" schema eval-suite --check configs/eval/lm-eval-harness.toml
 "$LLMCTL" schema hardware --check configs/hw/a100x8.toml
 
-step "demo finished: project in $DEMO_DIR/tiny-llama"
+step "probe this machine into a hardware profile"
+"$LLMCTL" hw probe --emit configs/hw/local.toml
+
+step "plan the parallel layout (an ILP over the cost model)"
+"$LLMCTL" plan compute --model configs/models/llama-tiny.json --hardware configs/hw/local.toml \
+  --gpus-per-node 1 --max-memory-gb 8 --peak-tflops 0.3 --seq-len 128 --global-batch 8 --out plans/local.toml
+"$LLMCTL" plan explain plans/local.toml --png plans/local.png
+
+step "tokenize the default corpus (the Python standard library's source) into HDF5 shards"
+"$LLMCTL" data prepare --config configs/data/example.toml
+
+step "render the job script, then run it on the local site"
+rm -rf runs/demo
+"$LLMCTL" train launch --plan plans/local.toml --config configs/train.toml --data configs/data/example.toml \
+  --launcher local --site local --run-dir runs/demo --dry-run >/dev/null
+echo "reviewed script: runs/demo/job.sh"
+"$LLMCTL" job submit runs/demo
+"$LLMCTL" job logs --follow runs/demo
+"$LLMCTL" job status runs/demo
+
+step "demo finished: project in $DEMO_DIR/tiny-llama, run in $DEMO_DIR/tiny-llama/runs/demo (loss curve: loss.png)"

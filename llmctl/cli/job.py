@@ -49,6 +49,21 @@ def status(run, as_json) -> None:
     else:
         click.echo(f"{st['job_id']} {st['state']} restarts={st['restarts']} "
                    f"exit={st.get('exit_code') or '-'} {st['run_dir']}")
+        prog = st.get("progress")
+        if prog and prog.get("started"):
+            click.echo(_progress_line(prog))
+
+
+def _progress_line(p: dict) -> str:
+    """'step 120/300  loss 5.12  val 5.30  3,100 tok/s  MFU 9.1%  ETA 58s'."""
+    def fmt(key: str, text: str) -> str:
+        return text.format(p[key]) if p.get(key) is not None else ""
+
+    parts = [f"step {p.get('step')}/{p.get('max_steps')}", fmt("loss", "loss {:.4f}"),
+             fmt("val_loss", "val {:.4f}"), fmt("tokens_per_s", "{:,.0f} tok/s"),
+             fmt("mfu", "MFU {:.1%}"), fmt("eta_s", "ETA {:.0f}s"),
+             "finished" if p.get("finished") else ""]
+    return "  ".join(x for x in parts if x)
 
 
 @group.command("logs")

@@ -39,7 +39,12 @@ def status(ref: str) -> dict[str, Any]:
 
     run, spec, job_id = find(ref)
     st = get_scheduler(spec.backend).status(run, job_id)
-    return {"run_dir": str(run.path), "name": spec.name, "backend": spec.backend, **st.to_data()}
+    out = {"run_dir": str(run.path), "name": spec.name, "backend": spec.backend, **st.to_data()}
+    if spec.kind == "train":
+        from llmctl.train.progress import summarize  # reads metrics JSONL only: no torch
+
+        out["progress"] = summarize(run.path)
+    return out
 
 
 def log_files(ref: str) -> list[Path]:
