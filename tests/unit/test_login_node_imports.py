@@ -33,6 +33,17 @@ COMMANDS = [
     ["plan", "--help"],
     ["plan", "compute", "--help"],
     ["train", "launch", "--help"],
+    ["data", "prepare", "--help"],
+    ["hw", "probe", "--emit", "local.toml"],
+]
+
+# Run inside a scaffolded tiny project: planning and rendering a job, as on a login node.
+IN_PROJECT = [
+    ["plan", "compute", "--model", "configs/models/llama-tiny.json", "--hardware", "configs/hw/a100x8.toml",
+     "--out", "plans/a100.toml"],
+    ["train", "launch", "--plan", "plans/a100.toml", "--config", "configs/train.toml", "--launcher", "slurm",
+     "--site", "slurm-a100-ib", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--run-dir", "runs/r"],
+    ["job", "list"],
 ]
 
 
@@ -43,6 +54,18 @@ def test_no_heavy_imports(argv, tmp_path):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0, r.stderr
     assert result["heavy"] == []
+
+
+def test_no_heavy_imports_when_planning_and_rendering(tmp_path):
+    from llmctl.scaffold import scaffold_project
+
+    scaffold_project(template="llama", size="tiny", name="p", output_dir=tmp_path)
+    for argv in IN_PROJECT:
+        r = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], cwd=tmp_path / "p",
+                           capture_output=True, text=True, timeout=120)
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        assert result["rc"] == 0, (argv, r.stderr)
+        assert result["heavy"] == [], argv
 
 
 def test_probe_would_notice_a_heavy_import(tmp_path):
