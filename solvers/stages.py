@@ -20,8 +20,13 @@ Memory rows are in GB so the coefficients stay near 1.
 GB = 1e9
 
 
-def build(pulp, co, layers_total):
-    """Return (problem, n vars, r vars) for the Coefficients `co`: one n and r per rank."""
+def build(pulp, co, layers_total, recompute_some=False):
+    """Return (problem, n vars, r vars) for the Coefficients `co`: one n and r per rank.
+
+    `recompute_some` asks a full-recomputation layout to recompute at least one block:
+    with none it is the plain layout plus a working block of memory, so when the
+    recomputation mode is the solver's choice it would only repeat that layout.
+    """
     cfg = co.cfg
     p, v = cfg.pp, cfg.vpp
     prob = pulp.LpProblem("stages", pulp.LpMinimize)
@@ -32,6 +37,8 @@ def build(pulp, co, layers_total):
     tau_max = pulp.LpVariable("tau_max", lowBound=0)
     p_max = pulp.LpVariable("p_max", lowBound=0)
     prob += pulp.lpSum(n) == layers_total, "layers"
+    if full and recompute_some:
+        prob += pulp.lpSum(r) >= 1, "recompute_some"
     taus = []
     for s in range(p):
         tau = co.t_layer * n[s] + co.t_rank_const[s]
@@ -46,6 +53,9 @@ def build(pulp, co, layers_total):
         prob += (co.bytes_per_param * params + act + co.act_rank_const[s] / GB
                  <= co.mem_limit / GB), f"memory_{s}"
         taus.append(tau)
-    prob += ((co.m - 1.0 / v) * tau_max + pulp.lpSum(taus) * (1.0 / v)
-             + (co.t_dp_per_param + co.t_opt_per_param) * GB * p_max + co.t_dp_const)
+    # in units of about a thousandth of the step: HiGHS prunes with absolute tolerances
+    # (~1e-6), which in seconds would let it stop short of splits that differ by microseconds
+    scale = 1e3 / max(co.m * layers_total * co.t_layer, 1e-12)
+    prob += scale * ((co.m - 1.0 / v) * tau_max + pulp.lpSum(taus) * (1.0 / v)
+                     + (co.t_dp_per_param + co.t_opt_per_param) * GB * p_max + co.t_dp_const)
     return prob, n, r

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from llmctl.errors import ConfigError, LlmctlError
+from llmctl.errors import LlmctlError
 from llmctl.plan.cluster import Cluster
 from llmctl.plan.cost import Config, Workload
 from llmctl.plan.search import Fixed, Result, SearchOutcome, search
@@ -51,9 +51,6 @@ def load_inputs(req: Request):
 
     model = load_config(req.model, ModelConfig)
     profile = load_config(req.hardware, HardwareProfile) if req.hardware else None
-    if profile is not None and profile.gpu.count == 0 and not req.gpus_per_node:
-        raise ConfigError(req.hardware, ["gpu.count: 0 GPUs per node: there is nothing to split a model over"],
-                          hint="plan on a GPU node's profile, or pass --gpus-per-node")
     site = None
     if req.site:
         from llmctl.sites import load_site
@@ -62,7 +59,8 @@ def load_inputs(req: Request):
     nodes = req.nodes or (profile.cluster.nodes if profile is not None else None) or 1
     cl = build_cluster(profile, site, nodes=nodes, gpus_per_node=req.gpus_per_node,
                        max_memory_gb=req.max_memory_gb, peak_tflops=req.peak_tflops,
-                       target_flops=req.target_flops, max_comm_bw_gbps=req.max_comm_bw_gbps)
+                       target_flops=req.target_flops, max_comm_bw_gbps=req.max_comm_bw_gbps,
+                       profile_path=req.hardware or "hardware profile")
     seq = req.seq_len or model.max_seq_len
     gb = req.global_batch or max(cl.gpus, 1)
     return model, cl, Workload(LayerShape.of(model), seq, gb)

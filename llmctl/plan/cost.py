@@ -127,7 +127,9 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     z = cfg.zero
     bpp = 2 / (d if z >= 3 else 1) + 2 / (d if z >= 2 else 1) + 12 / (d if z >= 1 else 1)
     # activations
-    keep_core = cfg.recompute == "none"
+    # selective drops the attention core's s^2 tensors; under full recomputation the blocks
+    # that are not recomputed are ordinary blocks and keep them (docs/planner.md)
+    keep_core = cfg.recompute != "selective"
     a_layer = sh.act_bytes(s, b, t, c, keep_core)
     a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute == "full" else a_layer
     mult = [inflight(p, v, m, r) for r in range(p)]

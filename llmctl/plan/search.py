@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
 from llmctl.plan.cluster import Cluster
-from llmctl.plan.cost import (RECOMPUTE_MODES, Config, Evaluation, Workload, coefficients, dp_time,
-                              evaluate, inflight)
+from llmctl.plan.bounds import TupleBound, tuple_bounds
+from llmctl.plan.cost import RECOMPUTE_MODES, Config, Evaluation, Workload, coefficients, evaluate
 from llmctl.resources import data_dir
 
 GB = 1e9
@@ -95,84 +95,68 @@ def _pick(values: list[int], fixed: Optional[int]) -> list[int]:
     return [x for x in values if fixed is None or x == fixed]
 
 
-def domains(w: Workload, cl: Cluster, fx: Fixed) -> tuple[list, list, list]:
-    """The one-hot groups A=(tp,cp,recompute), B=(pp,vpp,mb), C=(dp,zero), after the unary rules."""
+def degree_tuples(w: Workload, cl: Cluster, fx: Fixed) -> tuple[list, dict[str, list]]:
+    """Every (tp, cp, pp, dp) whose product is the GPU count and that the unary rules allow.
+
+    Also returns each degree's own domain, so an empty one can be named.
+    """
     sh, N, gb = w.shape, cl.gpus, w.global_batch
-    tps = [t for t in divisors(N) if sh.heads % t == 0 and sh.kv_heads % t == 0
-           and (fx.tp_across_nodes or t <= cl.gpus_per_node)]
-    cps = [c for c in divisors(N) if w.seq_len % c == 0 and (c == 1 or w.seq_len // c >= MIN_CP_TOKENS)]
-    modes = [r for r in RECOMPUTE_MODES if fx.recompute in (None, r)]
-    A = [(t, c, r) for t in _pick(tps, fx.tp) for c in _pick(cps, fx.cp) for r in modes if N % (t * c) == 0]
-    pps = [p for p in divisors(N) if p <= sh.layers and gb % p == 0]
-    mbs = [b for b in divisors(gb) if b <= MAX_MICRO_BATCH or b == fx.mb]
-    B = []
-    for p in _pick(pps, fx.pp):
-        for v in _pick(list(range(1, MAX_VPP + 1)) if fx.vpp is None else [fx.vpp], fx.vpp):
-            if (v > 1 and p == 1) or p * v > sh.layers:
-                continue
-            B.extend((p, v, b) for b in _pick(mbs, fx.mb))
-    dps = [d for d in divisors(N) if gb % d == 0]
-    C = [(d, z) for d in _pick(dps, fx.dp) for z in range(4)
-         if fx.zero in (None, z) and (d > 1 or z == 0 or fx.zero == z)]
-    return A, B, C
-
-
-def master_data(w: Workload, cl: Cluster, A, B, C) -> dict[str, Any]:
-    """Domains, exponents and the lower-bound / necessary-memory coefficients of the master."""
-    sh, N, gb, L = w.shape, cl.gpus, w.global_batch, w.shape.layers
-    tcs = sorted({(t, c) for t, c, _ in A})
-    tc_index = {tc: i for i, tc in enumerate(tcs)}
-    per_seq: dict[tuple, float] = {}
-    act_one: dict[tuple, float] = {}
-    limit = None
-    for i, (t, c, r) in enumerate(A):
-        one = coefficients(w, cl, Config(tp=t, cp=c, mb=1, recompute=r))
-        two = coefficients(w, cl, Config(tp=t, cp=c, mb=2, recompute=r))
-        # the part of a micro-batch's work that grows with its size: latency terms dropped
-        per_seq[i] = L * (two.t_layer - one.t_layer) + (two.t_rank_const[-1] - one.t_rank_const[-1])
-        act_one[i] = one.act_ckpt if r == "full" else one.act_layer
-        limit = one.mem_limit
-    costA = [gb * t * c / N * per_seq[i] for i, (t, c, _) in enumerate(A)]
-    AB = {}
-    for i, (t, c, r) in enumerate(A):
-        for j, (p, v, b) in enumerate(B):
-            if N % (t * c * p):
-                continue
-            harmonic = sum(1.0 / inflight(p, v, p, s) for s in range(p))
-            AB[(i, j)] = {"time": (p - 1) / (v * p) * b * per_seq[i],
-                          "mem": L * b * act_one[i] / harmonic / GB}
-    AC = {}
-    params_all = sh.layers * sh.params_layer + sh.params_first + sh.params_last
-    for g, (t, c) in enumerate(tcs):
-        for k, (d, z) in enumerate(C):
-            if N % (t * c * d):
-                continue
-            p = N // (t * c * d)
-            params_avg = (params_all if p > 1 else sh.params_total) / (t * p)
-            per, const = dp_time(cl, t, c, d, z, p)  # m >= p, so p gathers bound ZeRO-3's from below
-            rep = coefficients(w, cl, Config(tp=t, cp=c, pp=p, dp=d, zero=z, mb=1))
-            p2p = 0.0
-            if p > 1:
-                rep2 = coefficients(w, cl, Config(tp=t, cp=c, pp=p, dp=d, zero=z, mb=2))
-                p2p = gb / d * (rep2.t_rank_const[0] - rep.t_rank_const[0])
-            AC[(g, k)] = {"time": (per + rep.t_opt_per_param) * params_avg + const + p2p,
-                          "mem": rep.bytes_per_param * params_avg / GB}
-    eN = factorize(N)
-    eB = factorize(gb)
-    return {
-        "A": A, "B": B, "C": C, "TC": [tc_index[(t, c)] for t, c, _ in A], "n_tc": len(tcs),
-        "eA": [factorize(t * c) for t, c, _ in A], "eBp": [factorize(p) for p, _, _ in B],
-        "eBb": [_merge(factorize(p), factorize(b)) for p, _, b in B], "eC": [factorize(d) for d, _ in C],
-        "primes_gpus": eN, "primes_batch": eB, "costA": costA, "AB": AB, "AC": AC,
-        "mem_limit": (limit or 0.0) / GB,
+    divs = divisors(N)
+    doms = {
+        "tp": _pick([t for t in divs if sh.heads % t == 0 and sh.kv_heads % t == 0
+                     and (fx.tp_across_nodes or t <= cl.gpus_per_node)], fx.tp),
+        "cp": _pick([c for c in divs if w.seq_len % c == 0 and (c == 1 or w.seq_len // c >= MIN_CP_TOKENS)],
+                    fx.cp),
+        "pp": _pick([p for p in divs if p <= sh.layers and gb % p == 0], fx.pp),
+        "dp": _pick([d for d in divs if gb % d == 0], fx.dp),
     }
+    dps = set(doms["dp"])
+    out = [(t, c, p, N // (t * c * p)) for t in doms["tp"] for c in doms["cp"] for p in doms["pp"]
+           if N % (t * c * p) == 0 and N // (t * c * p) in dps and gb % (N // (t * c * p) * p) == 0]
+    return out, doms
 
 
-def _merge(a: dict[int, int], b: dict[int, int]) -> dict[int, int]:
-    out = dict(a)
-    for q, e in b.items():
-        out[q] = out.get(q, 0) + e
-    return out
+def schedules(w: Workload, fx: Fixed, p: int, d: int) -> list[tuple[int, int, str]]:
+    """(vpp, micro_batch, recompute) allowed with pp = p, dp = d: dp*pp*micro_batch divides the batch."""
+    per_pipe = w.global_batch // (d * p)
+    vs = [v for v in range(1, MAX_VPP + 1) if (v == 1 or p > 1) and p * v <= w.shape.layers]
+    mbs = [b for b in divisors(per_pipe) if b <= MAX_MICRO_BATCH or b == fx.mb]
+    modes = [r for r in RECOMPUTE_MODES if fx.recompute in (None, r)]
+    return [(v, b, r) for v in _pick(vs, fx.vpp) for b in _pick(mbs, fx.mb) for r in modes]
+
+
+def zero_stages(fx: Fixed, d: int) -> list[int]:
+    """ZeRO stages worth considering over dp = d.
+
+    In the cost model stage 1 moves the same bytes as stage 2 and keeps more memory,
+    and stage 0 is slower (its optimizer step is not sharded) and keeps more still:
+    both are dominated by stage 2 and only appear when pinned.
+    """
+    if fx.zero is not None:
+        return [fx.zero]
+    return [0] if d == 1 else [2, 3]
+
+
+def master_tuples(w: Workload, cl: Cluster, fx: Fixed, tuples: list) -> tuple[list[TupleBound], float]:
+    """Coefficients of every tuple, with pairs that cannot fit in memory pruned before the solve."""
+    out = []
+    limit = None
+    for t, c, p, d in tuples:
+        tb = tuple_bounds(w, cl, t, c, p, d, schedules(w, fx, p, d), zero_stages(fx, d))
+        if not tb.schedules or not tb.zeros:
+            continue
+        if limit is None:
+            limit = coefficients(w, cl, Config(tp=t, cp=c, pp=p, dp=d)).mem_limit / GB
+        # a pair is dropped when even the most frugal partner breaks a necessary memory row
+        su, sw = min(z.static_u for z in tb.zeros), min(z.static_w for z in tb.zeros)
+        tb.schedules = [s for s in tb.schedules if s.act_u + su <= limit and s.act_w + sw <= limit]
+        if not tb.schedules:
+            continue
+        au, aw = min(s.act_u for s in tb.schedules), min(s.act_w for s in tb.schedules)
+        tb.zeros = [z for z in tb.zeros if z.static_u + au <= limit and z.static_w + aw <= limit]
+        if tb.zeros:
+            out.append(tb)
+    return out, limit or 0.0
 
 
 # --- running PuLP ---------------------------------------------------------------
@@ -216,6 +200,7 @@ class Solver:
         self.time_limit = time_limit
         self.name = "HiGHS"
         try:
+            # presolve off: on these small one-hot models HiGHS's presolve costs seconds, the B&B milliseconds
             self.solver = pulp.HiGHS(msg=False, timeLimit=time_limit, gapRel=1e-9, gapAbs=1e-12,
                                      threads=1, presolve="off")
             if not self.solver.available():
@@ -276,11 +261,12 @@ def spread(per_rank: list[int], v: int) -> list[int]:
     return out
 
 
-def solve_stages(solver: Solver, w: Workload, cl: Cluster, cfg: Config) -> Optional[Result]:
+def solve_stages(solver: Solver, w: Workload, cl: Cluster, cfg: Config,
+                 recompute_some: bool = False) -> Optional[Result]:
     """The exact cost of `cfg`: the stage-split ILP, or None when no split fits."""
     co = coefficients(w, cl, cfg)
     pulp = solver.pulp
-    prob, n, r = formulation("stages").build(pulp, co, w.shape.layers)
+    prob, n, r = formulation("stages").build(pulp, co, w.shape.layers, recompute_some)
     if solver.solve(prob) != "optimal":
         return None
     per_rank = [int(round(x.value())) for x in n]
@@ -296,14 +282,23 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
     t0 = time.perf_counter()
     solver = Solver(time_limit)
     pulp = solver.pulp
-    A, B, C = domains(w, cl, fx)
-    if not (A and B and C):
+    tuples, doms = degree_tuples(w, cl, fx)
+    empty = [n for n, key in (("tp/cp", "tp"), ("tp/cp", "cp"), ("pp/vpp/micro_batch", "pp"), ("dp/zero", "dp"))
+             if not doms[key]]
+    if empty:
         return SearchOutcome([], solver.name, "infeasible", time.perf_counter() - t0, 0, 0, 0, False,
-                             {"empty": [n for n, g in (("tp/cp", A), ("pp/vpp/micro_batch", B),
-                                                       ("dp/zero", C)) if not g]})
-    data = master_data(w, cl, A, B, C)
-    prob, xa, xb, xc = formulation("degrees").build(pulp, data)
+                             {"empty": sorted(set(empty))})
+    bounds, limit = master_tuples(w, cl, fx, tuples)
+    stats: dict[str, Any] = {"tuples": len(tuples), "kept": len(bounds),
+                             "pairs": sum(len(tb.schedules) + len(tb.zeros) for tb in bounds)}
+    if not bounds:  # no tuple passes the necessary memory conditions (or none divides)
+        return SearchOutcome([], solver.name, "infeasible", time.perf_counter() - t0, 0, 0, 0, False, stats)
+    # when the mode is free, "full" that recomputes nothing only repeats "none" with more memory
+    some = fx.recompute is None
+    prob, ys, zs = formulation("degrees").build(pulp, bounds, limit, w.shape.layers, some)
+    scale = formulation("degrees").objective_scale(bounds)
     nvars, ncons = len(prob.variables()), len(prob.constraints)
+    stats["setup_s"] = time.perf_counter() - t0
     want = 1 + top
     found: list[Result] = []
     it = 0
@@ -319,18 +314,25 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
         if st != "optimal":
             break
         master_feasible = True
-        bound = pulp.value(prob.objective)
+        bound = pulp.value(prob.objective) / scale
         if len(found) >= want and bound >= found[want - 1].evaluation.step_time * (1 - 1e-9):
             break
-        i = next(k for k, x in enumerate(xa) if x.value() > 0.5)
-        j = next(k for k, x in enumerate(xb) if x.value() > 0.5)
-        k = next(k for k, x in enumerate(xc) if x.value() > 0.5)
-        cut = [xa[i], xb[j], xc[k]]
-        (t, c, r), (p, v, b), (d, z) = A[i], B[j], C[k]
-        res = solve_stages(solver, w, cl, Config(tp=t, cp=c, pp=p, dp=d, vpp=v, mb=b, zero=z, recompute=r))
+        i, j, k = _chosen(ys, zs)
+        cut = [ys[i][j], zs[i][k]]
+        tb, sb, zb = bounds[i], bounds[i].schedules[j], bounds[i].zeros[k]
+        res = solve_stages(solver, w, cl, Config(tp=tb.tp, cp=tb.cp, pp=tb.pp, dp=tb.dp, vpp=sb.vpp, mb=sb.mb,
+                                                 zero=zb.zero, recompute=sb.recompute), some)
         if res is not None:
             found.append(res)
             found.sort(key=lambda x: x.evaluation.step_time)
+    stats["iterations"] = it
     return SearchOutcome(found[:want], solver.name, status if found else "infeasible",
-                         time.perf_counter() - t0, nvars, ncons, it, master_feasible,
-                         {"A": len(A), "B": len(B), "C": len(C)})
+                         time.perf_counter() - t0, nvars, ncons, it, master_feasible, stats)
+
+
+def _chosen(ys, zs) -> tuple[int, int, int]:
+    for i, row in enumerate(ys):
+        for j, v in enumerate(row):
+            if v.varValue > 0.5:
+                return i, j, next(k for k, x in enumerate(zs[i]) if x.varValue > 0.5)
+    raise AssertionError("the master's solution selects no layout")

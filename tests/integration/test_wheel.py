@@ -58,3 +58,25 @@ def test_installed_wheel_scaffolds_from_another_folder(wheel, tmp_path):
     shipped = [e for e in json.loads(r.stdout) if e["origin"] == "shipped"]
     assert {e["name"] for e in shipped} >= {"local", "slurm-a100-ib", "k8s-h100"}
     assert all("site-packages" in e["path"] for e in shipped)
+
+
+def test_installed_wheel_solves_a_plan(wheel, tmp_path):
+    """`plan compute` loads solvers/degrees.py and solvers/stages.py from the wheel (importlib.resources)."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    r = subprocess.run([str(env_dir / "bin/python"), "-m", "pip", "install", "-q", str(wheel)], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    (work / "m.json").write_text(json.dumps({"name": "m", "template": "llama", "layers": 8, "hidden": 1024,
+                                             "heads": 8, "kv_heads": 4, "vocab_size": 32000,
+                                             "max_seq_len": 2048}))
+    r = subprocess.run([str(env_dir / "bin/llmctl"), "plan", "compute", "--model", "m.json", "--site",
+                        "slurm-h100-pyxis", "--nodes", "2", "--global-batch", "32", "--json"],
+                       cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    par = data["parallelism"]
+    assert par["tp"] * par["pp"] * par["dp"] * par["cp"] == 16 and sum(par["layers_per_stage"]) == 8
+    assert data["solver"]["status"] == "optimal" and data["solver"]["variables"] > 0

@@ -23,8 +23,10 @@ def compositions(total: int, parts: int, least: int):
             yield (first,) + rest
 
 
-def best(w, cl, max_vpp=4, max_mb=16, min_cp_tokens=4096):
+def best(w, cl, fixed=None, max_vpp=4, max_mb=16, min_cp_tokens=4096):
+    """The least step time over every layout (those matching `fixed`'s pinned degrees), or inf."""
     sh, N, B = w.shape, cl.gpus, w.global_batch
+    pins = {k: v for k, v in vars(fixed).items() if v is not None and k != "tp_across_nodes"} if fixed else {}
     best_t = math.inf
     for tp, cp, pp in itertools.product(range(1, N + 1), repeat=3):
         if N % (tp * cp * pp):
@@ -36,7 +38,10 @@ def best(w, cl, max_vpp=4, max_mb=16, min_cp_tokens=4096):
             continue
         for v, mb, zero, rec in itertools.product(range(1, max_vpp + 1), range(1, max_mb + 1), range(4),
                                                   RECOMPUTE_MODES):
-            if (v > 1 and pp == 1) or pp * v > sh.layers or (dp == 1 and zero):
+            if (v > 1 and pp == 1) or pp * v > sh.layers or (dp == 1 and zero and "zero" not in pins):
+                continue
+            chosen = dict(tp=tp, cp=cp, pp=pp, dp=dp, vpp=v, mb=mb, zero=zero, recompute=rec)
+            if any(chosen[k] != x for k, x in pins.items()):
                 continue
             if B % (dp * mb * pp):
                 continue

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from llmctl.presets import model_fields
 
 from conftest import run_cli
@@ -67,8 +69,48 @@ def test_tp_not_dividing_heads(tmp_path):
 
 
 def test_zero_gpus(tmp_path):
-    err = _bad(tmp_path, "--model", _model(tmp_path), "--hardware", _profile(tmp_path, count=0))
-    assert "gpu.count" in err and "0 GPUs" in err
+    err = _bad(tmp_path, "--model", _model(tmp_path), "--hardware", _profile(tmp_path), "--gpus-per-node", "0")
+    assert "--gpus-per-node" in err and "0" in err
+
+
+def _cpu_profile(tmp_path):
+    """What `llmctl hw probe` writes on a node without GPUs (trimmed to what the planner reads)."""
+    p = tmp_path / "cpu.toml"
+    p.write_text('[gpu]\ncount = 0\n\n[limits]\nestimated_flops = 256e9\nsource = "estimate"\n\n'
+                 '[node]\ncpus = 2\nmemory_gb = 25.3\n')
+    return str(p)
+
+
+def test_cpu_only_profile_plans_a_tiny_model(tmp_path):
+    out = tmp_path / "plans" / "local.toml"
+    r = run_cli("plan", "compute", "--model", _model(tmp_path, size="tiny"), "--hardware", _cpu_profile(tmp_path),
+                "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["inputs"]["gpus_per_node"] == 1 and data["inputs"]["memory_gb"] == 25.3
+    # the node's estimated 256 GFLOP/s is the peak the MFU is measured against
+    pr = data["predicted"]
+    assert pr["tflops_per_gpu"] == pytest.approx(pr["mfu"] * 0.256, rel=0.02)
+    assert out.is_file()
+    r = run_cli("plan", "compute", "--model", _model(tmp_path, size="tiny"), "--hardware", _cpu_profile(tmp_path),
+                "--gpus-per-node", "2", "--global-batch", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["inputs"]["memory_gb"] == pytest.approx(25.3 / 2)
+    par = data["parallelism"]
+    assert par["tp"] * par["pp"] * par["dp"] * par["cp"] == 2
+
+
+def test_unknown_gpu_asks_for_peak_tflops(tmp_path):
+    p = tmp_path / "odd.toml"
+    p.write_text('[gpu]\ncount = 4\n[[gpu.devices]]\nid = 0\nname = "Acme Matrix 9000"\nmemory_gb = 64\n')
+    err = _bad(tmp_path, "--model", _model(tmp_path, size="1b"), "--hardware", str(p))
+    assert str(p) in err and "limits.estimated_flops" in err and "--peak-tflops" in err
+    r = run_cli("plan", "compute", "--model", _model(tmp_path, size="1b"), "--hardware", str(p),
+                "--peak-tflops", "100", "--global-batch", "16", "--json")
+    assert r.returncode == 0, r.stderr
+    pr = json.loads(r.stdout)["predicted"]
+    assert pr["tflops_per_gpu"] == pytest.approx(pr["mfu"] * 100, rel=0.02)
 
 
 def test_model_that_fits_nowhere_says_what_would(tmp_path):

@@ -1,0 +1,219 @@
+"""The master ILP's coefficients: lower bounds of the step time and necessary memory conditions.
+
+A full layout is a *tuple* T = (tp, cp, pp, dp) (degrees that multiply to the GPU
+count), a *schedule* S = (vpp, micro_batch, recompute) and a ZeRO stage Z. The exact
+cost of a layout needs the stage split (solvers/stages.py); the master only needs,
+for every pair (T, S) and (T, Z), numbers that bound every split from below:
+
+- pipeline time, two valid bounds (llmctl.plan.cost's T_pipe with tau_max bounded
+  by the average stage, resp. by the best integer split of blocks and the head);
+- data-parallel and optimizer time with the parameters of the fullest stage bounded
+  by the average and by the embedding/head stages; ZeRO-3's per-micro-batch
+  parameter gathers are the one term that couples Z with S (through m);
+- memory: any split must satisfy every weighted average of its per-stage memory
+  rows; two weightings (uniform, and 1/in-flight micro-batches, which makes the
+  activation term independent of the split) give necessary conditions whose
+  static and activation parts are separable in Z and S;
+- full recomputation: the same weighted rows bound the number R of recomputed
+  blocks from below, and R's time enters the pipeline bounds.
+
+All from `llmctl.plan.cost.coefficients`, so the bounds cannot drift from the
+model the sub-problem and the test oracle use (docs/planner.md, "The ILP").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from llmctl.plan.cluster import Cluster
+from llmctl.plan.cost import Config, Workload, coefficients, dp_time
+
+GB = 1e9
+
+
+@dataclass
+class ScheduleBound:
+    """Coefficients of one (T, S) pair."""
+
+    vpp: int
+    mb: int
+    recompute: str
+    pipe_avg: float  # seconds, bound 1 (no recomputation counted)
+    pipe_int: float  # seconds, bound 2
+    per_rec_avg: float  # seconds per recomputed block in bound 1
+    per_rec_int: float  # seconds per recomputed block in bound 2
+    act_u: float  # GB, activation part of the uniform-weight memory row
+    act_w: float  # GB, activation part of the 1/in-flight-weight memory row
+    static_w_factor: float  # per-GPU parameters weighted as in the 1/in-flight row
+    zero3_gather: float  # seconds of ZeRO-3 parameter gathers (0 unless dp > 1)
+    rec_w: tuple[float, float] = (0.0, 0.0)  # R >= a * bytes_per_param + b (full recomputation)
+    rec_u: tuple[float, float] = (0.0, 0.0)
+    bad_zeros: tuple[int, ...] = ()  # ZeRO stages with which no split fits (per-rank block capacity)
+
+
+@dataclass
+class ZeroBound:
+    """Coefficients of one (T, Z) pair."""
+
+    zero: int
+    bytes_per_param: float
+    time: float  # seconds: DP reduction (without ZeRO-3 gathers) + optimizer, at the P_max bound
+    static_u: float  # GB
+    static_w: float  # GB
+
+
+@dataclass
+class TupleBound:
+    tp: int
+    cp: int
+    pp: int
+    dp: int
+    schedules: list[ScheduleBound] = field(default_factory=list)
+    zeros: list[ZeroBound] = field(default_factory=list)
+
+
+def integer_tau_bound(layers: int, p: int, v: int, t_layer: float, p2p: float, head: float) -> float:
+    """min over integer splits (n_s >= v, sum = layers) of max_s tau_s, recomputation left out.
+
+    Every rank pays p2p; the last one also the head. The others share the rest as
+    evenly as possible, so only the last rank's count n matters: the first term
+    below falls and the second rises with n, and the minimum sits where they cross.
+    """
+    if p == 1:
+        return layers * t_layer + p2p + head
+    lo, hi = v, layers - (p - 1) * v
+
+    def worst(n: int) -> float:
+        return max(math.ceil((layers - n) / (p - 1)) * t_layer, n * t_layer + head) + p2p
+
+    cross = (layers * t_layer - (p - 1) * head) / (p * t_layer) if t_layer > 0 else lo
+    near = {lo, hi} | {min(hi, max(lo, math.floor(cross) + k)) for k in (-1, 0, 1, 2)}
+    return min(worst(n) for n in near)
+
+
+def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
+                 schedules: list[tuple[int, int, str]], zeros: list[int]) -> TupleBound:
+    """All (T, S) and (T, Z) coefficients of one degree tuple."""
+    L = w.shape.layers
+    tb = TupleBound(tp, cp, pp, dp)
+    for v, b, r in schedules:
+        co = coefficients(w, cl, Config(tp=tp, cp=cp, pp=pp, dp=dp, vpp=v, mb=b, zero=0, recompute=r))
+        m = co.m
+        tl, tc = co.t_layer, co.t_rank_const
+        p2p = tc[0] if pp > 1 else 0.0
+        head = tc[-1] - p2p
+        total = L * tl + sum(tc)
+        avg_factor = (m + (pp - 1) / v) / pp  # T_pipe >= (m - 1/v) sum/p + sum/v
+        theta = integer_tau_bound(L, pp, v, tl, p2p, head)
+        a_min0 = co.act_ckpt if r == "full" else co.act_layer
+        caps = _capacities(co, L, _bpp(max(zeros), dp), a_min0)  # the most frugal ZeRO stage
+        theta = max(theta, capped_tau_bound(caps, L, v, tl, tc))
+        infl = co.act_mult
+        H = sum(1.0 / x for x in infl)
+        wts = [1.0 / x / H for x in infl]
+        a_keep = co.act_layer
+        a_min = co.act_ckpt if r == "full" else a_keep
+        const_w = sum(wt * c for wt, c in zip(wts, co.act_rank_const))
+        const_u = sum(co.act_rank_const) / pp
+        flight_u = (v * sum(infl) + (L - pp * v) * min(infl)) / pp  # min over splits of sum infl_s n_s / p
+        # sum_s w_s P_s over any split: the embedding/head stages, and every rank's >= v blocks
+        pr = co.params_rank_const
+        static_w_factor = sum(wt * x for wt, x in zip(wts, pr)) + co.params_layer * (v + (L - pp * v) * min(wts))
+        sb = ScheduleBound(
+            vpp=v, mb=b, recompute=r,
+            pipe_avg=avg_factor * total, pipe_int=(m - 1 / v) * theta + total / v,
+            per_rec_avg=avg_factor * co.t_recompute, per_rec_int=co.t_recompute / v,
+            act_u=(a_min * flight_u + const_u) / GB, act_w=(L * a_min / H + const_w) / GB,
+            static_w_factor=static_w_factor, zero3_gather=0.0)
+        if r == "full":
+            delta = a_keep - co.act_ckpt
+            lim = co.mem_limit
+            # weighted row: bpp*sum w P + (L a - R delta)/H + const_w <= lim
+            sb.rec_w = (H * static_w_factor / delta, (H * (const_w - lim) + L * a_keep) / delta)
+            # uniform row: bpp*P_avg + (a sum infl n - delta sum infl r)/p + const_u <= lim, sum infl r <= max infl R
+            p_avg = (L * co.params_layer + sum(pr)) / pp
+            k = pp / (delta * max(infl))
+            sb.rec_u = (k * p_avg, k * (a_keep * flight_u + const_u - lim))
+        if dp > 1 and 3 in zeros:
+            per0, const0 = dp_time(cl, tp, cp, dp, 3, 0)
+            per1, const1 = dp_time(cl, tp, cp, dp, 3, 1)
+            sb.zero3_gather = m * ((per1 - per0) * _p_max(co, L) + (const1 - const0))
+        sb.bad_zeros = tuple(z for z in zeros if not _capacity_fits(co, L, _bpp(z, dp), a_min))
+        if len(sb.bad_zeros) < len(zeros) and math.isfinite(theta):
+            tb.schedules.append(sb)
+    if not tb.schedules:
+        return tb
+    base = co  # parameters per stage depend on T only
+    p_max = _p_max(base, L)
+    p_avg = (L * base.params_layer + sum(base.params_rank_const)) / pp
+    min_w = min(s.static_w_factor for s in tb.schedules)
+    for z in zeros:
+        bpp = _bpp(z, dp)
+        per, const = dp_time(cl, tp, cp, dp, z, 0)  # ZeRO-3's gathers are in zero3_gather
+        t_opt = 28.0 / (dp if z >= 1 else 1) / cl.hbm_bw
+        tb.zeros.append(ZeroBound(zero=z, bytes_per_param=bpp, time=(per + t_opt) * p_max + const,
+                                  static_u=bpp * p_avg / GB, static_w=bpp * min_w / GB))
+    return tb
+
+
+def _bpp(z: int, d: int) -> float:
+    """Bytes of weights, gradients and Adam state per parameter under ZeRO stage z over d ranks."""
+    return 2 / (d if z >= 3 else 1) + 2 / (d if z >= 2 else 1) + 12 / (d if z >= 1 else 1)
+
+
+def _capacities(co, layers: int, bpp: float, a_min: float) -> list[int]:
+    """Most blocks each rank can hold beside `bpp` bytes per parameter of model state."""
+    out = []
+    for s in range(co.cfg.pp):
+        room = co.mem_limit - co.act_rank_const[s] - bpp * co.params_rank_const[s]
+        per = bpp * co.params_layer + co.act_mult[s] * a_min
+        out.append(min(layers, math.floor(room / per * (1 + 1e-12))) if per > 0 else layers)
+    return out
+
+
+def capped_tau_bound(caps: list[int], layers: int, v: int, t_layer: float, t_const: list[float]) -> float:
+    """min over splits with v <= n_s <= caps[s] of max_s tau_s (inf when none): memory can force
+    blocks off the ranks that hold the most micro-batches, and so an unequal split."""
+    if any(c < v for c in caps) or sum(caps) < layers or t_layer <= 0:
+        return math.inf if (any(c < v for c in caps) or sum(caps) < layers) else 0.0
+
+    def holds(theta: float) -> bool:
+        return sum(min(c, math.floor((theta - k) / t_layer * (1 + 1e-12))) for c, k in zip(caps, t_const)) >= layers
+
+    cands = sorted({n * t_layer + k for k in set(t_const) for n in range(v, layers + 1)})
+    lo, hi = 0, len(cands) - 1
+    while lo < hi:  # the least candidate tau_max at which the ranks can hold every block
+        mid = (lo + hi) // 2
+        if holds(cands[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return cands[lo]
+
+
+def _capacity_fits(co, layers: int, bpp: float, a_min: float) -> bool:
+    """Necessary: the blocks each rank can hold (at a_min bytes each) add up to the model.
+
+    Rank s fits n blocks iff bpp (n P_layer + P_s) + inflight_s n a_min + const_s <= limit;
+    for "none"/"selective" a_min is the exact per-block bytes, so this is also sufficient
+    for memory; under full recomputation a_min is a recomputed block's.
+    """
+    v = co.cfg.vpp
+    total = 0
+    for s in range(co.cfg.pp):
+        room = co.mem_limit - co.act_rank_const[s] - bpp * co.params_rank_const[s]
+        per = bpp * co.params_layer + co.act_mult[s] * a_min
+        cap = math.floor(room / per * (1 + 1e-12)) if per > 0 else layers
+        if cap < v:
+            return False
+        total += cap
+    return total >= layers
+
+
+def _p_max(co, layers: int) -> float:
+    """Parameters on the fullest stage, from below: the average, and the embedding/head stages."""
+    p = co.cfg.pp
+    pr = co.params_rank_const
+    return max((layers * co.params_layer + sum(pr)) / p, co.params_layer + max(pr))
+
