@@ -33,8 +33,8 @@ def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
     y, z = [], []
     mem_u, mem_w, one, objective = [], [], [], []
     for i, tb in enumerate(tuples):
-        ys = [pulp.LpVariable(f"y{i}_{j}", cat="Binary") for j in range(len(tb.schedules))]
-        zs = [pulp.LpVariable(f"z{i}_{k}", cat="Binary") for k in range(len(tb.zeros))]
+        ys = [prob.add_variable(f"y{i}_{j}", cat="Binary") for j in range(len(tb.schedules))]
+        zs = [prob.add_variable(f"z{i}_{k}", cat="Binary") for k in range(len(tb.zeros))]
         y.append(ys)
         z.append(zs)
         one.extend((v, 1.0) for v in ys)
@@ -59,8 +59,8 @@ def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
             if sb.recompute != "full":
                 objective.append((v, max(sb.pipe_avg, sb.pipe_int)))
             else:
-                r = pulp.LpVariable(f"R{i}_{j}", lowBound=0, upBound=layers)
-                pipe = pulp.LpVariable(f"pipe{i}_{j}", lowBound=0)
+                r = prob.add_variable(f"R{i}_{j}", lowBound=0, upBound=layers)
+                pipe = prob.add_variable(f"pipe{i}_{j}", lowBound=0)
                 objective.append((pipe, 1.0))
                 prob += aff([(pipe, 1.0), (v, -sb.pipe_avg), (r, -sb.per_rec_avg)]) >= 0, f"pipe_avg_{i}_{j}"
                 prob += aff([(pipe, 1.0), (v, -sb.pipe_int), (r, -sb.per_rec_int)]) >= 0, f"pipe_int_{i}_{j}"
@@ -76,7 +76,7 @@ def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
         three = [v for v, zb in zip(zs, tb.zeros) if zb.zero == 3]
         gmax = max((sb.zero3_gather for sb in tb.schedules), default=0.0)
         if three and gmax > 0:
-            g = pulp.LpVariable(f"g{i}", lowBound=0)
+            g = prob.add_variable(f"g{i}", lowBound=0)
             objective.append((g, 1.0))
             prob += (aff([(g, 1.0), (three[0], -gmax)] + [(v, gmax - sb.zero3_gather)
                                                           for v, sb in zip(ys, tb.schedules)])

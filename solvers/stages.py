@@ -30,12 +30,12 @@ def build(pulp, co, layers_total, recompute_some=False):
     cfg = co.cfg
     p, v = cfg.pp, cfg.vpp
     prob = pulp.LpProblem("stages", pulp.LpMinimize)
-    n = [pulp.LpVariable(f"n{s}", lowBound=v, upBound=layers_total, cat="Integer") for s in range(p)]
+    n = [prob.add_variable(f"n{s}", lowBound=v, upBound=layers_total, cat="Integer") for s in range(p)]
     full = cfg.recompute == "full"
-    r = [pulp.LpVariable(f"r{s}", lowBound=0, upBound=layers_total, cat="Integer") if full else None
+    r = [prob.add_variable(f"r{s}", lowBound=0, upBound=layers_total, cat="Integer") if full else None
          for s in range(p)]
-    tau_max = pulp.LpVariable("tau_max", lowBound=0)
-    p_max = pulp.LpVariable("p_max", lowBound=0)
+    tau_max = prob.add_variable("tau_max", lowBound=0)
+    p_max = prob.add_variable("p_max", lowBound=0)
     prob += pulp.lpSum(n) == layers_total, "layers"
     if full and recompute_some:
         prob += pulp.lpSum(r) >= 1, "recompute_some"

@@ -229,7 +229,7 @@ class Solver:
             prob += pulp.lpSum(variables) <= rhs, name  # keep the PuLP model in step
             h = prob.solverModel
             h.addRow(-highspy.kHighsInf, rhs, len(variables), [v.index for v in variables], [1.0] * len(variables))
-            prob.constraints[name].index = h.getNumRow() - 1
+            prob.get_constraint_by_name(name).index = h.getNumRow() - 1
             with _quiet():
                 h.run()
             status, sol_status = self.solver.findSolutionValues(prob)
@@ -297,7 +297,7 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
     some = fx.recompute is None
     prob, ys, zs = formulation("degrees").build(pulp, bounds, limit, w.shape.layers, some)
     scale = formulation("degrees").objective_scale(bounds)
-    nvars, ncons = len(prob.variables()), len(prob.constraints)
+    nvars, ncons = len(prob.variables()), prob.numConstraints()
     stats["setup_s"] = time.perf_counter() - t0
     want = 1 + top
     found: list[Result] = []
