@@ -1,22 +1,18 @@
-"""Showing a plan: text tables, the TOML file, and a PNG picture drawn without matplotlib.
+"""Showing a plan: text tables, the TOML file, and a PNG picture.
 
 The picture has two panels: stacked memory per pipeline stage (weights,
-gradients, optimizer, activations, other) against the GPU's memory line, and one
-stacked bar of where the step time goes. It is written with zlib only, so
-`plan explain` stays a login-node command.
+gradients, optimizer, activations, other), and one stacked bar of where the step
+time goes. It is drawn with matplotlib (the `plot` extra), imported only when a
+picture is asked for.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import click
 
 MEM_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def print_plan(plan) -> None:
@@ -68,50 +64,15 @@ def write_plan(plan, path: str) -> None:
     atomic_write_text(path, "# written by `llmctl plan compute`\n" + tomli_w.dumps(plan.to_data()))
 
 
-def write_png(plan, path: str, width: int = 720, height: int = 400) -> None:
-    """Memory per stage (left) and the step-time breakdown (right) as a PNG."""
+def write_png(plan, path: str) -> None:
+    """Memory per stage (left: stacked parts per GPU) and where the step time goes (right)."""
+    from llmctl.charts import stacked_bars
+
     pr = plan.predicted
-    img = [[(255, 255, 255)] * width for _ in range(height)]
-
-    def rect(x0, y0, x1, y1, colour):
-        for y in range(max(0, int(y0)), min(height, int(y1))):
-            row = img[y]
-            for x in range(max(0, int(x0)), min(width, int(x1))):
-                row[x] = colour
-
-    # left panel: stacked bars, one per stage, scaled to the GPU's memory (or the fullest stage)
-    left, bottom, top, panel_w = 20, height - 20, 20, width // 2 - 40
-    cap = max([plan.inputs.memory_gb or 0.0] + [m.total for m in pr.memory_per_stage]) or 1.0
-    n = max(1, len(pr.memory_per_stage))
-    bar = max(1, panel_w // n)
-    for i, m in enumerate(pr.memory_per_stage):
-        y = bottom
-        for k, part in enumerate(MEM_PARTS):
-            hgt = getattr(m, part) / cap * (bottom - top)
-            rect(left + i * bar + 1, y - hgt, left + (i + 1) * bar - 1, y, COLOURS[k])
-            y -= hgt
-    if plan.inputs.memory_gb:
-        rect(left, bottom - plan.inputs.memory_gb / cap * (bottom - top) - 1, left + n * bar,
-             bottom - plan.inputs.memory_gb / cap * (bottom - top) + 1, (0, 0, 0))
-    # right panel: one stacked bar of the step's parts
-    x0 = width // 2 + 20
-    total = sum(pr.time_breakdown_s.values()) or 1.0
-    y = bottom
-    for k, (_, v) in enumerate(pr.time_breakdown_s.items()):
-        hgt = v / total * (bottom - top)
-        rect(x0, y - hgt, x0 + 80, y, COLOURS[(k + 5) % len(COLOURS)])
-        # legend square beside the bar
-        rect(x0 + 100, top + 16 * k, x0 + 112, top + 16 * k + 12, COLOURS[(k + 5) % len(COLOURS)])
-        y -= hgt
-    raw = b"".join(b"\x00" + bytes(c for px in row for c in px) for row in img)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(png)
-    tmp.replace(target)
+    i = plan.inputs
+    mem = {f"stage {m.stage}": {part: getattr(m, part) for part in MEM_PARTS} for m in pr.memory_per_stage}
+    p = plan.parallelism
+    title = (f"memory per GPU: tp={p.tp} pp={p.pp} dp={p.dp} cp={p.cp}"
+             + (f" (GPU has {i.memory_gb:g} GB)" if i.memory_gb else ""))
+    stacked_bars(title, "GB", mem, Path(path),
+                 second=(f"step time {pr.step_time_s:.3g} s", "seconds", dict(pr.time_breakdown_s)))
