@@ -80,15 +80,57 @@ def explain(plan_file, png, as_json) -> None:
     from llmctl.config.plan import PlanFile
     from llmctl.plan.report import print_plan, write_png
 
+    from llmctl.errors import LlmctlError
+
     plan = load_config(plan_file, PlanFile)
+    asked = png is not None
     png = png or str(plan_file).rsplit(".", 1)[0] + ".png"
-    if plan.predicted is not None:
-        write_png(plan, png)
+    note = None
+    if plan.predicted is None:
+        png = None
+    else:
+        try:
+            write_png(plan, png)
+        except LlmctlError as e:
+            if asked:  # a picture was asked for by name: failing to draw it is an error
+                raise
+            png, note = None, f"no picture: {e.message} ({e.hint})"
     if as_json:
         from llmctl.cli.common import print_json
 
-        print_json({**plan.to_data(), "png": png if plan.predicted is not None else None})
+        print_json({**plan.to_data(), "png": png})
     else:
         print_plan(plan)
-        if plan.predicted is not None:
+        if png:
             click.echo(f"picture: {png}")
+    if note:
+        click.echo(note, err=True)
+
+
+@group.command("calibrate")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--hardware", type=click.Path(dir_okay=False),
+              help="Profile to calibrate (default: the one the first run's plan names).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the calibrated profile here.")
+@click.option("--skip", type=click.IntRange(min=0), default=2, show_default=True,
+              help="First steps of each run to leave out (start-up).")
+@json_option
+def calibrate(run_dirs, hardware, out, skip, as_json) -> None:
+    """Fit the hardware profile's sustained rate from real runs' step times."""
+    from llmctl.cli.common import print_json
+    from llmctl.plan.calibrate import calibrate as fit
+
+    res = fit(list(run_dirs), hardware=hardware, out=out, skip=skip)
+    if as_json:
+        print_json(res)
+        return
+    for r in res["runs"]:
+        click.echo(f"{r['run']}: predicted {r['predicted_step_s']:.4g} s/step, measured "
+                   f"{r['measured_step_s']:.4g} s/step ({r['steps']} steps): x{r['predicted_over_measured']:.3f}")
+    click.echo(f"factor (median): {res['factor']:.3f}")
+    if res["key"]:
+        click.echo(f"{res['hardware']}: measured.{res['key']} {res['old_tflops']:.4g} -> {res['new_tflops']:.4g} TFLOP/s")
+    if res["written"]:
+        click.echo(f"wrote {res['written']}")
+    elif res["key"]:
+        click.echo("(pass --out to write the calibrated profile)")
