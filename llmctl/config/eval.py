@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
 from llmctl.config.base import StrictModel
+
+
+# Metrics each output type computes; the first ones are the default.
+METRICS = {
+    "perplexity": ("perplexity", "loss", "bits_per_byte"),
+    "multiple_choice": ("acc", "acc_norm"),
+    "generate_until": ("exact_match",),
+}
 
 
 class EvalTask(StrictModel):
@@ -19,13 +27,20 @@ class EvalTask(StrictModel):
     dataset_path: Optional[str] = None
     """Local JSONL file of documents (relative to the task file)."""
     data_config: Optional[str] = None
-    """perplexity only: evaluate on this data config's validation shards."""
+    """perplexity only: evaluate on this data config's validation shards ("run": the
+    checkpoint's own training data config)."""
+    description: str = ""
+    """Text put before the few-shot examples of every prompt."""
     doc_to_text: str = "{{text}}"
     """Jinja template for the prompt."""
     doc_to_target: Optional[str] = None
     """Jinja template (or field) for the target."""
-    doc_to_choice: Optional[str] = None
-    """multiple_choice: field or Jinja expression giving the list of choices."""
+    doc_to_choice: Union[str, list[str], None] = None
+    """multiple_choice: a list of choices, or a field / Jinja expression giving one."""
+    target_delimiter: str = " "
+    """Between the prompt and the target (or each choice)."""
+    fewshot_delimiter: str = "\n\n"
+    """Between few-shot examples."""
     until: list[str] = ["\n"]
     """generate_until: stop sequences."""
     max_gen_toks: int = Field(64, gt=0)
@@ -43,6 +58,13 @@ class EvalTask(StrictModel):
             raise ValueError("a task needs `dataset_path` or (perplexity) `data_config`")
         if self.output_type == "multiple_choice" and not self.doc_to_choice:
             raise ValueError("multiple_choice tasks need `doc_to_choice`")
+        if self.output_type != "perplexity" and not self.dataset_path:
+            raise ValueError(f"{self.output_type} tasks need `dataset_path` (a JSONL file)")
+        known = METRICS[self.output_type]
+        bad = [m for m in self.metrics if m not in known]
+        if bad:
+            raise ValueError(f"metrics: {', '.join(map(repr, bad))} not available for "
+                             f"{self.output_type} tasks; choose from {', '.join(known)}")
         return self
 
 
