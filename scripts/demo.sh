@@ -46,4 +46,10 @@ echo "reviewed script: runs/demo/job.sh"
 "$LLMCTL" job logs --follow runs/demo
 "$LLMCTL" job status runs/demo
 
-step "demo finished: project in $DEMO_DIR/tiny-llama, run in $DEMO_DIR/tiny-llama/runs/demo (loss curve: loss.png)"
+step "evaluate each checkpoint once (the cron-safe watcher) and show the results table"
+"$LLMCTL" eval watch --run-dir runs/demo --suite configs/eval/lm-eval-harness.toml \
+  --tasks stdlib_perplexity,code_completion --limit 100
+echo "to run the watcher every hour as a SLURM job (scrontab):"
+"$LLMCTL" eval schedule --every 1h --run-dir runs/demo --suite configs/eval/lm-eval-harness.toml --launcher slurm
+
+step "demo finished: project in $DEMO_DIR/tiny-llama, run in $DEMO_DIR/tiny-llama/runs/demo (loss curve: loss.png; eval table: runs/demo/eval/)"
