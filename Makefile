@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Extras the environment installs. torch is pinned to the CPU build on this disk
 # (see pyproject.toml); the MPI extra brings mpi4py and MPICH from PyPI.
-EXTRAS ?= dev,train,mpi
+EXTRAS ?= dev,train,mpi,serve
 STAMP  := $(VENV)/.installed-$(subst /,_,$(EXTRAS))
 DEMO   ?= demo
 

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import click
 
-from llmctl.cli.common import not_implemented
+from llmctl.errors import LlmctlError
 
 
 @click.command("export")
-@click.option("--checkpoint", type=click.Path(), help="Checkpoint to export.")
+@click.option("--checkpoint", type=click.Path(), help="Checkpoint to export (a step folder, checkpoints/ or a run).")
 @click.option("--artifact", type=click.Path(file_okay=False), help="Import a Hugging Face Llama folder instead.")
 @click.option("--out", type=click.Path(), help="Artifact folder to write.")
 @click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True)
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
-@click.option("--quantize", type=click.Choice(["int8"]), help="Weight-only quantisation.")
-def command(**kwargs) -> None:
-    """Export a checkpoint as safetensors + config.json + tokenizer."""
-    not_implemented("export", 9)
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="Weight-only int8 (per-channel scales), read by `llmctl serve`.")
+def command(checkpoint, artifact, out, fmt, dtype, quantize) -> None:
+    """Export a checkpoint as safetensors + config.json + tokenizer.
+
+    With --artifact instead, read a Hugging Face folder (Llama or GPT-2) into
+    llmctl's format: model.json + model.safetensors (+ tokenizer.json).
+    """
+    if bool(checkpoint) == bool(artifact):
+        raise LlmctlError("give exactly one of --checkpoint (export) or --artifact (import)")
+    if not out:
+        raise LlmctlError("--out: the folder to write is required")
+    if quantize and artifact:
+        raise LlmctlError("--quantize applies to --checkpoint exports only")
+    from llmctl.export.hf import export_checkpoint, import_artifact
+
+    if checkpoint:
+        path = export_checkpoint(checkpoint, out, dtype, quantize)
+        click.echo(f"exported {checkpoint} -> {path} ({fmt}, {dtype}"
+                   f"{', int8 weights (for llmctl serve; transformers cannot load them)' if quantize else ''})")
+    else:
+        path = import_artifact(artifact, out)
+        click.echo(f"imported {artifact} -> {path} (llmctl model.json + model.safetensors)")

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import click
 
-from llmctl.cli.common import not_implemented
-
 
 @click.group("serve")
 def group() -> None:
     """Serve a model (OpenAI-compatible HTTP) or run batch inference."""
+
+
+def _settings(ctx: click.Context, config_path, **flags):
+    """Flag given on the command line > serve config file > defaults."""
+    from click.core import ParameterSource
+
+    from llmctl.config.base import load_config
+    from llmctl.config.serve import ServeConfig
+
+    cfg = load_config(config_path, ServeConfig) if config_path else ServeConfig()
+    data = cfg.model_dump()
+    for key, value in flags.items():
+        if value is not None and (ctx.get_parameter_source(key) != ParameterSource.DEFAULT
+                                  or not config_path or data.get(key) is None):
+            data[key] = value
+    return ServeConfig(**data)
 
 
 @group.command("start")
@@ -21,9 +35,13 @@ def group() -> None:
               help="vllm-like, fcfs, or a plugin name.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
 @click.option("--api-key-env", help="Environment variable holding the bearer key.")
-def start(**kwargs) -> None:
+@click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests before answering 429.")
+@click.pass_context
+def start(ctx: click.Context, config_path, **flags) -> None:
     """Start the server."""
-    not_implemented("serve start", 9)
+    from llmctl.serve.start import serve
+
+    serve(_settings(ctx, config_path, **flags))
 
 
 @group.command("batch")
@@ -32,6 +50,27 @@ def start(**kwargs) -> None:
               help="Requests (OpenAI batch JSONL).")
 @click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False),
               help="Results (OpenAI batch JSONL).")
-def batch(**kwargs) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
+@click.option("--scheduler", default="vllm-like", show_default=True,
+              help="vllm-like, fcfs, or a plugin name.")
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.pass_context
+def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> None:
     """Answer a file of requests (resumable)."""
-    not_implemented("serve batch", 9)
+    from pathlib import Path
+
+    from llmctl.errors import LlmctlError
+    from llmctl.serve.batch import read_requests, run_batch
+    from llmctl.serve.start import build_engine, extra_rank
+
+    if extra_rank():  # several processes per job: rank 0 answers the file, once
+        click.echo("serve batch: not rank 0: nothing to do on this rank")
+        return
+    settings = _settings(ctx, config_path, **flags)
+    if not Path(settings.artifact).is_dir():
+        raise LlmctlError(f"--artifact {settings.artifact}: artifact folder not found")
+    read_requests(Path(input_path))  # bad input fails before the model loads
+    art, eng = build_engine(settings, settings.artifact)
+    counts = run_batch(eng, art.name, input_path, output_path, settings)
+    click.echo(f"serve batch: {counts['answered']} answered, {counts['errors']} errors, "
+               f"{counts['skipped']} already done (of {counts['total']}) -> {output_path}")

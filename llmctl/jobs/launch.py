@@ -162,8 +162,11 @@ def serve_program(kind: str, run_dir: str, artifact: str, input_path: Optional[s
         if not input_path:
             raise LlmctlError("a serve-batch job needs an input file")
         out = str(Path(output_path).absolute()) if output_path else str(Path(run_dir) / "output.jsonl")
-        return ["-m", "llmctl", "serve", "batch", "--artifact", art,
-                "--input", str(Path(input_path).absolute()), "--output", out]
+        program = ["-m", "llmctl", "serve", "batch", "--artifact", art,
+                   "--input", str(Path(input_path).absolute()), "--output", out]
+        if config_path:
+            program += ["--config", str(Path(config_path).absolute())]
+        return program
     # Bind all interfaces: the client runs on another host than the compute node.
     program = ["-m", "llmctl", "serve", "start", "--artifact", art, "--host", "0.0.0.0",
                "--port", str(port)]

@@ -11,6 +11,7 @@
       checkpoints/          what the program saves (and restarts from)
       metrics.jsonl         the trainer's metrics, one JSON object a line
       loss.png              the trainer's loss curve (at the end of a run)
+      endpoint.json         a persistent server's host and port (while it runs)
     (an array task i uses checkpoints/task-i/, metrics-i.jsonl, loss-i.png)
 """
 
@@ -95,6 +96,11 @@ class RunDir:
     @property
     def local_log(self) -> Path:
         return self.logs / "job.out"
+
+    @property
+    def endpoint_file(self) -> Path:
+        """Where a persistent server writes its host:port for discovery."""
+        return self.path / "endpoint.json"
 
     @property
     def exit_code_file(self) -> Path:

@@ -1,0 +1,1 @@
+"""Export checkpoints as Hugging Face folders, and load such folders (issue #9)."""

@@ -1,0 +1,406 @@
+"""Hugging Face layout: llmctl checkpoint <-> `from_pretrained` folder.
+
+An artifact folder is what `transformers.AutoModelForCausalLM.from_pretrained`
+reads: `config.json` (llama -> LlamaForCausalLM, gpt -> GPT2LMHeadModel, the
+closest transformers architecture), `model.safetensors` in transformers' tensor
+names, `tokenizer.json` + `tokenizer_config.json`, and our `llmctl-manifest.json`
+(sha256 of every file, the source checkpoint, the llmctl model config). The same
+reader loads a Llama folder that transformers itself saved, so `serve` and
+`export --artifact` accept both.
+
+Both directions are one table of names; GPT-2 stores its linear layers as Conv1D
+((in, out), q/k/v fused), hence the transposes and the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from llmctl.errors import LlmctlError
+from llmctl.fsutil import atomic_write_text
+
+MANIFEST = "llmctl-manifest.json"
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+# A plain role-tagged chat format: the tiny models have no chat training, so any
+# unambiguous format serves; it is written into tokenizer_config.json so that
+# transformers' apply_chat_template renders the same text as our server.
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def render_chat(messages: list[dict[str, str]]) -> str:
+    """CHAT_TEMPLATE in Python (the server must not need Jinja for every request)."""
+    return "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in messages) + "<|assistant|>\n"
+
+
+# --- names -----------------------------------------------------------------------
+
+def _llama_names(cfg) -> dict[str, str]:
+    """llmctl name -> transformers name."""
+    names = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    if not cfg.tie_embeddings:
+        names["head.weight"] = "lm_head.weight"
+    for i in range(cfg.layers):
+        p, q = f"blocks.{i}.", f"model.layers.{i}."
+        for a, b in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
+            names[f"{p}attn.{a}.weight"] = f"{q}self_attn.{b}.weight"
+            if cfg.bias:
+                names[f"{p}attn.{a}.bias"] = f"{q}self_attn.{b}.bias"
+        for a in ("gate", "up", "down"):
+            names[f"{p}mlp.{a}.weight"] = f"{q}mlp.{a}_proj.weight"
+            if cfg.bias:
+                names[f"{p}mlp.{a}.bias"] = f"{q}mlp.{a}_proj.bias"
+        names[f"{p}norm1.weight"] = f"{q}input_layernorm.weight"
+        names[f"{p}norm2.weight"] = f"{q}post_attention_layernorm.weight"
+    return names
+
+
+def llama_config_json(cfg) -> dict[str, Any]:
+    if cfg.activation != "swiglu" or cfg.norm != "rmsnorm":
+        raise LlmctlError(f"model {cfg.name}: a llama export needs swiglu + rmsnorm")
+    if cfg.rope.scaling not in ("none",) and cfg.rope.factor != 1.0:
+        raise LlmctlError(f"model {cfg.name}: rope scaling {cfg.rope.scaling!r} is not exported yet",
+                          hint="export a model without rope scaling")
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden, "intermediate_size": cfg.ffn,
+        "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads,
+        "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope.base, "tie_word_embeddings": bool(cfg.tie_embeddings),
+        "attention_bias": bool(cfg.bias), "mlp_bias": bool(cfg.bias), "hidden_act": "silu",
+    }
+
+
+def gpt2_config_json(cfg) -> dict[str, Any]:
+    problems = []
+    if cfg.kv_heads != cfg.heads:
+        problems.append("grouped-query attention")
+    if cfg.head_dim * cfg.heads != cfg.hidden:
+        problems.append("head_dim*heads != hidden")
+    if not cfg.bias or not cfg.tie_embeddings or cfg.norm != "layernorm" or cfg.activation != "gelu":
+        problems.append("GPT-2 needs biases, a tied head, layernorm and gelu")
+    if problems:
+        raise LlmctlError(f"model {cfg.name}: no transformers architecture fits: {'; '.join(problems)}")
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_embd": cfg.hidden, "n_layer": cfg.layers, "n_head": cfg.heads,
+        "n_inner": cfg.ffn, "n_positions": cfg.max_seq_len, "n_ctx": cfg.max_seq_len,
+        "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
+        "tie_word_embeddings": True, "scale_attn_weights": True,
+    }
+
+
+def to_hf_state(cfg, state: dict) -> dict:
+    """llmctl tensors -> transformers tensors (contiguous, no shared storage)."""
+    import torch
+
+    out = {}
+    if cfg.template == "llama":
+        for ours, theirs in _llama_names(cfg).items():
+            out[theirs] = state[ours].contiguous().clone()
+        return out
+    out["transformer.wte.weight"] = state["tok_emb.weight"].clone()
+    out["transformer.wpe.weight"] = state["pos_emb.weight"].clone()
+    out["transformer.ln_f.weight"] = state["norm.weight"].clone()
+    out["transformer.ln_f.bias"] = state["norm.bias"].clone()
+    for i in range(cfg.layers):
+        p, q = f"blocks.{i}.", f"transformer.h.{i}."
+        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            out[f"{q}{theirs}.weight"] = state[f"{p}{ours}.weight"].clone()
+            out[f"{q}{theirs}.bias"] = state[f"{p}{ours}.bias"].clone()
+        w = torch.cat([state[f"{p}attn.{n}.weight"] for n in ("wq", "wk", "wv")], 0)
+        b = torch.cat([state[f"{p}attn.{n}.bias"] for n in ("wq", "wk", "wv")], 0)
+        out[f"{q}attn.c_attn.weight"], out[f"{q}attn.c_attn.bias"] = w.t().contiguous(), b.clone()
+        for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+            out[f"{q}{theirs}.weight"] = state[f"{p}{ours}.weight"].t().contiguous()
+            out[f"{q}{theirs}.bias"] = state[f"{p}{ours}.bias"].clone()
+    return out
+
+
+def from_hf_state(cfg, hf: dict) -> dict:
+    """transformers tensors -> llmctl tensors (the inverse of to_hf_state)."""
+    out = {}
+    if cfg.template == "llama":
+        for ours, theirs in _llama_names(cfg).items():
+            if theirs not in hf:
+                raise LlmctlError(f"tensor {theirs} missing from the artifact")
+            out[ours] = hf[theirs]
+        if cfg.tie_embeddings:
+            out["head.weight"] = out["tok_emb.weight"]
+        return out
+    h = cfg.hidden
+    out["tok_emb.weight"] = hf["transformer.wte.weight"]
+    out["head.weight"] = out["tok_emb.weight"]
+    out["pos_emb.weight"] = hf["transformer.wpe.weight"]
+    out["norm.weight"], out["norm.bias"] = hf["transformer.ln_f.weight"], hf["transformer.ln_f.bias"]
+    for i in range(cfg.layers):
+        p, q = f"blocks.{i}.", f"transformer.h.{i}."
+        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
+            out[f"{p}{ours}.weight"], out[f"{p}{ours}.bias"] = hf[f"{q}{theirs}.weight"], hf[f"{q}{theirs}.bias"]
+        w, b = hf[f"{q}attn.c_attn.weight"].t(), hf[f"{q}attn.c_attn.bias"]
+        for j, n in enumerate(("wq", "wk", "wv")):
+            out[f"{p}attn.{n}.weight"] = w[j * h:(j + 1) * h].contiguous()
+            out[f"{p}attn.{n}.bias"] = b[j * h:(j + 1) * h]
+        for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+            out[f"{p}{ours}.weight"] = hf[f"{q}{theirs}.weight"].t().contiguous()
+            out[f"{p}{ours}.bias"] = hf[f"{q}{theirs}.bias"]
+    return out
+
+
+def model_config_from_hf(cj: dict, where: str):
+    """A ModelConfig from a transformers config.json (llama or gpt2)."""
+    from llmctl.config.model import ModelConfig
+
+    mt = cj.get("model_type")
+    try:
+        if mt == "llama":
+            rp = cj.get("rope_parameters") or {}
+            scaling = cj.get("rope_scaling") or {}
+            if (scaling or {}).get("rope_type", scaling.get("type", "default")) not in ("default", None) or \
+                    rp.get("rope_type", "default") != "default":
+                raise LlmctlError(f"{where}: rope scaling is not supported yet")
+            heads = cj["num_attention_heads"]
+            return ModelConfig(
+                name=cj.get("_name_or_path") or "hf-llama", template="llama",
+                layers=cj["num_hidden_layers"], hidden=cj["hidden_size"], ffn=cj["intermediate_size"],
+                heads=heads, kv_heads=cj.get("num_key_value_heads") or heads,
+                head_dim=cj.get("head_dim") or cj["hidden_size"] // heads,
+                vocab_size=cj["vocab_size"], max_seq_len=cj.get("max_position_embeddings", 2048),
+                rope={"base": rp.get("rope_theta", cj.get("rope_theta", 10000.0))},
+                norm_eps=cj.get("rms_norm_eps", 1e-6), tie_embeddings=bool(cj.get("tie_word_embeddings", False)),
+                bias=bool(cj.get("attention_bias", False)))
+        if mt == "gpt2":
+            h = cj["n_embd"]
+            return ModelConfig(
+                name=cj.get("_name_or_path") or "hf-gpt2", template="gpt", layers=cj["n_layer"], hidden=h,
+                ffn=cj.get("n_inner") or 4 * h, heads=cj["n_head"], vocab_size=cj["vocab_size"],
+                max_seq_len=cj["n_positions"], norm_eps=cj.get("layer_norm_epsilon", 1e-5))
+    except KeyError as e:
+        raise LlmctlError(f"{where}: config.json lacks {e.args[0]}") from None
+    raise LlmctlError(f"{where}: model_type {mt!r} is not supported; expected llama or gpt2")
+
+
+# --- export ----------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(checkpoint folder, run folder) from a checkpoint, a checkpoints/ folder or a run folder."""
+    from llmctl.train.checkpoint import MODEL, Checkpointer
+
+    p = Path(path).expanduser().absolute()
+    if not p.exists():
+        raise LlmctlError(f"{p}: checkpoint not found")
+    if (p / "checkpoints").is_dir():
+        p = p / "checkpoints"
+    if not (p / MODEL).is_file():
+        latest = Checkpointer(p).latest()
+        if latest is None:
+            raise LlmctlError(f"{p}: no checkpoint here (no {MODEL}, no `latest` pointer)")
+        p = latest
+    run = next((q for q in p.parents if (q / "config.toml").is_file()), None)
+    if run is None:
+        raise LlmctlError(f"{p}: cannot find the run folder (with config.toml) above the checkpoint")
+    return p, run
+
+
+def _stage(out: Path) -> Path:
+    if out.exists() and any(out.iterdir()):
+        raise LlmctlError(f"{out}: exists and is not empty", hint="choose a new --out folder")
+    tmp = out.parent / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _finish(tmp: Path, out: Path, manifest: dict) -> None:
+    manifest["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+
+
+def quantize_int8(hf: dict) -> dict:
+    """Weight-only int8: every projection weight (not embeddings, norms or the head)
+    becomes int8 with one fp32 scale per output channel (absmax / 127), stored as
+    NAME_scale. Llama's nn.Linear is (out, in); GPT-2's Conv1D is (in, out)."""
+    import torch
+
+    out = {}
+    for name, t in hf.items():
+        conv1d = name.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))
+        if t.dim() == 2 and (conv1d or name.endswith("proj.weight")):
+            scale = t.float().abs().amax(dim=0 if conv1d else 1, keepdim=True).clamp(min=1e-12) / 127.0
+            out[name] = (t.float() / scale).round().clamp(-127, 127).to(torch.int8)
+            out[name + "_scale"] = scale
+        else:
+            out[name] = t
+    return out
+
+
+def dequantize_int8(hf: dict, dtype) -> dict:
+    return {k: (v.float() * hf[k + "_scale"]).to(dtype) if k + "_scale" in hf else v
+            for k, v in hf.items() if not k.endswith("_scale")}
+
+
+def export_checkpoint(checkpoint: str, out: str, dtype: str = "bf16", quantize: Optional[str] = None) -> Path:
+    """Write a transformers-loadable folder from an llmctl checkpoint; returns it."""
+    from safetensors.torch import load_file
+
+    from llmctl.train.setup import load_run
+
+    ckpt, run = find_checkpoint(checkpoint)
+    setup = load_run(run)
+    cfg = setup.model_cfg
+    state = load_file(str(ckpt / "model.safetensors"))
+    if cfg.tie_embeddings:  # save_model keeps one name of the shared tensor
+        shared = state.get("tok_emb.weight", state.get("head.weight"))
+        state["tok_emb.weight"] = state["head.weight"] = shared
+    tok_file = setup.data_dir / "tokenizer.json"
+    eos_id = setup.data_meta["tokenizer"].get("eos_id")
+    return write_artifact(cfg, state, out, dtype, tok_file, eos_id,
+                          {"source_checkpoint": str(ckpt), "source_run": str(run)}, quantize)
+
+
+def write_artifact(cfg, state: dict, out: str | Path, dtype: str, tok_file: Optional[Path],
+                   eos_id: Optional[int], source: dict, quantize: Optional[str] = None) -> Path:
+    """Write llmctl tensors `state` of model `cfg` as a transformers folder at `out` (atomically)."""
+    import torch
+    from safetensors.torch import save_file
+
+    cj = llama_config_json(cfg) if cfg.template == "llama" else gpt2_config_json(cfg)
+    tdtype = getattr(torch, DTYPES[dtype])
+    hf = {k: v.to(tdtype) for k, v in to_hf_state(cfg, state).items()}
+    cj.update({"torch_dtype": DTYPES[dtype], "eos_token_id": eos_id, "bos_token_id": eos_id})
+    if quantize == "int8":
+        # Not a transformers quantisation method: such a folder is for `llmctl serve`.
+        hf = quantize_int8(hf)
+        cj["quantization_config"] = {"quant_method": "llmctl-int8", "weights": "per-row absmax"}
+    out_p = Path(out).expanduser().absolute()
+    tmp = _stage(out_p)
+    try:
+        save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cj, indent=2) + "\n", encoding="utf-8")
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"eos_token_id": eos_id, "bos_token_id": eos_id}) + "\n", encoding="utf-8")
+        if tok_file is not None:
+            _write_tokenizer(tmp, Path(tok_file), eos_id, cfg.max_seq_len)
+        _finish(tmp, out_p, {"format": "hf", "dtype": dtype, "quantize": quantize, **source, "model_config": cfg.to_data()})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_p
+
+
+def _write_tokenizer(tmp: Path, tok_file: Path, eos_id: Optional[int], max_len: int) -> None:
+    if not tok_file.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    shutil.copyfile(tok_file, tmp / "tokenizer.json")
+    eos = Tokenizer.from_file(str(tok_file)).id_to_token(eos_id) if eos_id is not None else None
+    (tmp / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
+        "model_max_length": max_len, "chat_template": CHAT_TEMPLATE}, indent=2) + "\n", encoding="utf-8")
+
+
+# --- loading ---------------------------------------------------------------------
+
+class Artifact:
+    """A loaded artifact: model (eval mode), its ModelConfig, tokenizer (or None), eos id."""
+
+    def __init__(self, model, cfg, tokenizer, eos_id: Optional[int], path: Path):
+        self.model, self.cfg, self.tokenizer, self.eos_id, self.path = model, cfg, tokenizer, eos_id, path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def load_artifact(path: str | Path, dtype: str = "fp32", device: str = "cpu") -> Artifact:
+    """Load a Hugging Face folder (ours, or a Llama/GPT-2 one transformers saved)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from llmctl.model.transformer import Transformer
+
+    p = Path(path).expanduser().absolute()
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise LlmctlError(f"{p}: not an artifact folder (no config.json)",
+                          hint="make one with `llmctl export --checkpoint RUN --out artifacts/NAME`")
+    try:
+        cj = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise LlmctlError(f"{cfg_file}: not valid JSON: {e}") from None
+    cfg = model_config_from_hf(cj, str(cfg_file))
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise LlmctlError(f"{p}: no *.safetensors weights")
+    hf: dict = {}
+    for f in files:
+        hf.update(load_file(str(f)))
+    tdtype = getattr(torch, DTYPES.get(dtype, "float32"))
+    qmethod = (cj.get("quantization_config") or {}).get("quant_method")
+    if qmethod == "llmctl-int8":
+        hf = dequantize_int8(hf, tdtype)
+    elif qmethod is not None:
+        raise LlmctlError(f"{cfg_file}: quantization method {qmethod!r} is not supported")
+    state = from_hf_state(cfg, hf)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device=device)
+    missing, unexpected = model.load_state_dict({k: v.to(tdtype) for k, v in state.items()},
+                                                strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.head.weight = model.tok_emb.weight
+    missing = [m for m in missing if m != "head.weight" or not cfg.tie_embeddings]
+    if missing:
+        raise LlmctlError(f"{p}: weights missing for {missing[:5]}")
+    if model.rope_cos is not None:  # buffers were on meta: recompute them
+        from llmctl.model.transformer import rope_cache
+
+        length = model.rope_cos.shape[0]
+        cos, sin = rope_cache(cfg, length)
+        model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)
+    model = model.to(tdtype).eval()
+    tokenizer = None
+    if (p / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(p / "tokenizer.json"))
+    eos_id = cj.get("eos_token_id")
+    if isinstance(eos_id, list):
+        eos_id = eos_id[0] if eos_id else None
+    return Artifact(model, cfg, tokenizer, eos_id, p)
+
+
+def import_artifact(artifact: str, out: str) -> Path:
+    """`export --artifact`: a transformers folder -> llmctl model.json + model.safetensors."""
+    from safetensors.torch import save_model
+
+    art = load_artifact(artifact)
+    out_p = Path(out).expanduser().absolute()
+    tmp = _stage(out_p)
+    try:
+        save_model(art.model, str(tmp / "model.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(art.cfg.to_data(), indent=2) + "\n", encoding="utf-8")
+        if (art.path / "tokenizer.json").is_file():
+            shutil.copyfile(art.path / "tokenizer.json", tmp / "tokenizer.json")
+        _finish(tmp, out_p, {"format": "llmctl", "source_artifact": str(art.path)})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_p

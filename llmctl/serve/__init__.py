@@ -1,0 +1,1 @@
+"""Serving: paged-KV engine, batching schedulers, OpenAI-compatible HTTP, batch jobs (issue #9)."""

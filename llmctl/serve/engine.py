@@ -1,0 +1,176 @@
+"""The engine: waiting/running queues, one scheduler, the paged runner, sampling.
+
+`step()` asks the scheduler for a batch, runs it, samples one token for every
+sequence whose chunk reached the end of what it knows, applies the stop rules
+(eos, max_tokens, stop strings, context length) and frees finished sequences'
+blocks. It is single-threaded by design: the HTTP server runs it in one thread
+and talks to it through `submit`/`abort`, which only enqueue.
+
+    engine = Engine.from_artifact(load_artifact("artifacts/tiny"), scheduler="vllm-like")
+    outs = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=8, temperature=0))
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import time
+from typing import Optional
+
+from llmctl.serve.sequence import SamplingParams, Sequence
+
+
+class Engine:
+    def __init__(self, model, tokenizer=None, eos_id: Optional[int] = None, scheduler: str = "vllm-like",
+                 max_batch_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16,
+                 num_blocks: Optional[int] = None):
+        from llmctl.serve.kvcache import PagedKVCache
+        from llmctl.serve.runner import PagedRunner
+        from llmctl.serve.scheduling import get_scheduler
+
+        cfg = model.cfg
+        self.model, self.cfg, self.tokenizer, self.eos_id = model, cfg, tokenizer, eos_id
+        self.scheduler = get_scheduler(scheduler)
+        self.max_batch_tokens, self.max_seqs = max_batch_tokens, max_seqs
+        if num_blocks is None:
+            # Room for max_seqs sequences of a quarter context each, or 4 full contexts.
+            num_blocks = max(4 * -(-cfg.max_seq_len // block_size),
+                             max_seqs * -(-cfg.max_seq_len // (4 * block_size)))
+        dtype = model.tok_emb.weight.dtype
+        kv_heads = model.blocks[0].attn.kv_heads  # this rank's share under tensor parallelism
+        self.cache = PagedKVCache(cfg.layers, kv_heads, cfg.head_dim, num_blocks, block_size,
+                                  dtype=dtype, device=model.tok_emb.weight.device)
+        self.runner = PagedRunner(model, self.cache)
+        self.waiting: collections.deque = collections.deque()
+        self.running: list[Sequence] = []
+        self.inbox: queue.Queue = queue.Queue()
+        self.stats = {"generated_tokens": 0, "prompt_tokens": 0, "steps": 0, "preemptions": 0,
+                      "finished": 0}
+
+    @classmethod
+    def from_artifact(cls, art, **kw) -> "Engine":
+        return cls(art.model, art.tokenizer, art.eos_id, **kw)
+
+    # --- requests ------------------------------------------------------------------
+    def check(self, seq: Sequence) -> Optional[str]:
+        """Why `seq` can never run here (None when it can)."""
+        total = len(seq.prompt_ids) + seq.params.max_tokens
+        if not seq.prompt_ids:
+            return "the prompt is empty"
+        if len(seq.prompt_ids) >= self.cfg.max_seq_len:
+            return f"the prompt has {len(seq.prompt_ids)} tokens; the model's context is {self.cfg.max_seq_len}"
+        if self.cache.blocks_for(min(total, self.cfg.max_seq_len)) > self.cache.num_blocks:
+            return "prompt + max_tokens exceed the whole KV cache"
+        return None
+
+    def add(self, seq: Sequence) -> None:
+        """Queue `seq` (engine thread only; other threads use `submit`)."""
+        if seq.params.seed is not None:
+            import torch
+
+            seq.generator = torch.Generator().manual_seed(int(seq.params.seed))
+        self.stats["prompt_tokens"] += len(seq.prompt_ids)
+        self.waiting.append(seq)
+
+    def submit(self, seq: Sequence) -> None:
+        self.inbox.put(("add", seq))
+
+    def abort(self, seq: Sequence) -> None:
+        self.inbox.put(("abort", seq))
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                op, seq = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if op == "add":
+                self.add(seq)
+            elif not seq.finished:
+                self._finish(seq, "abort")
+
+    # --- scheduling state (what schedulers see) ------------------------------------
+    def preempt(self, seq: Sequence) -> None:
+        """Recompute later: drop its KV, back to the front of the queue."""
+        self.cache.release(seq)
+        seq.num_computed = 0
+        seq.preemptions += 1
+        self.stats["preemptions"] += 1
+        if seq in self.running:
+            self.running.remove(seq)
+        self.waiting.appendleft(seq)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        self.cache.release(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.stats["finished"] += 1
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or not self.inbox.empty())
+
+    # --- one step ----------------------------------------------------------------------
+    def step(self) -> list[Sequence]:
+        """Run one batch; returns the sequences that got a token or finished."""
+        import torch
+
+        from llmctl.serve.sampling import sample
+
+        self._drain_inbox()
+        chunks = self.scheduler.schedule(self)
+        if not chunks:
+            return []
+        with torch.inference_mode():
+            logits = self.runner.forward(chunks)
+        self.stats["steps"] += 1
+        touched = []
+        now = time.monotonic()
+        for (seq, n), row in zip(chunks, logits):
+            if seq.finished:
+                continue
+            seq.num_computed += n
+            if seq.remaining > 0:  # a prompt chunk that did not reach the end: no sample yet
+                continue
+            tok = sample(row, seq.params, seq.generator)
+            seq.output_ids.append(tok)
+            self.stats["generated_tokens"] += 1
+            seq.first_token_at = seq.first_token_at or now
+            seq.last_token_at = now
+            self._apply_stops(seq, tok)
+            touched.append(seq)
+        return touched
+
+    def _apply_stops(self, seq: Sequence, tok: int) -> None:
+        p = seq.params
+        if self.tokenizer is not None:
+            text = self.tokenizer.decode(seq.output_ids)
+            for s in p.stop:
+                cut = text.find(s)
+                if cut >= 0:
+                    seq.text = text[:cut]
+                    return self._finish(seq, "stop")
+            seq.text = text
+        if tok == self.eos_id and not p.ignore_eos:
+            seq.text = self.tokenizer.decode(seq.output_ids[:-1]) if self.tokenizer else ""
+            return self._finish(seq, "stop")
+        if len(seq.output_ids) >= p.max_tokens or len(seq.tokens) >= self.cfg.max_seq_len:
+            return self._finish(seq, "length")
+
+    def run_until_done(self) -> None:
+        while self.has_work:
+            self.step()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Sequence]:
+        """Run `prompts` to completion together (tests, batch mode)."""
+        seqs = [Sequence(p, params) for p in prompts]
+        for s in seqs:
+            problem = self.check(s)
+            if problem:
+                raise ValueError(problem)
+            self.add(s)
+        self.run_until_done()
+        return seqs

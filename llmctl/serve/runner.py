@@ -1,0 +1,93 @@
+"""One forward pass over a mixed batch of chunks against the paged KV cache.
+
+A batch is a list of (sequence, n): run the next n tokens of each sequence (a
+prompt chunk, or 1 token to decode). The linear layers see all tokens of the
+batch flattened; attention is one padded call in which each query row sees only
+its own sequence's cached keys up to its position. New K/V are written into
+the sequence's slots before attention, so a chunk attends to itself causally.
+Returns the logits of each chunk's last token.
+"""
+
+from __future__ import annotations
+
+
+class PagedRunner:
+    def __init__(self, model, cache):
+        self.model, self.cache = model, cache
+        self.cfg = model.cfg
+        # Tensor parallel (llmctl.serve.mpi): sums the ranks' partial outputs of the
+        # row-parallel layers. None on a single rank.
+        self.reduce = None
+
+    def forward(self, chunks, logits: bool = True):
+        import torch
+        import torch.nn.functional as F
+
+        from llmctl.model.transformer import apply_rope
+
+        m, cache, dev = self.model, self.cache, self.model.tok_emb.weight.device
+        toks, pos, slots, q_rows, k_idx = [], [], [], [], []
+        B = len(chunks)
+        maxq = max(n for _, n in chunks)
+        maxk = max(s.num_computed + n for s, n in chunks)
+        k_len = []
+        for b, (s, n) in enumerate(chunks):
+            c = s.num_computed
+            toks += s.tokens[c:c + n]
+            pos += range(c, c + n)
+            slots += cache.slots(s, c, c + n)
+            q_rows += range(b * maxq, b * maxq + n)
+            ctx = cache.slots(s, 0, c + n)
+            k_idx.append(ctx + [0] * (maxk - len(ctx)))
+            k_len.append(c + n)
+        tokens = torch.tensor(toks, device=dev)
+        positions = torch.tensor(pos, device=dev)
+        slot_t = torch.tensor(slots, device=dev)
+        rows = torch.tensor(q_rows, device=dev)
+        kidx = torch.tensor(k_idx, device=dev)
+        # mask[b, i, j]: query i of sequence b may see key j (its position or earlier).
+        qpos = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)
+        qpos[rows] = positions
+        qpos = qpos.view(B, maxq, 1)
+        kpos = torch.arange(maxk, device=dev).view(1, 1, maxk)
+        mask = (kpos <= qpos) & (kpos < torch.tensor(k_len, device=dev).view(B, 1, 1))
+        mask[..., 0] |= qpos[..., 0] < 0  # padding rows see one key: no NaN from an empty softmax
+        mask = mask.unsqueeze(1)
+
+        N = len(toks)
+        x = m.tok_emb(tokens)
+        cos = sin = None
+        if m.pos_emb is not None:
+            x = x + m.pos_emb(positions)
+        else:
+            cos, sin = m.rope_cos[positions].unsqueeze(1), m.rope_sin[positions].unsqueeze(1)
+        for li, blk in enumerate(m.blocks):
+            a = blk.attn
+            h = blk.norm1(x)
+            q = a.wq(h).view(N, a.heads, a.head_dim)
+            k = a.wk(h).view(N, a.kv_heads, a.head_dim)
+            v = a.wv(h).view(N, a.kv_heads, a.head_dim)
+            if cos is not None:
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            cache.k[li][slot_t] = k.to(cache.k[li].dtype)
+            cache.v[li][slot_t] = v.to(cache.v[li].dtype)
+            qp = q.new_zeros(B * maxq, a.heads, a.head_dim)
+            qp[rows] = q
+            qp = qp.view(B, maxq, a.heads, a.head_dim).transpose(1, 2)
+            kk = cache.k[li][kidx].transpose(1, 2).to(q.dtype)
+            vv = cache.v[li][kidx].transpose(1, 2).to(q.dtype)
+            y = F.scaled_dot_product_attention(qp, kk, vv, attn_mask=mask,
+                                               enable_gqa=a.heads != a.kv_heads)
+            y = y.transpose(1, 2).reshape(B * maxq, a.heads * a.head_dim)[rows]
+            out = a.wo(y)
+            x = x + (self.reduce(out) if self.reduce else out)
+            out = blk.mlp(blk.norm2(x))
+            x = x + (self.reduce(out) if self.reduce else out)
+        if not logits:
+            return None
+        last = torch.tensor([b * maxq + n - 1 for b, (_, n) in enumerate(chunks)], device=dev)
+        # Map padded positions of the last tokens back to flattened rows.
+        flat_of = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)
+        flat_of[rows] = torch.arange(N, device=dev)
+        xl = x[flat_of[last]]
+        return m.head(m.norm(xl)).float()

@@ -1,0 +1,23 @@
+"""Next-token choice: greedy at temperature 0, else temperature, top-k, top-p (nucleus)."""
+
+from __future__ import annotations
+
+
+def sample(logits, params, generator=None) -> int:
+    """One token id from a (vocab,) float tensor."""
+    import torch
+
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    x = logits.float() / params.temperature
+    if params.top_k and params.top_k < x.numel():
+        kth = torch.topk(x, params.top_k).values[-1]
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    if params.top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = sorted_p.cumsum(0) - sorted_p >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,55 @@
+"""One request as the engine sees it: prompt, sampling settings, output so far, KV blocks."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+_ids = itertools.count()
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: Optional[int] = None
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+class Sequence:
+    """A request in flight. `num_computed` tokens of `tokens` have their K/V in the cache."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, request_id: Optional[str] = None):
+        self.seq_id = next(_ids)
+        self.request_id = request_id or f"req-{self.seq_id}"
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.output_ids: list[int] = []
+        self.num_computed = 0
+        self.blocks: list[int] = []
+        self.arrival = time.monotonic()
+        self.first_token_at: Optional[float] = None
+        self.last_token_at: Optional[float] = None
+        self.finish_reason: Optional[str] = None
+        self.text = ""          # detokenised output (stop sequences cut)
+        self.emitted = 0        # characters of `text` already streamed
+        self.generator = None   # torch.Generator when seeded
+        self.preemptions = 0
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def remaining(self) -> int:
+        """Tokens still to run through the model before the next sample."""
+        return len(self.prompt_ids) + len(self.output_ids) - self.num_computed
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

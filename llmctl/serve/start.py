@@ -1,0 +1,109 @@
+"""`llmctl serve start`: load the artifact, start the engine thread, run uvicorn.
+
+Under MPI (more than one rank), rank 0 does all of this and the other ranks run
+`llmctl.serve.mpi.worker_loop`. When $LLMCTL_RUN_DIR is set (a job), the bound
+host and port go to RUN/endpoint.json for discovery, removed at shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from llmctl.errors import LlmctlError
+
+
+def extra_rank() -> bool:
+    """True in the 2nd..Nth process that torchrun or srun started without MPI: the
+    batch job and the server run once (on rank 0); MPI ranks are handled by serve.mpi."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "0") not in ("", "0"):
+            return True
+    return False
+
+
+def api_key(settings) -> str | None:
+    if not settings.api_key_env:
+        return None
+    key = os.environ.get(settings.api_key_env)
+    if not key:
+        raise LlmctlError(f"--api-key-env {settings.api_key_env}: the variable is not set or empty",
+                          hint=f"export {settings.api_key_env}=... before starting the server")
+    return key
+
+
+def build_engine(settings, artifact_path: str, shard: tuple[int, int] | None = None):
+    """(artifact, engine); with `shard` = (rank, size) the model keeps its tensor-parallel slice."""
+    from llmctl.export.hf import load_artifact
+    from llmctl.serve.engine import Engine
+
+    dtype = "fp32" if settings.dtype == "auto" else settings.dtype
+    art = load_artifact(artifact_path, dtype=dtype, device=_device())
+    if shard is not None:
+        from llmctl.serve.mpi import shard_model
+
+        shard_model(art.model, *shard)
+    eng = Engine.from_artifact(art, scheduler=settings.scheduler, max_batch_tokens=settings.max_batch_tokens,
+                               block_size=settings.kv_block_size, num_blocks=settings.kv_blocks)
+    return art, eng
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def serve(settings) -> None:
+    from llmctl.serve import mpi
+
+    artifact = settings.artifact
+    if not artifact or not Path(artifact).is_dir():
+        raise LlmctlError(f"--artifact {artifact}: artifact folder not found")
+    key = api_key(settings)
+    world = mpi.world()
+    if world is None and extra_rank():
+        print("llmctl serve: not rank 0 and not under MPI: nothing to do on this rank", flush=True)
+        return
+    if world is not None and world.Get_rank() > 0:
+        return mpi.worker_loop(world, settings, artifact)
+    shard = (0, world.Get_size()) if world is not None else None
+    art, eng = build_engine(settings, artifact, shard=shard)
+    hook = mpi.attach_leader(world, eng) if world is not None else None
+    _run_http(settings, art, eng, key, hook)  # stops the MPI workers at shutdown
+
+
+def _run_http(settings, art, eng, key, hook) -> None:
+    import uvicorn
+
+    from llmctl.fsutil import atomic_write_text
+    from llmctl.jobs.rundir import RunDir
+    from llmctl.serve import mpi
+    from llmctl.serve.server import ServerState, build_app
+    from llmctl.serve.worker import EngineThread
+
+    worker = EngineThread(eng, step_hook=hook).start()
+    state = ServerState(worker, art.name, settings, key)
+    cleanups = [worker.shutdown]
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as e:
+        raise LlmctlError(f"cannot bind {settings.host}:{settings.port}: {e.strerror}") from None
+    port = sock.getsockname()[1]
+    endpoint = None
+    if os.environ.get("LLMCTL_RUN_DIR"):
+        endpoint = RunDir(os.environ["LLMCTL_RUN_DIR"]).endpoint_file
+        host = socket.getfqdn() if settings.host in ("0.0.0.0", "::") else settings.host
+        atomic_write_text(endpoint, json.dumps({"host": host, "port": port, "pid": os.getpid(),
+                                                "url": f"http://{host}:{port}/v1"}) + "\n")
+        cleanups.append(lambda: endpoint.unlink(missing_ok=True))
+    cleanups.append(lambda: mpi.shutdown(eng))  # tell the MPI workers to stop (no-op on one rank)
+    app = build_app(state, on_shutdown=cleanups)
+    print(f"llmctl serve: {art.name} on http://{settings.host}:{port}/v1 "
+          f"(scheduler {settings.scheduler})", flush=True)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

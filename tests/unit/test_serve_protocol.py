@@ -1,0 +1,86 @@
+"""OpenAI request parsing and response shapes, batch files, and the KV block pool."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmctl.errors import LlmctlError
+from llmctl.serve import protocol as P
+from llmctl.serve.batch import answered, read_requests
+from llmctl.serve.kvcache import PagedKVCache
+from llmctl.serve.sequence import SamplingParams, Sequence
+
+
+def test_sampling_params_from_body():
+    p = P.sampling_params({"max_tokens": 7, "temperature": 0, "top_p": 0.5, "top_k": 3, "seed": 1,
+                           "stop": "\n"}, max_tokens_limit=100)
+    assert (p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop) == (7, 0.0, 0.5, 3, 1, ["\n"])
+    assert P.sampling_params({"max_completion_tokens": 9}, 100).max_tokens == 9
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"max_tokens": 101}, "max_tokens"), ({"max_tokens": "3"}, "max_tokens"),
+    ({"temperature": 3}, "temperature"), ({"n": 2}, "n"), ({"stop": ["a"] * 5}, "stop"),
+    ({"seed": 1.5}, "seed"), ({"top_p": True}, "top_p"),
+])
+def test_bad_fields_name_the_parameter(body, param):
+    with pytest.raises(P.ApiError) as e:
+        P.sampling_params(body, max_tokens_limit=100)
+    assert e.value.status == 400 and e.value.param == param
+    assert set(e.value.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_chat_prompt_rendering_and_checks():
+    text = P.prompt_text({"messages": [{"role": "system", "content": "s"},
+                                       {"role": "user", "content": [{"type": "text", "text": "u"}]}]}, chat=True)
+    assert text == "<|system|>\ns\n<|user|>\nu\n<|assistant|>\n"
+    with pytest.raises(P.ApiError, match="messages"):
+        P.prompt_text({"messages": []}, chat=True)
+    assert P.prompt_text({"prompt": ["only"]}, chat=False) == "only"
+
+
+def test_streamed_text_holds_back_partial_characters_and_stop_prefixes():
+    s = Sequence([1], SamplingParams(stop=["END"]))
+    s.text = "hello EN"
+    assert P.stable_text(s) == "hello "  # "EN" may become "END"
+    s.params.stop = []
+    s.text = "abc\ufffd"
+    assert P.stable_text(s) == "abc"
+    s.finish_reason = "length"
+    assert P.stable_text(s) == "abc\ufffd"
+
+
+def test_batch_file_errors_name_line_and_key(tmp_path):
+    f = tmp_path / "in.jsonl"
+    good = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "x"}}
+    f.write_text(json.dumps(good) + "\n\n" + json.dumps(good) + "\n")
+    with pytest.raises(LlmctlError, match=r"in.jsonl:3: custom_id: 'a' appears twice"):
+        read_requests(f)
+    f.write_text(json.dumps({**good, "method": "GET"}) + "\n")
+    with pytest.raises(LlmctlError, match=r"in.jsonl:1: method"):
+        read_requests(f)
+    f.write_text("{nope\n")
+    with pytest.raises(LlmctlError, match=r"in.jsonl:1: not valid JSON"):
+        read_requests(f)
+
+
+def test_answered_cuts_a_torn_last_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"custom_id": "a"}\n{"custom_id": "b"}\n{"custom_i')
+    assert answered(out) == {"a", "b"}
+    assert out.read_text().endswith('"b"}\n')
+    assert answered(tmp_path / "none.jsonl") == set()
+
+
+def test_kv_blocks_are_reserved_and_returned():
+    pytest.importorskip("torch")
+    cache = PagedKVCache(layers=1, kv_heads=1, head_dim=2, num_blocks=4, block_size=4)
+    a, b = Sequence([1], SamplingParams()), Sequence([1], SamplingParams())
+    assert cache.reserve(a, 9) and len(a.blocks) == 3
+    assert not cache.reserve(b, 8) and b.blocks == []  # nothing taken when short
+    assert cache.reserve(b, 4) and cache.used_fraction == 1.0
+    assert cache.slots(a, 3, 6) == [a.blocks[0] * 4 + 3, a.blocks[1] * 4, a.blocks[1] * 4 + 1]
+    cache.release(a)
+    assert len(cache.free) == 3 and a.blocks == []
