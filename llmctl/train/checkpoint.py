@@ -163,6 +163,19 @@ class Checkpointer:
                 f"{path}: checkpoint made with another training config (optimizer, batch, schedule, "
                 "seed or data changed); refusing to resume from it",
                 hint="use a new run folder, or restore the config the run started with")
+        from llmctl.parallel import checkpoint as sharded
+
+        if sharded.kind(path) == "dcp":
+            # Saved by a distributed run in another layout: DCP reshards it into this one.
+            try:
+                sharded.load_dcp(path, model, optimizer)
+            except Exception as e:  # DCP raises CheckpointException, RuntimeError, KeyError...
+                raise LlmctlError(f"{path}: cannot load the sharded checkpoint: {e}") from None
+            set_rng_state(torch.load(path / RNG, map_location="cpu", weights_only=True))
+            return state
+        if sharded.kind(path) == "deepspeed":
+            raise LlmctlError(f"{path}: a DeepSpeed ZeRO checkpoint; resume it with the same ZeRO layout",
+                              hint="or convert it with the zero_to_fp32.py script DeepSpeed put in it")
         try:
             missing, unexpected = load_model(model, str(path / MODEL), strict=False, device=str(device))
         except (SafetensorError, OSError, RuntimeError) as e:

@@ -64,6 +64,7 @@ class RunSetup:
     grad_accum: int
     recompute: str
     recompute_layers: Optional[int]
+    dims: Any = None  # llmctl.parallel.dims.ParallelDims
 
     @property
     def tokens_per_step(self) -> int:
@@ -78,7 +79,9 @@ class RunSetup:
             "config_hash": short_hash({
                 "model": mc.to_data(), "optimizer": c.optimizer.to_data(),
                 "schedule": c.schedule.to_data(), "seed": c.training.seed,
-                "batch": [self.micro_batch, self.grad_accum, self.seq_len],
+                # The global batch, not its split: a run may resume with another layout.
+                "batch": [self.micro_batch * self.grad_accum * (self.dims.dp if self.dims else 1),
+                          self.seq_len],
                 "data": [self.data_meta["fingerprint"], self.data_meta["tokenizer"]["sha256"]]}),
             "model_name": mc.name,
             "model_shape": f"{mc.template}, {mc.layers} layers, hidden {mc.hidden}, "
@@ -147,23 +150,35 @@ def load_run(run_dir: str | Path) -> RunSetup:
                                   f"{model_cfg.max_seq_len} ({model_path})"])
 
     micro = plan.parallelism.micro_batch if plan is not None else cfg.parallel.micro_batch_size
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        # Several ranks would each train a full copy and write the same checkpoints.
-        raise LlmctlError(f"{world} ranks started, but this trainer runs one process; data, tensor "
-                          "and pipeline parallel training land with issue #7",
-                          hint="launch with one rank (--gpus-per-node 1) for now")
+    dims = parallel_dims(plan, run.plan_file, model_cfg)
     global_batch = cfg.parallel.global_batch_size
-    if global_batch % (micro * world):
+    if global_batch % (micro * dims.dp):
         raise ConfigError(where, [f"parallel.global_batch_size ({global_batch}) is not a multiple of "
-                                  f"micro-batch ({micro}) x data-parallel ranks ({world})"])
-    grad_accum = global_batch // (micro * world)
+                                  f"micro-batch ({micro}) x data-parallel ranks ({dims.dp})"])
+    grad_accum = global_batch // (micro * dims.dp)
     recompute, layers = "none", None
     if plan is not None:
         recompute = plan.parallelism.recompute
-        if recompute == "full" and plan.parallelism.recompute_layers_per_stage:
+        if recompute == "full" and plan.parallelism.recompute_layers_per_stage and dims.pp == 1:
             layers = sum(plan.parallelism.recompute_layers_per_stage)
     return RunSetup(run=run, task=task, config_path=config_path, cfg=cfg, model_cfg=model_cfg,
                     model_path=model_path, plan=plan, data_dir=data_dir, data_meta=meta,
                     hardware_path=hardware_path, seq_len=seq_len, micro_batch=micro,
-                    grad_accum=grad_accum, recompute=recompute, recompute_layers=layers)
+                    grad_accum=grad_accum, recompute=recompute, recompute_layers=layers, dims=dims)
+
+
+def parallel_dims(plan, plan_path: Path, model_cfg):
+    """The layout for the ranks this process was started with (no torch needed).
+
+    One rank trains in one process whatever the plan says (a run resumed on a smaller
+    allocation); several ranks take the plan's layout, or plain DDP without a plan.
+    """
+    from llmctl.parallel.dims import ParallelDims
+    from llmctl.parallel.rendezvous import discover
+
+    world = discover().world_size
+    if world == 1:
+        return ParallelDims()
+    dims = ParallelDims.from_plan(plan.parallelism) if plan is not None else ParallelDims(dp=world)
+    dims.validate(world, model_cfg, where=str(plan_path) if plan is not None else "launch")
+    return dims

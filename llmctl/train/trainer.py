@@ -1,4 +1,4 @@
-"""The training loop: one process (data, tensor and pipeline parallelism come in issue #7).
+"""The training loop of one process (several ranks: llmctl.train.distributed).
 
 Reads the run folder (`setup`), builds the model with the configured kernels,
 resumes from the checkpoint `latest` points at, then per optimizer step: set the
@@ -70,6 +70,10 @@ def train(run_dir: str) -> int:
 
     # Every check that needs no torch comes first: bad input fails in a blink.
     s = load_run(run_dir)
+    if s.dims is not None and s.dims.world > 1:
+        from llmctl.train.distributed import train_parallel
+
+        return train_parallel(s)
     cfg, tcfg = s.cfg, s.cfg.training
     train_store = TokenStore(s.data_dir, "train")
     val_store = TokenStore(s.data_dir, "val")
@@ -137,6 +141,7 @@ def train(run_dir: str) -> int:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "max_steps": tcfg.max_steps, "time": time.time()})
 
+    predicted = s.plan.predicted if s.plan is not None else None
     preempt = Preemption().install()
     model.train()
     window_t0, window_tokens, saved_at = time.perf_counter(), 0, step
@@ -176,7 +181,10 @@ def train(run_dir: str) -> int:
                        "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps,
                        "step_time_s": elapsed / max(window_tokens / s.tokens_per_step, 1),
                        "mfu": (fpt * tps / peak) if peak else None, "tokens": step * s.tokens_per_step,
-                       "epoch": round(sampler.epoch, 4), "memory_gb": memory_gb(device), **gpu.read()})
+                       "epoch": round(sampler.epoch, 4), "memory_gb": memory_gb(device), **gpu.read(),
+                       # the plan's prediction beside the measurement (`llmctl plan calibrate` fits them)
+                       "predicted_step_time_s": predicted.step_time_s if predicted else None,
+                       "predicted_mfu": predicted.mfu if predicted else None})
             window_t0, window_tokens = time.perf_counter(), 0
         paused = time.perf_counter()
         if step % tcfg.eval_interval == 0 or last:

@@ -11,7 +11,7 @@ from llmctl import __version__
 from llmctl.cli import cli, main
 
 GROUPS = {
-    "init": ["scaffold"], "hw": ["probe", "benchmark"], "plan": ["compute", "explain"],
+    "init": ["scaffold"], "hw": ["probe", "benchmark"], "plan": ["calibrate", "compute", "explain"],
     "data": ["prepare"], "train": ["launch"], "eval": ["run", "watch", "schedule"],
     "serve": ["start", "batch"], "job": ["submit", "status", "logs", "cancel", "list"],
     "site": ["list", "show", "check"],
@@ -153,14 +153,11 @@ def test_env_json(capsys):
     assert info["packages"]["click"]
 
 
-@pytest.mark.parametrize("argv,issue", [
-    (["eval", "run", "--checkpoint", "checkpoints/x/step-1"], 8),
-    (["export", "--checkpoint", "c", "--out", "artifacts/x"], 9),
-])
-def test_placeholders_say_not_implemented_and_exit_2(argv, issue, capsys):
-    assert main(argv) == 2
+def test_export_of_a_missing_checkpoint_is_a_clean_error(in_tmp, capsys):
+    assert main(["export", "--checkpoint", "c", "--out", "artifacts/x"]) == 2
     err = capsys.readouterr().err
-    assert "not implemented yet" in err and f"issue #{issue}" in err
+    assert "checkpoint not found" in err and "Traceback" not in err
+    assert not (in_tmp / "artifacts").exists()
 
 
 def test_schema_check_validates_files(tmp_path, capsys):

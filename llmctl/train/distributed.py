@@ -1,0 +1,228 @@
+"""The training loop over several ranks: the plan's layout applied by llmctl.parallel.
+
+Started once per rank by torchrun, srun or mpirun (`python -m llmctl.train` picks
+this loop when the world has more than one rank). Every rank draws the same
+global batch from the sampler (so the data order, and the sampler position in
+checkpoints, equal the single-process run's) and trains its share through a
+`Runner`. Rank 0 writes metrics; checkpoints are sharded (DCP, or DeepSpeed's
+for ZeRO) in the same step-N/ + `latest` layout as single-process ones, so a run
+can resume with another number of ranks (DCP) or in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from llmctl.train.preempt import EXIT_PREEMPTED, Preemption, requeue_slurm_job
+
+
+def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int) -> Path:
+    """Atomic across ranks: shards into a temporary folder, rank 0 renames it and moves `latest`."""
+    import torch
+    import torch.distributed as dist
+
+    from llmctl.fsutil import atomic_write_text
+    from llmctl.parallel import checkpoint as sharded
+    from llmctl.train.checkpoint import LATEST, RNG, STATE, rng_state, step_name
+
+    final = ckpt.folder / step_name(step)
+    tmp = ckpt.folder / f".tmp-{step_name(step)}-ranks"
+    if rank == 0:
+        ckpt.folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    if runner.engine is not None:
+        sharded.save_deepspeed(tmp, runner.engine)
+    else:
+        sharded.save_dcp(tmp, runner.state_module, runner.optimizer)
+    dist.barrier()
+    if rank == 0:
+        torch.save(rng_state(), tmp / RNG)
+        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.sync()  # every rank's shard files, not only ours
+        tmp.rename(final)
+        atomic_write_text(ckpt.folder / LATEST, final.name + "\n")
+        ckpt.prune(keep=final)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(ckpt, path: Path, runner, expect: dict) -> dict:
+    import torch
+
+    from llmctl.errors import LlmctlError
+    from llmctl.parallel import checkpoint as sharded
+    from llmctl.train.checkpoint import RNG, STATE, set_rng_state
+
+    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    for key in ("model_hash", "config_hash"):
+        if state.get(key) != expect[key]:
+            raise LlmctlError(f"{path}: checkpoint of another model or training config ({key} differs); "
+                              "refusing to resume from it", hint="use a new run folder")
+    kind = sharded.kind(path)
+    if runner.engine is not None:
+        if kind != "deepspeed":
+            raise LlmctlError(f"{path}: a {kind} checkpoint cannot resume a DeepSpeed ZeRO run",
+                              hint="resume it with DDP/FSDP (zero_stage 0, or fsdp) instead")
+        sharded.load_deepspeed(path, runner.engine)
+    elif kind == "dcp":
+        sharded.load_dcp(path, runner.state_module, runner.optimizer)
+    elif kind == "safetensors":
+        raise LlmctlError(f"{path}: a single-process checkpoint; resume it with one rank, which "
+                          "then writes checkpoints that any layout can load")
+    else:
+        raise LlmctlError(f"{path}: a DeepSpeed checkpoint; resume it with the same ZeRO layout")
+    set_rng_state(torch.load(path / RNG, map_location="cpu", weights_only=True))
+    return state
+
+
+def train_parallel(s) -> int:
+    """Train the run `s` (a RunSetup) on this rank; returns the exit code."""
+    from llmctl.data.shards import TokenStore
+    from llmctl.train.loader import WindowSampler, validation_batches
+
+    cfg, tcfg = s.cfg, s.cfg.training
+    train_store = TokenStore(s.data_dir, "train")
+    val_store = TokenStore(s.data_dir, "val")
+    sampler = WindowSampler(train_store, s.seq_len, tcfg.seed)
+    val = validation_batches(val_store, s.seq_len, s.micro_batch, tcfg.eval_batches)
+
+    import torch
+    import torch.distributed as dist
+
+    from llmctl.model.transformer import Transformer
+    from llmctl.parallel import rendezvous
+    from llmctl.parallel.dims import build_mesh
+    from llmctl.parallel.runner import Runner
+    from llmctl.train.checkpoint import Checkpointer
+    from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops
+    from llmctl.train.schedule import lr_at
+    from llmctl.train.trainer import _precision, build_optimizer
+
+    rdv = rendezvous.discover()
+    device = rendezvous.init(rdv)
+    dims = s.dims
+    dims.validate(rdv.world_size, s.model_cfg, where=str(s.run.plan_file))
+    rank = rdv.rank
+    precision = _precision(tcfg.precision, device)
+    mesh = build_mesh(dims, device.type)
+    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank, and as one process
+    model = Transformer(s.model_cfg, attention=cfg.kernels.attention, norm=cfg.kernels.norm)
+    model.set_recompute(s.recompute, s.recompute_layers)
+    runner = Runner(model, dims, mesh, device, lambda m: build_optimizer(m, cfg, device),
+                    micro_batch=s.micro_batch, grad_accum=s.grad_accum,
+                    grad_clip=cfg.optimizer.grad_clip, precision=precision)
+
+    ckpt = Checkpointer(s.run.task_checkpoints(s.task), cfg.checkpoint.keep_last)
+    if rank == 0:
+        ckpt.clean_partial()
+    dist.barrier()
+    hashes = s.hashes()
+    step = 0
+    latest = ckpt.latest()
+    if latest is not None:
+        state = load_checkpoint(ckpt, latest, runner, hashes)
+        step = int(state["step"])
+        sampler.load_state_dict(state["data"])
+
+    fpt = flops_per_token(s.model_cfg, s.seq_len)
+    peak, peak_source = peak_flops(s.hardware_path, device)
+    predicted = s.plan.predicted if s.plan is not None else None
+    world = rdv.world_size
+    gpu = GpuMonitor(device)
+    log = MetricsLog(s.run.metrics_file(s.task), console=rank == 0) if rank == 0 else None
+
+    def write(rec):
+        if log is not None:
+            log.write(rec)
+
+    write({"kind": "start", "step": step, "max_steps": tcfg.max_steps, "model": s.model_cfg.name,
+           "params": model.num_parameters(), "device": str(device), "precision": precision,
+           "micro_batch": s.micro_batch, "grad_accum": s.grad_accum, "seq_len": s.seq_len,
+           "tokens_per_step": s.tokens_per_step, "flops_per_token": fpt, "peak_flops": peak,
+           "peak_source": peak_source, "checkpoint": str(latest) if latest else None,
+           "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "data": str(s.data_dir),
+           "data_position": sampler.position, "world_size": world, "launcher": rdv.source,
+           "layout": {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp, "mode": dims.dp_mode,
+                      "zero_stage": dims.zero_stage, "schedule": dims.schedule},
+           "predicted_step_time_s": predicted.step_time_s if predicted else None,
+           "predicted_mfu": predicted.mfu if predicted else None})
+
+    def save(at: int) -> None:
+        save_checkpoint(ckpt, at, runner, {
+            **hashes, "data": sampler.state_dict(), "scheduler": {"type": cfg.schedule.type, "step": at},
+            "scaler": None, "max_steps": tcfg.max_steps, "time": time.time(), "world_size": world,
+            "layout": f"dp{dims.dp} tp{dims.tp} pp{dims.pp} {dims.dp_mode}"}, rank)
+
+    preempt = Preemption().install()
+    saved_at = step
+    global_rows = s.micro_batch * s.grad_accum * dims.dp
+    while step < tcfg.max_steps:
+        lr = lr_at(step, peak=cfg.optimizer.lr, warmup=cfg.schedule.warmup_steps,
+                   max_steps=tcfg.max_steps, kind=cfg.schedule.type, min_ratio=cfg.schedule.min_lr_ratio)
+        t0 = time.perf_counter()
+        x, y = sampler.next_batch(global_rows)
+        loss, grad_norm = runner.step(torch.from_numpy(x), torch.from_numpy(y), lr)
+        step_time = time.perf_counter() - t0
+        step += 1
+        # A signal may reach some ranks only: stop together, or the others hang in a collective.
+        flag = torch.tensor(1.0 if preempt.requested else 0.0)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag > 0)
+        last = step == tcfg.max_steps
+        if step % tcfg.log_interval == 0 or last or stop:
+            # Every rank measured the same synchronous step; rank 0's time is the step time.
+            tps = s.tokens_per_step * dims.dp / max(step_time, 1e-9)
+            write({"kind": "train", "step": step, "max_steps": tcfg.max_steps, "loss": loss, "lr": lr,
+                   "grad_norm": grad_norm, "tokens_per_s": tps, "step_time_s": step_time,
+                   # MFU per device: this step's model FLOPs over every rank's peak.
+                   "mfu": (fpt * tps / (peak * world)) if peak else None,
+                   "predicted_step_time_s": predicted.step_time_s if predicted else None,
+                   "predicted_mfu": predicted.mfu if predicted else None,
+                   "tokens": step * s.tokens_per_step * dims.dp, "epoch": round(sampler.epoch, 4),
+                   "memory_gb": memory_gb(device), **gpu.read()})
+        if (step % tcfg.eval_interval == 0 or last) and dims.pp == 1 and dims.dp_mode != "zero":
+            write({"kind": "eval", "step": step, "val_loss": _evaluate(runner, val, device)})
+        if step % cfg.checkpoint.interval_steps == 0 or last or stop:
+            save(step)
+            saved_at = step
+        if stop:
+            write({"kind": "end", "step": step, "reason": "preempted"})
+            if rank == 0:
+                log.close()
+                requeue_slurm_job()
+            rendezvous.shutdown()
+            return EXIT_PREEMPTED
+    if saved_at != step:
+        save(step)
+    write({"kind": "end", "step": step, "reason": "finished"})
+    if rank == 0:
+        log.close()
+        from llmctl.train.plot import plot_run
+
+        plot_run(s.run.metrics_file(s.task), s.run.loss_plot(s.task))
+    rendezvous.shutdown()
+    train_store.close()
+    val_store.close()
+    return 0
+
+
+def _evaluate(runner, batches, device) -> float:
+    """Validation loss with the wrapped model (DDP, FSDP2 or TP): every rank the same batches."""
+    import torch
+
+    model = runner.modules[0]
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for x, y in batches:
+            total += float(model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)))
+    model.train()
+    return total / max(len(batches), 1)

@@ -1,0 +1,196 @@
+"""The real trainer over several ranks, launched from scripts `llmctl train launch` rendered:
+torchrun (local), mpirun (MPI ranks) and srun (the local SLURM cluster). Each run's losses
+follow the single-process run's; checkpoints saved at dp=2 and tp=2 resume in one process
+with the same loss continuation (DCP reshards them)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import needs, run_cli
+
+pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jobsupport import VENV_BIN, slurm_up, wait_state  # noqa: E402
+from trainkit import TINY_MODEL, make_project, make_run, prepare_data, records, run_train  # noqa: E402
+
+STEPS = 6
+LOSS_TOL = 1e-4  # float32 sums in another order; the loss is ~6, so ~2e-5 relative
+
+SITE = """name = "{name}"
+scheduler = "{scheduler}"
+default_partition = "debug"
+gpu_request = "none"
+launcher = "{launcher}"
+requeue_grace_s = 60
+python = "{python}"
+{extra}
+[partitions.debug]
+nodes = 1
+cpus_per_node = 2
+memory_gb = 4
+max_time = "00:30:00"
+
+[env]
+OMP_NUM_THREADS = "1"
+TOKENIZERS_PARALLELISM = "false"
+DS_ACCELERATOR = "cpu"
+"""
+
+PLAN = """[inputs]
+model = "configs/models/tiny.json"
+nodes = 1
+gpus_per_node = 2
+seq_len = 32
+global_batch = 8
+
+[parallelism]
+{layout}
+"""
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = make_project(tmp_path_factory.mktemp("ptrain"), model={**TINY_MODEL, "tie_embeddings": False})
+    prepare_data(root)
+    ref = make_run(root, "single", steps=STEPS, interval=3, eval_interval=3)
+    r = run_train(ref)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {t["step"]: t["loss"] for t in records(run, "train")}
+
+
+def launch(root: Path, name: str, layout: str, scheduler: str, launcher: str, backend: str,
+           extra: str = "") -> Path:
+    site = root / f"{name}-site.toml"
+    site.write_text(SITE.format(name=name, scheduler=scheduler, launcher=launcher, python=sys.executable,
+                                extra=extra))
+    (root / f"{name}-plan.toml").write_text(PLAN.format(layout=layout))
+    cfg = make_run(root, f"{name}-cfg", steps=STEPS, interval=3, eval_interval=3) / "config.toml"
+    run = root / "runs" / name
+    r = run_cli("train", "launch", "--plan", f"{name}-plan.toml", "--config", str(cfg), "--launcher", backend,
+                "--site", str(site), "--run-dir", str(run), "--name", f"llmctl-par-{name}", cwd=root,
+                env={"LLMCTL_STATE_DIR": str(root / "state")})
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def finish(root: Path, run: Path, timeout: float = 240) -> None:
+    st = wait_state(lambda *a, **k: run_cli(*a, cwd=root, env={"LLMCTL_STATE_DIR": str(root / "state")}, **k),
+                    run, timeout=timeout)
+    logs = "\n".join(p.read_text(errors="replace")[-3000:] for p in (run / "logs").glob("*"))
+    assert st["state"] == "COMPLETED", (st, logs)
+
+
+def assert_follows_single(root: Path, run: Path, ranks: int) -> None:
+    ref, got = losses(root / "runs" / "single"), losses(run)
+    assert sorted(got) == list(range(1, STEPS + 1)), got
+    for step, loss in got.items():
+        assert abs(loss - ref[step]) <= LOSS_TOL, f"step {step}: {loss} vs single-process {ref[step]}"
+    start = records(run, "start")[0]
+    assert start["world_size"] == ranks
+
+
+def resume_in_one_process(root: Path, src: Path, name: str) -> None:
+    """Copy src's step-3 checkpoint into a fresh run folder and train steps 4-6 in one process."""
+    run = make_run(root, name, steps=STEPS, interval=3, eval_interval=3)
+    ck = run / "checkpoints"
+    ck.mkdir()
+    shutil.copytree(src / "checkpoints" / "step-00000003", ck / "step-00000003")
+    assert (ck / "step-00000003" / "dcp" / ".metadata").is_file()
+    (ck / "latest").write_text("step-00000003\n")
+    r = run_train(run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(root / "runs" / "single"), losses(run)
+    assert records(run, "start")[0]["step"] == 3 and sorted(got) == [4, 5, 6]
+    for step, loss in got.items():
+        assert abs(loss - ref[step]) <= LOSS_TOL, f"resumed step {step}: {loss} vs {ref[step]}"
+
+
+def test_torchrun_dp2_follows_single_process_and_resumes_at_dp1(project):
+    run = launch(project, "ddp", "dp = 2\nmicro_batch = 4\ngrad_accum = 1", "local", "torchrun", "local")
+    finish(project, run)
+    assert_follows_single(project, run, 2)
+    assert "torch.distributed.run" in (run / "job.sh").read_text()
+    resume_in_one_process(project, run, "ddp-to-dp1")
+
+
+def test_mpirun_tp2_follows_single_process_and_resumes_at_dp1(project):
+    needs("mpi", (VENV_BIN / "mpiexec").exists(), "pip install mpi4py mpich")
+    run = launch(project, "tp", "tp = 2\nmicro_batch = 4\ngrad_accum = 2", "mpi", "mpirun", "mpi",
+                 extra=f'mpirun = "{VENV_BIN}/mpiexec"')
+    finish(project, run)
+    assert_follows_single(project, run, 2)
+    assert records(run, "start")[0]["launcher"] in ("pmi", "openmpi", "torchrun")
+    resume_in_one_process(project, run, "tp-to-dp1")
+
+
+@pytest.mark.slurm
+def test_srun_pp2_follows_single_process(project):
+    needs("slurm", slurm_up(), "no running SLURM cluster (bash scripts/slurm-local.sh up)")
+    run = launch(project, "pp", "pp = 2\nmicro_batch = 2\ngrad_accum = 4", "slurm", "srun", "slurm")
+    finish(project, run)
+    assert_follows_single(project, run, 2)
+    assert "srun --ntasks=2" in (run / "job.sh").read_text()
+
+
+REQUEUE = {"zero3": "dp = 2\nzero_stage = 3\nmicro_batch = 4\ngrad_accum = 1",
+           "pp2": "pp = 2\nmicro_batch = 2\ngrad_accum = 4"}
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("name", list(REQUEUE))
+def test_preempt_requeue_resume_on_slurm(project, name):
+    """USR1 as SLURM sends it before preemption: every rank checkpoints (DeepSpeed's format for
+    ZeRO-3, DCP for pp=2), the job requeues itself and resumes at the step it stopped.
+    (One job at a time: the rendered script's MASTER_PORT is fixed, so two jobs on one node
+    would collide.)"""
+    import time
+
+    needs("slurm", slurm_up(), "no running SLURM cluster (bash scripts/slurm-local.sh up)")
+    steps = 60
+    env = {"LLMCTL_STATE_DIR": str(project / "state")}
+    site = project / f"{name}-rq-site.toml"
+    site.write_text(SITE.format(name=f"{name}rq", scheduler="slurm", launcher="srun", python=sys.executable,
+                                extra=""))
+    (project / f"{name}-rq-plan.toml").write_text(PLAN.format(layout=REQUEUE[name]))
+    cfg = make_run(project, f"{name}-rq-cfg", steps=steps, interval=1000, eval_interval=1000) / "config.toml"
+    run = project / "runs" / f"{name}-rq"
+    r = run_cli("train", "launch", "--plan", f"{name}-rq-plan.toml", "--config", str(cfg), "--launcher",
+                "slurm", "--site", str(site), "--run-dir", str(run), "--name", f"llmctl-rq-{name}",
+                cwd=project, env=env)
+    assert r.returncode == 0, r.stderr
+    job = json.loads((run / "submission.json").read_text())["job_id"]
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            t = records(run, "train")
+            if t and t[-1]["step"] >= 5:
+                break
+            time.sleep(0.2)
+        else:
+            logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in (run / "logs").glob("*"))
+            pytest.fail(f"the job never reached step 5: {logs}")
+        subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=30)
+        finish(project, run, timeout=240)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    starts, ends = records(run, "start"), records(run, "end")
+    assert len(starts) == 2 and ends[0]["reason"] == "preempted"
+    k = ends[0]["step"]
+    assert 5 <= k < steps and starts[1]["step"] == k and starts[1]["restart"] >= 1
+    assert ends[-1]["reason"] == "finished" and ends[-1]["step"] == steps
+    assert [t["step"] for t in records(run, "train")] == list(range(1, steps + 1))  # none repeated or lost
+    kind = "deepspeed" if name == "zero3" else "dcp"
+    assert (run / "checkpoints" / f"step-{k:08d}" / kind).is_dir()
