@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	LLMCTL=$(abspath $(BIN))/llmctl DEMO_DIR=$(DEMO) bash scripts/demo.sh
+	LLMCTL=$(abspath $(BIN))/llmctl PY=$(abspath $(BIN))/python DEMO_DIR=$(DEMO) bash scripts/demo.sh
 
 test: $(STAMP) services
 	$(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@
 # issue that lands extends it.
 set -euo pipefail
 LLMCTL=${LLMCTL:-llmctl}
+PY=${PY:-python3}   # a Python with the openai client (the venv's)
 DEMO_DIR=${DEMO_DIR:-demo}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -51,5 +52,34 @@ step "evaluate each checkpoint once (the cron-safe watcher) and show the results
   --tasks stdlib_perplexity,code_completion --limit 100
 echo "to run the watcher every hour as a SLURM job (scrontab):"
 "$LLMCTL" eval schedule --every 1h --run-dir runs/demo --suite configs/eval/lm-eval-harness.toml --launcher slurm
+
+step "export the trained model as a Hugging Face folder"
+rm -rf artifacts/demo
+"$LLMCTL" export --checkpoint runs/demo --out artifacts/demo --dtype fp32
+
+step "serve it (OpenAI-compatible HTTP on 127.0.0.1), ask it through the openai client, stop it"
+PORT=${LLMCTL_DEMO_PORT:-8765}
+"$LLMCTL" serve start --artifact artifacts/demo --port "$PORT" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+"$PY" - "$PORT" <<'PYCODE'
+import sys, time, urllib.request
+from openai import OpenAI
+
+port = sys.argv[1]
+for _ in range(150):  # wait for /health (model load takes a few seconds)
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.2)
+client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+prompt = "def main():\n    "
+reply = client.completions.create(model="demo", prompt=prompt, max_tokens=40, temperature=0)
+print("prompt:", repr(prompt))
+print("model:  ", repr(reply.choices[0].text))
+PYCODE
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+trap - EXIT
 
 step "demo finished: project in $DEMO_DIR/tiny-llama, run in $DEMO_DIR/tiny-llama/runs/demo (loss curve: loss.png; eval table: runs/demo/eval/)"
