@@ -50,7 +50,8 @@ export LLMCTL_CONFIG="$RUN_DIR/config.toml"
 # Rendezvous: the first node of the allocation
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_ADDR
-export MASTER_PORT=29500
+# A port per job (from its id): two jobs that share a node never collide.
+export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
 
 # One srun task per rank (one per GPU)
