@@ -44,13 +44,3 @@ class ConfigError(LlmctlError):
                 f"  {path}: {p}" for p in problems
             )
         super().__init__(message, hint)
-
-
-class NotImplementedYet(LlmctlError):
-    """A command whose issue has not landed yet (the only placeholder allowed)."""
-
-    def __init__(self, command: str, issue: int):
-        super().__init__(
-            f"`llmctl {command}` is not implemented yet (tracked in issue #{issue})",
-            hint="its options are parsed and checked already; the command lands with that issue",
-        )

@@ -21,10 +21,3 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
     for r in rows:
         click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
-
-
-def not_implemented(command: str, issue: int) -> None:
-    """The placeholder for a command whose issue has not landed: exit 2."""
-    from llmctl.errors import NotImplementedYet
-
-    raise NotImplementedYet(command, issue)
