@@ -110,15 +110,22 @@ def cli_reference() -> str:
              "Generated from `llmctl ... --help` by `make docs` (`python -m llmctl.docgen write`); "
              "do not edit by hand.", ""]
 
-    def walk(cmd: click.Command, path: list[str]) -> None:
-        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+    def walk(cmd: click.Command, path: list[str], parent: click.Context | None) -> None:
+        # Each context has its parent, as when a user runs the command: settings such as
+        # the root's help option names (-h, --help) are inherited, not defaulted.
+        extra = dict(cli.context_settings, terminal_width=100, max_content_width=100) if parent is None else {}
+        ctx = click.Context(cmd, info_name=path[-1], parent=parent, **extra)
+        # click caches a command's help option from the first context it sees; a caller
+        # that built one without the parent chain (a test, say) must not change the docs.
+        if getattr(cmd, "_help_option", None) is not None:
+            cmd._help_option = None
         lines.extend([f"{'#' * min(len(path) + 1, 4)} `{' '.join(path)}`", "", "```text",
                       cmd.get_help(ctx).rstrip(), "```", ""])
         if isinstance(cmd, click.Group):
             for name in cmd.list_commands(ctx):
-                walk(cmd.get_command(ctx, name), path + [name])
+                walk(cmd.get_command(ctx, name), path + [name], ctx)
 
-    walk(cli, ["llmctl"])
+    walk(cli, ["llmctl"], None)
     return "\n".join(lines).rstrip() + "\n"
 
 

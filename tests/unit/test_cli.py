@@ -39,10 +39,13 @@ SEED_EXAMPLES = [
 
 def resolve(argv: list[str]) -> tuple[click.Command, dict]:
     """Parse argv down to the leaf command without running it; returns (command, params)."""
+    root = click.Context(cli, info_name="llmctl", **cli.context_settings)
     cmd, rest = cli.commands[argv[0]], list(argv[1:])
+    parent = root
     if isinstance(cmd, click.Group):
+        parent = click.Context(cmd, info_name=cmd.name, parent=root)
         cmd, rest = cmd.commands[rest[0]], rest[1:]
-    return cmd, cmd.make_context(cmd.name, rest).params
+    return cmd, cmd.make_context(cmd.name, rest, parent=parent).params
 
 
 def test_every_group_and_verb_is_registered():

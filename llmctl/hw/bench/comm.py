@@ -27,6 +27,11 @@ from llmctl.errors import LlmctlError
 OPS = ("all_reduce", "all_gather")
 
 
+
+def _sig(x: float, digits: int = 4) -> float:
+    """Round to significant digits: a slow link's 0.00285 GB/s must not become 0.0028."""
+    return float(f"{x:.{digits}g}")
+
 def bus_factor(op: str, n: int) -> float:
     """nccl-tests' factor from algorithm to bus bandwidth for `n` ranks."""
     if op == "all_reduce":
@@ -113,7 +118,7 @@ def _worker(rank: int, world: int, port: int, backend: str, sizes: list[int], du
                 nbytes = elems * 4
                 algbw = nbytes / t / 1e9
                 row = {"op": op, "bytes": nbytes, "iters": k, "time_us": round(t * 1e6, 2),
-                       "algbw_gbps": round(algbw, 4), "busbw_gbps": round(algbw * bus_factor(op, world), 4)}
+                       "algbw_gbps": _sig(algbw), "busbw_gbps": _sig(algbw * bus_factor(op, world))}
                 rows.append(row)
                 if rank == 0:
                     print(f"  comm {backend} x{world} {op:<10} {nbytes:>11} B  {row['time_us']:>10.1f} us  "
