@@ -20,7 +20,7 @@ echo "llmctl: started on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-python3 -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=2 -m llmctl.train --run-dir /project/runs/local-local-train &
+python3 -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=2 --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 -m llmctl.train --run-dir /project/runs/local-local-train &
 child=$!
 rc=0
 while true; do
