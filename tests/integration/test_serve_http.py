@@ -133,17 +133,24 @@ def test_full_queue_answers_429_and_keys_are_checked(artifact):
             codes.append(httpx.post(s.url + "/v1/completions", json=body, timeout=120,
                                     headers={"Authorization": "Bearer sekret"}).status_code)
 
-        threads = [threading.Thread(target=long_one) for _ in range(2)]
-        for t in threads:
-            t.start()
         import time
 
-        # wait until one runs and one waits, then the next is refused at once
-        for _ in range(200):
-            m = httpx.get(s.url + "/metrics").text
-            if "\nllmctl_requests_running 1\n" in m and "\nllmctl_requests_waiting 1\n" in m:
-                break
-            time.sleep(0.05)
+        def wait_for(*lines: str) -> None:
+            for _ in range(400):
+                m = httpx.get(s.url + "/metrics").text
+                if all(f"\n{line}\n" in m for line in lines):
+                    return
+                time.sleep(0.05)
+            raise AssertionError(f"server never reached {lines}:\n{m}")
+
+        # One request runs (a static batch of one), the next waits in the one queue slot;
+        # started one after the other so that fcfs cannot batch them together.
+        threads = [threading.Thread(target=long_one) for _ in range(2)]
+        threads[0].start()
+        wait_for("llmctl_requests_running 1")
+        threads[1].start()
+        wait_for("llmctl_requests_running 1", "llmctl_requests_waiting 1")
+        # ... so the next one is refused at once
         with pytest.raises(openai.RateLimitError) as e:
             c.completions.create(model="tiny", prompt="y", max_tokens=4)
         assert e.value.response.headers["retry-after"] == "1"
