@@ -104,28 +104,40 @@ class Checkpointer:
         from safetensors.torch import save_model
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / step_name(step)
         tmp = self.folder / f".tmp-{step_name(step)}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             save_model(model, str(tmp / MODEL))  # handles a tied head (shared tensors)
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
-            torch.save(rng_state(), tmp / RNG)
-            (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n",
-                                     encoding="utf-8")
-            for name in (MODEL, OPTIMIZER, RNG, STATE):
+            for name in (MODEL, OPTIMIZER):
                 _fsync_file(tmp / name)
-            _fsync_dir(tmp)
-            if final.exists():
-                # A checkpoint of this step that `latest` never pointed at (a writer was
-                # killed between the rename and the pointer): replace it.
-                shutil.rmtree(final)
-            tmp.rename(final)
-            _fsync_dir(self.folder)
+            return self.publish(tmp, step, state)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def publish(self, tmp: Path, step: int, state: dict[str, Any], sync_all: bool = False) -> Path:
+        """The commit shared by every writer: RNG state and state.json into `tmp`, then
+        rename it to step-N, then move `latest`, then prune. `sync_all` flushes every
+        file on the machine (other ranks wrote shards into `tmp` too)."""
+        import torch
+
+        final = self.folder / step_name(step)
+        torch.save(rng_state(), tmp / RNG)
+        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
+        if sync_all:
+            os.sync()
+        else:
+            for name in (RNG, STATE):
+                _fsync_file(tmp / name)
+            _fsync_dir(tmp)
+        if final.exists():
+            # A checkpoint of this step that `latest` never pointed at (a writer was
+            # killed between the rename and the pointer): replace it.
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(self.folder)
         atomic_write_text(self.folder / LATEST, final.name + "\n")
         self.prune(keep=final)
         return final

@@ -22,12 +22,10 @@ from llmctl.train.preempt import EXIT_PREEMPTED, Preemption, requeue_slurm_job
 
 def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int) -> Path:
     """Atomic across ranks: shards into a temporary folder, rank 0 renames it and moves `latest`."""
-    import torch
     import torch.distributed as dist
 
-    from llmctl.fsutil import atomic_write_text
     from llmctl.parallel import checkpoint as sharded
-    from llmctl.train.checkpoint import LATEST, RNG, STATE, rng_state, step_name
+    from llmctl.train.checkpoint import step_name
 
     final = ckpt.folder / step_name(step)
     tmp = ckpt.folder / f".tmp-{step_name(step)}-ranks"
@@ -42,14 +40,7 @@ def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int) -> Path:
         sharded.save_dcp(tmp, runner.state_module, runner.optimizer)
     dist.barrier()
     if rank == 0:
-        torch.save(rng_state(), tmp / RNG)
-        (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.sync()  # every rank's shard files, not only ours
-        tmp.rename(final)
-        atomic_write_text(ckpt.folder / LATEST, final.name + "\n")
-        ckpt.prune(keep=final)
+        ckpt.publish(tmp, step, state, sync_all=True)  # every rank's shard files, not only ours
     dist.barrier()
     return final
 
