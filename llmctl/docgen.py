@@ -143,8 +143,9 @@ def main(argv: list[str]) -> int:
         old = path.read_text(encoding="utf-8") if path.exists() else ""
         if argv[0] == "write":
             if new != old:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(new, encoding="utf-8")
+                from llmctl.fsutil import atomic_write_text
+
+                atomic_write_text(path, new)
                 print(f"wrote {path}")
         elif new != old:
             stale += 1
