@@ -85,7 +85,8 @@ def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
     prob += aff(mem_u) <= mem_limit_gb, "memory_uniform"
     prob += aff(mem_w) <= mem_limit_gb, "memory_inflight_weighted"
     # scaled so the optimum is about 1e3 (see stages.py); llmctl.plan.search divides it back
-    prob += aff([(v, c * objective_scale(tuples)) for v, c in objective])
+    scale = objective_scale(tuples)  # once: it scans every schedule of every tuple
+    prob += aff([(v, c * scale) for v, c in objective])
     return prob, y, z
 
 

@@ -20,7 +20,10 @@ def group() -> None:
 @click.option("--nodes", type=click.IntRange(min=1), help="Nodes.")
 @click.option("--gpus-per-node", type=click.IntRange(min=1), help="GPUs per node.")
 @click.option("--seq-len", type=click.IntRange(min=1), help="Sequence length.")
-@click.option("--global-batch", type=click.IntRange(min=1), help="Sequences per optimizer step.")
+@click.option("--global-batch", type=click.IntRange(min=1),
+              help="Sequences per optimizer step (default: --train's, else one per GPU).")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False),
+              help="Training config: its global batch and sequence length when not given as flags.")
 @click.option("--target-flops", type=float, help="FLOP/s ceiling the plan may assume.")
 @click.option("--max-memory-gb", type=click.FloatRange(min=0, min_open=True), help="Memory per GPU to plan for.")
 @click.option("--max-comm-bw-gbps", type=click.FloatRange(min=0, min_open=True),
@@ -43,7 +46,7 @@ def group() -> None:
               help="Seconds the solver may take.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the plan (TOML) here.")
 @json_option
-def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, target_flops,
+def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, train_path, target_flops,
             max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
             zero_stage, recompute, tp_across_nodes, top, time_limit, out, as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
@@ -56,7 +59,7 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
     req = Request(model=model_path, hardware=hardware, site=site, nodes=nodes, gpus_per_node=gpus_per_node,
                   seq_len=seq_len, global_batch=global_batch, target_flops=target_flops,
                   max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
-                  strategy=strategy, fixed=fixed, top=top, time_limit=time_limit)
+                  strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path)
     plan, _ = compute_plan(req)
     if out:
         write_plan(plan, out)

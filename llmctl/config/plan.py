@@ -88,8 +88,11 @@ class PlanInputs(StrictModel):
     """Hardware profile path."""
     site: Optional[str] = None
     """Site-config name."""
+    train: Optional[str] = None
+    """Training config path (global batch and sequence length came from it)."""
     model_sha256: Optional[str] = None
     hardware_sha256: Optional[str] = None
+    train_sha256: Optional[str] = None
     nodes: int = Field(1, gt=0)
     gpus_per_node: int = Field(1, gt=0)
     seq_len: int = Field(2048, gt=0)

@@ -35,6 +35,7 @@ class Request:
     fixed: Fixed = None  # type: ignore[assignment]
     top: int = 3
     time_limit: float = 60.0
+    train: Optional[str] = None  # a training config: global batch and sequence length
 
 
 def _sha(path: Optional[str]) -> Optional[str]:
@@ -61,8 +62,15 @@ def load_inputs(req: Request):
                        max_memory_gb=req.max_memory_gb, peak_tflops=req.peak_tflops,
                        target_flops=req.target_flops, max_comm_bw_gbps=req.max_comm_bw_gbps,
                        profile_path=req.hardware or "hardware profile")
-    seq = req.seq_len or model.max_seq_len
-    gb = req.global_batch or max(cl.gpus, 1)
+    seq, gb = req.seq_len, req.global_batch
+    if req.train:  # what the run will use, unless a flag says otherwise
+        from llmctl.config.train import TrainConfig
+
+        tc = load_config(req.train, TrainConfig)
+        seq = seq or tc.data.seq_len
+        gb = gb or tc.parallel.global_batch_size
+    seq = seq or model.max_seq_len
+    gb = gb or max(cl.gpus, 1)
     return model, cl, Workload(LayerShape.of(model), seq, gb)
 
 
@@ -123,7 +131,8 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
     if not outcome.plans:
         explain(w, cl, fx, outcome)  # raises with the binding constraint and the smallest fix
     inputs = dict(model=req.model, hardware=req.hardware, site=req.site, model_sha256=_sha(req.model),
-                  hardware_sha256=_sha(req.hardware), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
+                  hardware_sha256=_sha(req.hardware), **({"train": req.train, "train_sha256": _sha(req.train)}
+                                                        if req.train else {}), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
                   seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy)
     best, *alts = outcome.plans
     data = {

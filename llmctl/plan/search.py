@@ -215,11 +215,15 @@ class Solver:
             prob.solve(self.solver)
         return self._status(prob)
 
-    def cut_and_resolve(self, prob, variables, name: str) -> str:
+    def cut_and_resolve(self, prob, variables, name: str, cutoff: Optional[float] = None) -> str:
         """Add sum(variables) <= len-1 and solve again.
 
         With HiGHS the model PuLP built stays loaded and only the new row is passed
         (rebuilding the master for every cut would dominate the solve time).
+        `cutoff` (objective units): layouts whose bound is not below it cannot beat the
+        plans already found, so HiGHS may prune them (its `objective_bound`); what it
+        then reports is either a better bound, or an objective at or above the
+        cutoff, or infeasible — each of which ends the caller's loop correctly.
         """
         pulp = self.pulp
         rhs = len(variables) - 1
@@ -230,6 +234,8 @@ class Solver:
             h = prob.solverModel
             h.addRow(-highspy.kHighsInf, rhs, len(variables), [v.index for v in variables], [1.0] * len(variables))
             prob.get_constraint_by_name(name).index = h.getNumRow() - 1
+            if cutoff is not None:
+                h.setOptionValue("objective_bound", float(cutoff))
             with _quiet():
                 h.run()
             status, sol_status = self.solver.findSolutionValues(prob)
@@ -310,7 +316,9 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
             status = "time limit"
             break
         it += 1
-        st = solver.solve(prob) if cut is None else solver.cut_and_resolve(prob, cut, f"cut_{it}")
+        # once `want` plans are known, only a master bound below the last of them matters
+        cutoff = found[want - 1].evaluation.step_time * scale if len(found) >= want else None
+        st = solver.solve(prob) if cut is None else solver.cut_and_resolve(prob, cut, f"cut_{it}", cutoff)
         if st != "optimal":
             break
         master_feasible = True

@@ -135,3 +135,22 @@ def test_plan_path_imports_no_torch(tmp_path):
 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_train_config_supplies_batch_and_sequence(tmp_path):
+    """--train: the run's global batch and sequence length, unless a flag overrides them."""
+    train = tmp_path / "train.toml"
+    train.write_text('[model]\nname = "m"\nconfig_file = "m.json"\n\n[parallel]\nmicro_batch_size = 2\nglobal_batch_size = 96\n\n'
+                     '[data]\nseq_len = 1024\n')
+    args = ["plan", "compute", "--model", _model(tmp_path, size="1b"), "--hardware", _profile(tmp_path),
+            "--train", str(train), "--top", "0", "--json"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    inputs = json.loads(r.stdout)["inputs"]
+    assert (inputs["global_batch"], inputs["seq_len"]) == (96, 1024)
+    assert inputs["train"] == str(train) and len(inputs["train_sha256"]) == 64
+    r = run_cli(*args, "--global-batch", "32")
+    assert json.loads(r.stdout)["inputs"]["global_batch"] == 32
+    train.write_text('[model]\nname = "m"\nconfig_file = "m.json"\n\n[parallel]\nglobal_batch_size = 0\n')
+    err = _bad(tmp_path, *args[2:])
+    assert "parallel.global_batch_size" in err and str(train) in err
