@@ -11,34 +11,74 @@ def group() -> None:
 
 
 @group.command("run")
-@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint folder or file.")
+@click.option("--checkpoint", type=click.Path(), help="Checkpoint folder (or a run: its latest).")
+@click.option("--artifact", type=click.Path(), help="Exported Hugging Face folder (`llmctl export`) instead.")
+@click.option("--endpoint", help="OpenAI-compatible base URL (http://HOST:PORT/v1) instead.")
+@click.option("--tokenizer", type=click.Path(), help="With --endpoint: the artifact or Hugging Face folder the "
+              "server loaded (its tokenizer.json and config.json).")
+@click.option("--served-model", help="With --endpoint: the model name to request (default: the first listed).")
+@click.option("--api-key-env", help="With --endpoint: environment variable holding the API key.")
 @click.option("--suite", type=click.Path(dir_okay=False), help="Eval suite (TOML).")
 @click.option("--tasks", help="Comma-separated tasks (a subset of the suite, or built-ins).")
 @click.option("--output", type=click.Path(dir_okay=False), help="Results JSON.")
 @click.option("--limit", type=click.IntRange(min=1), help="Documents per task.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (requests in flight for --endpoint).")
 @click.option("--log-samples", is_flag=True, help="Write per-sample logs.")
-def run(checkpoint, suite, tasks, output, limit, batch_size, log_samples) -> None:
-    """Evaluate one checkpoint.
+def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, suite, tasks, output, limit,
+        batch_size, log_samples) -> None:
+    """Evaluate one checkpoint, exported artifact or served endpoint.
 
-    Without --suite, the built-in suite (held-out perplexity, code completion,
-    arithmetic). Prints the harness's summary table; --output writes the results JSON
-    (and with --log-samples one `<output>_samples_<task>.jsonl` per task).
+    Exactly one of --checkpoint, --artifact, --endpoint. Without --suite, the
+    built-in suite (held-out perplexity, code completion, arithmetic). Prints the
+    harness's summary table; --output writes the results JSON (and with
+    --log-samples one `<output>_samples_<task>.jsonl` per task).
     """
     from pathlib import Path
 
-    from llmctl.eval.lm import CheckpointLM
     from llmctl.eval.runner import evaluate, summary_table, write_results
     from llmctl.eval.tasks import load_suite
 
     suite_cfg, task_list = load_suite(suite, tasks)  # bad task files fail before the model loads
-    lm = CheckpointLM(checkpoint, batch_size=batch_size or suite_cfg.batch_size)
+    lm = open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env,
+                    batch_size or suite_cfg.batch_size,
+                    need_logprobs=any(t.cfg.output_type != "generate_until" for t in task_list))
     results = evaluate(lm, suite_cfg, task_list, limit=limit, log_samples=log_samples)
     if output:
         for p in write_results(results, Path(output)):
             click.echo(f"wrote {p}", err=True)
-    click.echo(f"{lm.name} (step {lm.step}), suite {suite_cfg.name}")
+    click.echo(f"{lm.name}" + (f" (step {lm.step})" if lm.step is not None else "") + f", suite {suite_cfg.name}")
     click.echo(summary_table(results))
+
+
+def open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, batch_size,
+               need_logprobs=True):
+    """The LM backend the options name (exactly one of checkpoint, artifact, endpoint)."""
+    from llmctl.errors import LlmctlError
+
+    given = [name for name, v in (("--checkpoint", checkpoint), ("--artifact", artifact),
+                                  ("--endpoint", endpoint)) if v]
+    if len(given) != 1:
+        raise LlmctlError("give exactly one of --checkpoint, --artifact, --endpoint"
+                          + (f" (got {', '.join(given)})" if given else ""))
+    endpoint_only = [n for n, v in (("--tokenizer", tokenizer), ("--served-model", served_model),
+                                    ("--api-key-env", api_key_env)) if v]
+    if endpoint_only and not endpoint:
+        raise LlmctlError(f"{', '.join(endpoint_only)}: only with --endpoint")
+    if checkpoint:
+        from llmctl.eval.lm import CheckpointLM
+
+        return CheckpointLM(checkpoint, batch_size=batch_size)
+    if artifact:
+        from llmctl.eval.artifact import ArtifactLM
+
+        return ArtifactLM(artifact, batch_size=batch_size)
+    if not tokenizer:
+        raise LlmctlError("--endpoint needs --tokenizer: the artifact or Hugging Face folder the server loaded",
+                          hint="token ids are cut on this side, exactly as for --checkpoint and --artifact")
+    from llmctl.eval.endpoint import EndpointLM
+
+    return EndpointLM(endpoint, tokenizer, served_model=served_model, api_key_env=api_key_env,
+                      batch_size=batch_size, need_logprobs=need_logprobs)
 
 
 @group.command("watch")
@@ -102,18 +142,32 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site) -> N
 
 
 @group.command("schedule")
-@click.option("--every", required=True, help="Interval, e.g. 1h.")
+@click.option("--every", required=True, help="Interval, e.g. 1h (slurm-chain also takes seconds: 30s).")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False), help="Training run folder.")
 @click.option("--suite", type=click.Path(dir_okay=False), help="Eval suite (TOML).")
-@click.option("--launcher", type=click.Choice(["slurm", "cron"]), default="cron", show_default=True)
+@click.option("--launcher", type=click.Choice(["slurm", "slurm-chain", "cron"]), default="cron", show_default=True,
+              help="slurm: a scrontab entry; slurm-chain: a job that requeues itself (SLURM without "
+                   "scrontab); cron: a crontab line.")
 @click.option("--time", "time_limit", default="01:00:00", show_default=True,
               help="slurm: time limit of each watcher job.")
 @click.option("--partition", help="slurm: partition of the watcher job.")
-@click.option("--install", is_flag=True, help="Install the entry with scrontab/crontab instead of printing it.")
+@click.option("--install", is_flag=True,
+              help="Install the entry with scrontab/crontab (slurm-chain: write RUN/eval/schedule-slurm.sh "
+                   "and queue it) instead of printing it.")
 def schedule(every, run_dir, suite, launcher, time_limit, partition, install) -> None:
     """Print or install a scrontab/crontab entry that runs the watcher."""
     from llmctl.eval import schedule as S
 
+    if launcher == "slurm-chain":
+        text = S.chain_script(every, run_dir, suite, time_limit, partition)
+        if install:
+            job = S.install_chain(text, run_dir)
+            script, stop = S.chain_paths(run_dir)
+            click.echo(f"wrote {script}; " + (f"queued job {job}" if job else "a run is already queued")
+                       + f"; stop the chain with: touch {stop}", err=True)
+        else:
+            click.echo(text, nl=False)
+        return
     if launcher == "slurm":
         entry = S.scrontab_entry(every, run_dir, suite, time_limit, partition)
         # SLURM cannot create the folder of --output: a job with a missing one fails unseen.

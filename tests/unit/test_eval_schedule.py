@@ -62,3 +62,37 @@ def test_schedule_and_bad_task_input_import_no_torch(tmp_path):
                            timeout=60)
         last = json.loads(r.stdout.strip().splitlines()[-1])
         assert last["torch"] is False, argv
+
+
+def test_slurm_chain_script_quotes_paths_and_requeues_itself(cli, tmp_path):
+    run = tmp_path / "r $(touch pwned); x"
+    r = cli("eval", "schedule", "--every", "90s", "--run-dir", str(run), "--launcher", "slurm-chain", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "#!/bin/bash" and "#SBATCH --dependency=singleton" in lines
+    body = [x for x in lines if not x.startswith("#")]
+    requeue = next(x for x in body if x.startswith("sbatch "))
+    argv = shlex.split(requeue.split("||")[0])
+    assert argv[2] == "--begin=now+90" and argv[3] == str(run / "eval" / "schedule-slurm.sh")
+    stop = next(x for x in body if x.startswith("if [ -e "))
+    assert shlex.split(stop)[3] == str(run / "eval" / "schedule.stop")
+    # the script parses as bash, and running it up to the stop check runs nothing injected
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "schedule.stop").touch()
+    script = tmp_path / "s.sh"
+    script.write_text(r.stdout)
+    import subprocess
+
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "chain ends" in done.stdout
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("every,seconds", [("30s", 30), ("15m", 900), ("2h", 7200), ("1d", 86400)])
+def test_interval_seconds(every, seconds):
+    assert S.interval_seconds(every) == seconds
+
+
+def test_chain_rejects_bad_interval(cli, tmp_path):
+    r = cli("eval", "schedule", "--every", "0s", "--run-dir", "r", "--launcher", "slurm-chain", cwd=tmp_path)
+    assert r.returncode == 2 and "--every" in r.stderr and "Traceback" not in r.stderr
