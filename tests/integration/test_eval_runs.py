@@ -266,6 +266,59 @@ def test_scheduled_watcher_runs_on_local_slurm(trained, tmp_path):
     assert "code_completion/acc" in _table(run)[0] and "evaluated: 1" in logs
 
 
+def test_slurm_job_chain_reruns_the_watcher_until_stopped(trained, tmp_path):
+    """`--launcher slurm-chain --install`: the job runs the watcher and queues itself again;
+    a checkpoint that appears later is evaluated by a later link; the stop file ends it."""
+    from jobsupport import slurm_up
+
+    needs("slurm", slurm_up(), "start it with `bash scripts/slurm-local.sh up`")
+    root, src_run, _ = trained
+    run = tmp_path / "runs" / "chain run"  # a space: every path in the script is quoted
+    shutil.copytree(src_run, run, ignore=shutil.ignore_patterns("eval"))
+    later = tmp_path / "later"
+    later.mkdir()
+    for step in (50, 100):
+        shutil.move(str(run / "checkpoints" / CKPT.format(step)), str(later / CKPT.format(step)))
+    suite = tmp_path / "suite.toml"
+    suite.write_text('name = "tiny"\nbootstrap_iters = 100\n\n[[tasks]]\nname = "code_completion"\n'
+                     'limit = 4\n')
+    args = ["eval", "schedule", "--every", "3s", "--run-dir", str(run), "--suite", str(suite),
+            "--launcher", "slurm-chain", "--time", "00:10:00", "--install"]
+    r = run_cli(*args, cwd=root, env=quiet_env(LLMCTL_PROJECT_DIR=str(root)))
+    assert r.returncode == 0, r.stderr
+    first = r.stderr.split("queued job ")[1].split(";")[0]
+    name = "eval-watch-chain run"
+    stop = run / "eval" / "schedule.stop"
+
+    def wait_for(cond, what, limit=180):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            time.sleep(0.5)
+        logs = "".join(p.read_text() for p in (run / "eval" / "logs").glob("watch-*.out"))
+        raise AssertionError(f"{what} did not happen; logs:\n{logs}")
+
+    try:
+        wait_for(lambda: [row["step"] for row in _table(run)] == [150], "the first link's eval")
+        # installing again while a link is queued rewrites the script and queues nothing more
+        again = run_cli(*args, cwd=root, env=quiet_env(LLMCTL_PROJECT_DIR=str(root)))
+        assert again.returncode == 0 and "already queued" in again.stderr, again.stderr
+        shutil.move(str(later / CKPT.format(100)), str(run / "checkpoints" / CKPT.format(100)))
+        wait_for(lambda: sorted(row["step"] for row in _table(run)) == [100, 150], "a later link's eval")
+        jobs = {p.name for p in (run / "eval" / "logs").glob("watch-*.out")}
+        assert f"watch-{first}.out" in jobs and len(jobs) >= 2, jobs
+    finally:
+        stop.touch()
+    # the next link sees the stop file, exits without running or queueing anything
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "--me", "-n", name], capture_output=True,
+                                        text=True).stdout.strip(), "the chain's end", 120)
+    time.sleep(4)  # longer than the interval: nothing new may be queued
+    assert not subprocess.run(["squeue", "-h", "--me", "-n", name], capture_output=True, text=True).stdout.strip()
+    assert any("stop file found" in p.read_text() for p in (run / "eval" / "logs").glob("watch-*.out"))
+    assert sorted(row["step"] for row in _table(run)) == [100, 150]  # each checkpoint once
+
+
 def test_train_launch_eval_after_adds_an_afterok_eval_job(tmp_path):
     from jobsupport import slurm_up, write_plan, write_site
 
