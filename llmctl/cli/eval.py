@@ -24,19 +24,29 @@ def group() -> None:
 @click.option("--limit", type=click.IntRange(min=1), help="Documents per task.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size (requests in flight for --endpoint).")
 @click.option("--log-samples", is_flag=True, help="Write per-sample logs.")
+@click.option("--harness-tasks", help="Comma-separated lm-evaluation-harness tasks instead of a suite "
+              "(needs `pip install lm-eval`).")
+@click.option("--harness-include", type=click.Path(file_okay=False),
+              help="With --harness-tasks: a folder of local harness task YAMLs.")
 def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, suite, tasks, output, limit,
-        batch_size, log_samples) -> None:
+        batch_size, log_samples, harness_tasks, harness_include) -> None:
     """Evaluate one checkpoint, exported artifact or served endpoint.
 
     Exactly one of --checkpoint, --artifact, --endpoint. Without --suite, the
     built-in suite (held-out perplexity, code completion, arithmetic). Prints the
     harness's summary table; --output writes the results JSON (and with
-    --log-samples one `<output>_samples_<task>.jsonl` per task).
+    --log-samples one `<output>_samples_<task>.jsonl` per task). With
+    --harness-tasks, lm-evaluation-harness runs its own tasks on the model.
     """
     from pathlib import Path
 
     from llmctl.eval.runner import evaluate, summary_table, write_results
     from llmctl.eval.tasks import load_suite
+
+    if harness_tasks or harness_include:
+        return _run_harness(harness_tasks, harness_include, suite, tasks, output, limit, log_samples,
+                            lambda size: open_model(checkpoint, artifact, endpoint, tokenizer, served_model,
+                                                    api_key_env, batch_size or size))
 
     suite_cfg, task_list = load_suite(suite, tasks)  # bad task files fail before the model loads
     lm = open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env,
@@ -48,6 +58,29 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
             click.echo(f"wrote {p}", err=True)
     click.echo(f"{lm.name}" + (f" (step {lm.step})" if lm.step is not None else "") + f", suite {suite_cfg.name}")
     click.echo(summary_table(results))
+
+
+def _run_harness(names, include, suite, tasks, output, limit, log_samples, open_lm) -> None:
+    from pathlib import Path
+
+    from llmctl.errors import LlmctlError
+    from llmctl.eval import harness
+    from llmctl.eval.runner import write_results
+
+    if not names:
+        raise LlmctlError("--harness-include: only with --harness-tasks")
+    if suite or tasks:
+        raise LlmctlError("--harness-tasks runs lm-evaluation-harness tasks; it does not combine with "
+                          "--suite or --tasks")
+    harness.require_lm_eval()  # before the model loads
+    task_names = [t.strip() for t in names.split(",") if t.strip()]
+    lm = open_lm(8)
+    results = harness.evaluate(lm, task_names, include, limit=limit, log_samples=log_samples)
+    if output:
+        for p in write_results(results, Path(output)):
+            click.echo(f"wrote {p}", err=True)
+    click.echo(f"{lm.name}, lm-evaluation-harness tasks {', '.join(task_names)}")
+    click.echo(harness.table(results))
 
 
 def open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, batch_size,

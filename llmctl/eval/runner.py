@@ -67,12 +67,12 @@ def _perplexity_items(lm, task: T.Task, limit: Optional[int], progress: bool):
     samples = []
     if cfg.data_config:
         ids = _validation_tokens(lm, task)[: (limit * lm.max_len) if limit else None]
-        bar = Progress(task.name, -(-len(ids) // lm.max_len), progress)
+        bar = Progress(task.name, -(-len(ids) // lm.stride), progress)
         windows = lm.token_nll(ids)
         # Bytes of each window's text, to turn nats per token into bits per byte.
         stream = [lm.eos_id] + list(ids)
         for j, (nll, n) in enumerate(windows):
-            start = j * lm.max_len + 1
+            start = j * lm.stride + 1
             nbytes = len(lm.decode(stream[start:start + n]).encode("utf-8"))
             samples.append({"doc_id": j, "doc": {"window": j, "tokens": n}, "nll": nll, "tokens": n,
                             "bytes": nbytes})
@@ -96,12 +96,12 @@ def _perplexity_items(lm, task: T.Task, limit: Optional[int], progress: bool):
 
 
 def _validation_tokens(lm, task: T.Task) -> list[int]:
-    """The validation split of the task's data config ("run": the checkpoint's own data)."""
+    """The validation split of the task's data config ("run": the data the model trained on)."""
     from llmctl.data.shards import TokenStore, read_meta
 
     spec = task.cfg.data_config
     if spec == "run":
-        data_dir = lm.setup.data_dir
+        data_dir = lm.run_data_dir()
     else:
         from llmctl.config.base import load_config
         from llmctl.config.data import DataConfig
@@ -115,10 +115,10 @@ def _validation_tokens(lm, task: T.Task) -> list[int]:
         if data_dir is None:
             raise LlmctlError(f"{task.path}: data_config: {p}: no prepared data at {dcfg.output.dir!r}",
                               hint=f"run `llmctl data prepare --config {p}` first")
-    want = lm.setup.data_meta["tokenizer"]["sha256"]
-    if read_meta(data_dir)["tokenizer"]["sha256"] != want:
+    want = lm.tokenizer_sha256
+    if want is not None and read_meta(data_dir)["tokenizer"]["sha256"] != want:
         raise LlmctlError(f"{task.path}: data_config: {data_dir} was tokenized with another tokenizer "
-                          "than the checkpoint's (vocabulary mismatch)",
+                          f"than {lm.name}'s (vocabulary mismatch)",
                           hint="prepare that data with the model's tokenizer (tokenizer.type = \"file\")")
     store = TokenStore(data_dir, "val")
     try:
@@ -233,18 +233,15 @@ def evaluate(lm, suite, tasks: list[T.Task], limit: Optional[int] = None, log_sa
             all_samples[task.name] = samples
     ended = time.time()
     out["config"] = {
-        "model": "llmctl", "model_args": f"checkpoint={lm.path}", "checkpoint": str(lm.path),
-        "step": lm.step, "model_num_parameters": lm.model.num_parameters(), "batch_size": lm.batch_size,
-        "device": str(lm.device), "limit": limit, "bootstrap_iters": suite.bootstrap_iters,
+        "model": "llmctl", **lm.describe(), "batch_size": lm.batch_size,
+        "limit": limit, "bootstrap_iters": suite.bootstrap_iters,
         "fewshot_seed": suite.seed, "suite": suite.name}
-    import torch
-
-    eos = lm.tokenizer.id_to_token(lm.eos_id)
+    eos = lm.eos_token
     # The harness's remaining top-level keys, so readers that index them find them;
     # what has no meaning for an llmctl checkpoint (chat templates, HF revisions) is null.
     out.update({
         "git_hash": git_hash(Path.cwd()), "date": started,
-        "pretty_env_info": f"PyTorch version: {torch.__version__}; device: {lm.device}",
+        "pretty_env_info": _env_info(out["config"].get("device")),
         "transformers_version": None, "upper_git_hash": None,
         "tokenizer_pad_token": None, "tokenizer_eos_token": [eos, str(lm.eos_id)], "tokenizer_bos_token": None,
         "eot_token_id": lm.eos_id, "max_length": lm.max_len, "task_hashes": {},
@@ -256,6 +253,17 @@ def evaluate(lm, suite, tasks: list[T.Task], limit: Optional[int] = None, log_sa
     if log_samples:
         out["samples"] = all_samples
     return out
+
+
+def _env_info(device) -> str:
+    # The torch version without importing torch: an endpoint eval never loads it.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_v = version("torch")
+    except PackageNotFoundError:
+        torch_v = "none"
+    return f"PyTorch version: {torch_v}; device: {device}"
 
 
 def _is_number(text: str) -> bool:

@@ -98,9 +98,9 @@ def run_batch(engine, model_name: str, input_path: str, output_path: str, settin
                     break
                 chat = URLS[req["url"]]
                 try:
-                    params = P.sampling_params(req["body"], settings.max_tokens_limit)
-                    ids = P.encode(engine.tokenizer, P.prompt_text(req["body"], chat),
-                                   settings.max_prompt_tokens)
+                    params = P.sampling_params(req["body"], settings.max_tokens_limit, chat)
+                    ids = P.prompt_ids(req["body"], chat, engine.tokenizer, settings.max_prompt_tokens,
+                                       engine.cfg.vocab_size)
                     seq = Sequence(ids, params)
                     problem = engine.check(seq)
                     if problem:
@@ -115,5 +115,5 @@ def run_batch(engine, model_name: str, input_path: str, output_path: str, settin
             for seq in engine.step():
                 if seq.finished and seq.seq_id in inflight:
                     _, req, chat = inflight.pop(seq.seq_id)
-                    write(req, body=P.response(seq, P.new_id(chat), model_name, chat))
+                    write(req, body=P.response(seq, P.new_id(chat), model_name, chat, engine.tokenizer))
     return counts

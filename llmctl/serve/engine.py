@@ -57,7 +57,9 @@ class Engine:
         total = len(seq.prompt_ids) + seq.params.max_tokens
         if not seq.prompt_ids:
             return "the prompt is empty"
-        if len(seq.prompt_ids) >= self.cfg.max_seq_len:
+        # A prompt scored without generating (max_tokens 0, echo) may fill the context.
+        room = self.cfg.max_seq_len if seq.params.max_tokens == 0 else self.cfg.max_seq_len - 1
+        if len(seq.prompt_ids) > room:
             return f"the prompt has {len(seq.prompt_ids)} tokens; the model's context is {self.cfg.max_seq_len}"
         if self.cache.blocks_for(min(total, self.cfg.max_seq_len)) > self.cache.num_blocks:
             return "prompt + max_tokens exceed the whole KV cache"
@@ -135,8 +137,14 @@ class Engine:
             seq.num_computed += n
             if seq.remaining > 0:  # a prompt chunk that did not reach the end: no sample yet
                 continue
+            if seq.params.max_tokens == 0:  # echo only: the prompt is scored, nothing to generate
+                self._finish(seq, "length")
+                touched.append(seq)
+                continue
             tok = sample(row, seq.params, seq.generator)
             seq.output_ids.append(tok)
+            if seq.params.logprobs is not None:
+                seq.output_logprobs.append(_logprob_of(row, tok, seq.params.logprobs))
             self.stats["generated_tokens"] += 1
             seq.first_token_at = seq.first_token_at or now
             seq.last_token_at = now
@@ -174,3 +182,12 @@ class Engine:
             self.add(s)
         self.run_until_done()
         return seqs
+
+
+def _logprob_of(row, tok: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """(log P(tok), the k most likely [(id, logprob)]) from one row of logits."""
+    import torch
+
+    logp = torch.log_softmax(row.float(), dim=-1)
+    top_v, top_i = logp.topk(k) if k else (logp[:0], logp[:0].long())
+    return float(logp[tok]), list(zip(top_i.tolist(), top_v.tolist()))

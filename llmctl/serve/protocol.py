@@ -37,7 +37,7 @@ def _num(body, key, default, kind, lo=None, hi=None):
     return kind(v)
 
 
-def sampling_params(body: dict, max_tokens_limit: int) -> SamplingParams:
+def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False) -> SamplingParams:
     stop = body.get("stop") or []
     if isinstance(stop, str):
         stop = [stop]
@@ -49,8 +49,19 @@ def sampling_params(body: dict, max_tokens_limit: int) -> SamplingParams:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "seed must be an integer", "seed")
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    logprobs, echo = None, False
+    if not chat:  # legacy completions: logprobs is a count (OpenAI allows at most 5)
+        if body.get("logprobs") is not None:
+            logprobs = _num(body, "logprobs", 0, int, 0, 5)
+        echo = body.get("echo", False)
+        if not isinstance(echo, bool):
+            raise ApiError(400, "echo must be a boolean", "echo")
+        if body.get("stream") and (echo or logprobs is not None):
+            raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
+    # max_tokens 0 only makes sense to score the prompt (echo), as lm-evaluation-harness does.
+    max_tokens = _num(body, key, 16, int, 0 if echo else 1, max_tokens_limit)
     return SamplingParams(
-        max_tokens=_num(body, key, 16, int, 1, max_tokens_limit),
+        max_tokens=max_tokens, logprobs=logprobs, echo=echo,
         temperature=_num(body, "temperature", 1.0, float, 0.0, 2.0),
         top_p=_num(body, "top_p", 1.0, float, 0.0, 1.0) or 1e-9,
         top_k=_num(body, "top_k", 0, int, 0, None), seed=seed, stop=stop,
@@ -80,8 +91,25 @@ def prompt_text(body: dict, chat: bool) -> str:
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
         p = p[0]
     if not isinstance(p, str):
-        raise ApiError(400, "prompt must be a string", "prompt")
+        raise ApiError(400, "prompt must be a string or a list of token ids", "prompt")
     return p
+
+
+def prompt_ids(body: dict, chat: bool, tokenizer, max_prompt_tokens: int, vocab_size: int) -> list[int]:
+    """The prompt as token ids: completions also take a list of ids (or a list of one such list)."""
+    p = body.get("prompt")
+    if not chat and isinstance(p, list) and len(p) == 1 and isinstance(p[0], list):
+        p = p[0]
+    if not chat and isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        bad = [t for t in p if not 0 <= t < vocab_size]
+        if bad:
+            raise ApiError(400, f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})",
+                           "prompt")
+        if len(p) > max_prompt_tokens:
+            raise ApiError(400, f"the prompt has {len(p)} tokens; the limit is {max_prompt_tokens}", "prompt",
+                           code="context_length_exceeded")
+        return list(p)
+    return encode(tokenizer, prompt_text(body, chat), max_prompt_tokens)
 
 
 def encode(tokenizer, text: str, max_prompt_tokens: int) -> list[int]:
@@ -105,14 +133,49 @@ def usage(seq) -> dict[str, int]:
             "total_tokens": len(seq.prompt_ids) + len(seq.output_ids)}
 
 
-def response(seq, rid: str, model: str, chat: bool) -> dict[str, Any]:
+def response(seq, rid: str, model: str, chat: bool, tokenizer=None) -> dict[str, Any]:
     base = {"id": rid, "created": int(time.time()), "model": model, "usage": usage(seq)}
     if chat:
         return {**base, "object": "chat.completion", "choices": [{
             "index": 0, "message": {"role": "assistant", "content": seq.text},
             "finish_reason": seq.finish_reason, "logprobs": None}]}
+    prompt = _decode(tokenizer, seq.prompt_ids) if seq.params.echo else ""
     return {**base, "object": "text_completion", "choices": [{
-        "index": 0, "text": seq.text, "finish_reason": seq.finish_reason, "logprobs": None}]}
+        "index": 0, "text": prompt + seq.text, "finish_reason": seq.finish_reason,
+        "logprobs": legacy_logprobs(seq, tokenizer) if seq.params.logprobs is not None else None}]}
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None and ids else ""
+
+
+def legacy_logprobs(seq, tokenizer) -> dict[str, Any]:
+    """OpenAI's legacy completions `logprobs`: tokens, token_logprobs, top_logprobs,
+    text_offset; with echo the prompt's tokens come first, the very first one with
+    null (nothing precedes it)."""
+    def name(i: int) -> str:
+        return _decode(tokenizer, [i]) if tokenizer is not None else str(i)
+
+    ids: list[int] = []
+    lps: list[Optional[float]] = []
+    tops: list[Optional[dict[str, float]]] = []
+    if seq.params.echo:
+        ids += seq.prompt_ids
+        for pos in range(len(seq.prompt_ids)):
+            got = seq.prompt_logprobs.get(pos)
+            lps.append(got[0] if got else None)
+            tops.append({name(i): v for i, v in got[1]} if got else None)
+    for tok, (lp, top) in zip(seq.output_ids, seq.output_logprobs):
+        ids.append(tok)
+        lps.append(lp)
+        tops.append({name(i): v for i, v in top})
+    tokens = [name(i) for i in ids]
+    # Character offsets into the returned text (after the prompt when it is not echoed).
+    offsets, at = [], 0 if seq.params.echo else len(_decode(tokenizer, seq.prompt_ids))
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
 def chunk(rid: str, model: str, chat: bool, delta: str, finish: Optional[str], first: bool) -> dict[str, Any]:

@@ -5,7 +5,9 @@ prompt chunk, or 1 token to decode). The linear layers see all tokens of the
 batch flattened; attention is one padded call in which each query row sees only
 its own sequence's cached keys up to its position. New K/V are written into
 the sequence's slots before attention, so a chunk attends to itself causally.
-Returns the logits of each chunk's last token.
+Returns the logits of each chunk's last token; for a sequence that asked for
+echo + logprobs, the log-probabilities of its prompt tokens are recorded on it
+from the same pass (prefill), so scoring a prompt costs no second forward.
 """
 
 from __future__ import annotations
@@ -85,9 +87,33 @@ class PagedRunner:
             x = x + (self.reduce(out) if self.reduce else out)
         if not logits:
             return None
+        self._prompt_logprobs(chunks, x)
         last = torch.tensor([b * maxq + n - 1 for b, (_, n) in enumerate(chunks)], device=dev)
         # Map padded positions of the last tokens back to flattened rows.
         flat_of = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)
         flat_of[rows] = torch.arange(N, device=dev)
         xl = x[flat_of[last]]
         return m.head(m.norm(xl)).float()
+
+    def _prompt_logprobs(self, chunks, x) -> None:
+        """Record log P(prompt[p+1] | prompt[:p+1]) and the top alternatives for every
+        prompt position in this pass, on the sequences that asked (echo + logprobs)."""
+        import torch
+
+        m, off = self.model, 0
+        for s, n in chunks:
+            start, off = off, off + n
+            params = getattr(s, "params", None)
+            if params is None or params.logprobs is None or not params.echo:
+                continue
+            c = s.num_computed
+            upto = min(c + n, len(s.prompt_ids) - 1)  # rows whose next token is still prompt
+            if upto <= c:
+                continue
+            logp = torch.log_softmax(m.head(m.norm(x[start:start + upto - c])).float(), dim=-1)
+            target = torch.tensor(s.prompt_ids[c + 1:upto + 1], device=logp.device)
+            chosen = logp.gather(1, target[:, None])[:, 0].tolist()
+            k = params.logprobs
+            top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+            for j in range(upto - c):
+                s.prompt_logprobs[c + 1 + j] = (chosen[j], list(zip(top_i[j].tolist(), top_v[j].tolist())))

@@ -19,6 +19,10 @@ class SamplingParams:
     seed: Optional[int] = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    # OpenAI legacy completions: `logprobs` = how many top alternatives per token
+    # (None: no logprobs at all); `echo` = also score and return the prompt.
+    logprobs: Optional[int] = None
+    echo: bool = False
 
 
 class Sequence:
@@ -40,6 +44,11 @@ class Sequence:
         self.emitted = 0        # characters of `text` already streamed
         self.generator = None   # torch.Generator when seeded
         self.preemptions = 0
+        # With echo + logprobs: position -> (logprob of the prompt token there, top
+        # [(id, logprob)]), filled during prefill; a dict so a recompute after
+        # preemption overwrites instead of appending twice.
+        self.prompt_logprobs: dict[int, tuple[float, list[tuple[int, float]]]] = {}
+        self.output_logprobs: list[tuple[float, list[tuple[int, float]]]] = []
 
     @property
     def tokens(self) -> list[int]:

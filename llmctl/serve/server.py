@@ -110,8 +110,9 @@ def build_app(state: ServerState, on_shutdown=()):
             body = await read_body(request)
             if not state.worker.healthy:
                 raise ApiError(503, f"the engine is down: {state.worker.error}", type_="server_error")
-            params = P.sampling_params(body, state.settings.max_tokens_limit)
-            ids = P.encode(state.engine.tokenizer, P.prompt_text(body, chat), state.settings.max_prompt_tokens)
+            params = P.sampling_params(body, state.settings.max_tokens_limit, chat)
+            ids = P.prompt_ids(body, chat, state.engine.tokenizer, state.settings.max_prompt_tokens,
+                               state.engine.cfg.vocab_size)
             seq = Sequence(ids, params)
             problem = state.engine.check(seq)
             if problem:
@@ -142,11 +143,14 @@ def build_app(state: ServerState, on_shutdown=()):
                         if seq.finish_reason == "error":
                             yield f"data: {json.dumps(failed().body())}\n\n"
                             return
+                        # Read `finished` before the text: the engine thread may finish the
+                        # sequence in between, and the held-back tail must still go out.
+                        done = seq.finished
                         text = P.stable_text(seq)
                         if len(text) > sent or first:
                             yield f"data: {json.dumps(P.chunk(rid, model, chat, text[sent:], None, first))}\n\n"
                             sent, first = len(text), False
-                        if seq.finished:
+                        if done:
                             yield f"data: {json.dumps(P.chunk(rid, model, chat, '', seq.finish_reason, False))}\n\n"
                             if (body.get("stream_options") or {}).get("include_usage"):
                                 yield f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk' if chat else 'text_completion', 'created': int(time.time()), 'model': model, 'choices': [], 'usage': P.usage(seq)})}\n\n"
@@ -173,7 +177,7 @@ def build_app(state: ServerState, on_shutdown=()):
                 state.worker.abort(seq)
         if seq.finish_reason == "error":
             return err(failed())
-        return JSONResponse(P.response(seq, rid, model, chat))
+        return JSONResponse(P.response(seq, rid, model, chat, state.engine.tokenizer))
 
     async def completions(request: Request):
         return await generate(request, chat=False)
