@@ -64,6 +64,9 @@ class Parallel(StrictModel):
     """Pipeline-parallel degree."""
     cp: int = Field(1, gt=0)
     """Context-parallel degree."""
+    sequence_parallel: bool = True
+    """With tp > 1, split norms and the residual stream along the sequence (Megatron-style SP;
+    the planner's memory model assumes it); false keeps them replicated between blocks."""
 
 
 class DataRef(StrictModel):

@@ -22,7 +22,7 @@ class ParallelDims:
     vpp: int = 1
     dp_mode: str = "ddp"  # ddp | fsdp | zero (DeepSpeed; zero_stage 1-3)
     zero_stage: int = 0
-    sequence_parallel: bool = False
+    sequence_parallel: bool = False  # Megatron-style SP; only takes effect with tp > 1
     schedule: str = "1f1b"
     layers_per_stage: list[int] = field(default_factory=list)
     recompute_layers_per_stage: list[int] = field(default_factory=list)
@@ -31,9 +31,14 @@ class ParallelDims:
     def world(self) -> int:
         return self.dp * self.tp * self.pp
 
-    def validate(self, world_size: int, model_cfg=None, where: str = "plan") -> None:
+    def validate(self, world_size: int, model_cfg=None, where: str = "plan",
+                 seq_len: Optional[int] = None) -> None:
         """Every problem at once, each factor spelled out."""
         errs = []
+        if self.tp > 1 and self.sequence_parallel and seq_len is not None and seq_len % self.tp:
+            # Each tensor-parallel rank holds an equal slice of the sequence between blocks.
+            errs.append(f"sequence parallelism needs the sequence length ({seq_len}) divisible by tp "
+                        f"({self.tp}); change data.seq_len or set parallel.sequence_parallel = false")
         if self.world != world_size:
             errs.append(f"dp ({self.dp}) x tp ({self.tp}) x pp ({self.pp}) = {self.world}, "
                         f"but {world_size} ranks were started")

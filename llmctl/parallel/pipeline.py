@@ -76,7 +76,7 @@ def build_stages(model, dims, pp_rank: int) -> list[Stage]:
     return out
 
 
-def build_schedule(stages, dims, pp_group, device, n_microbatches: int):
+def build_schedule(stages, dims, pp_group, device, n_microbatches: int, loss_fn=lm_loss):
     """The plan's schedule over this rank's stages (wrapped modules in `stages`)."""
     from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
                                               ScheduleInterleaved1F1B)
@@ -84,6 +84,6 @@ def build_schedule(stages, dims, pp_group, device, n_microbatches: int):
     n = dims.pp * dims.vpp
     pstages = [PipelineStage(mod, idx, n, device, group=pp_group) for idx, mod in stages]
     if dims.vpp > 1 or dims.schedule == "interleaved":
-        return ScheduleInterleaved1F1B(pstages, n_microbatches, loss_fn=lm_loss)
+        return ScheduleInterleaved1F1B(pstages, n_microbatches, loss_fn=loss_fn)
     cls = ScheduleGPipe if dims.schedule == "gpipe" else Schedule1F1B
-    return cls(pstages[0], n_microbatches, loss_fn=lm_loss)
+    return cls(pstages[0], n_microbatches, loss_fn=loss_fn)

@@ -1,10 +1,22 @@
-"""The parallelize function of our Transformer family (gpt and llama): TP, then FSDP2 or DDP.
+"""The parallelize function of our Transformer family (gpt and llama): TP (+SP), then FSDP2 or DDP.
 
 Tensor parallelism (Shoeybi et al. 2019, Megatron-LM) splits each block's
 attention by heads (wq/wk/wv column-wise, wo row-wise) and its MLP by the ffn
-dimension (gate/up or fc column-wise, down or proj row-wise): one all-reduce
-after attention and one after the MLP per forward. Embeddings, norms and the
-head stay replicated (every tensor-parallel rank computes them identically).
+dimension (gate/up or fc column-wise, down or proj row-wise). Embeddings, norms
+and the head stay replicated (every tensor-parallel rank holds them whole).
+
+Without sequence parallelism each block ends in an all-reduce and the residual
+stream between blocks is replicated. With it (Korthikanti et al. 2022, "Reducing
+Activation Recomputation in Large Transformer Models") the residual stream is
+split along the sequence: the norms run on each rank's sequence slice
+(`SequenceParallel`), attention and MLP all-gather their input
+(`PrepareModuleInput` Shard(1) -> Replicate) and reduce-scatter their output
+(`RowwiseParallel(output_layouts=Shard(1))`). Same bytes moved as the all-reduce,
+but norm activations and the residual stream take 1/tp of the memory. The first
+block takes the replicated embeddings and keeps its slice; the last block (or the
+final norm, where this module has it) hands a replicated tensor onward, so the
+head, the loss and pipeline send/recv see whole sequences.
+
 Data parallelism then wraps the result: FSDP2 (`fully_shard`, ZeRO-3-like,
 each block its own all-gather unit, then the root) or DDP.
 """
@@ -12,22 +24,67 @@ each block its own all-gather unit, then the root) or DDP.
 from __future__ import annotations
 
 
-def apply_tp(model, tp_mesh) -> None:
-    """Shard every block's projections over `tp_mesh`; fix the per-rank head counts."""
+def apply_tp(model, tp_mesh, sequence_parallel: bool = False) -> None:
+    """Shard every block's projections over `tp_mesh`, with sequence parallelism if asked;
+    fix the per-rank head counts."""
+    from torch.distributed.tensor import Shard
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     tp = tp_mesh.size()
-    for blk in _blocks(model):
+    # With SP the row-wise projections reduce-scatter onto sequence slices instead of all-reducing.
+    row = (lambda: RowwiseParallel(output_layouts=Shard(1))) if sequence_parallel else RowwiseParallel
+    blocks = list(_blocks(model))
+    for blk in blocks:
         plan = {"attn.wq": ColwiseParallel(), "attn.wk": ColwiseParallel(), "attn.wv": ColwiseParallel(),
-                "attn.wo": RowwiseParallel()}
+                "attn.wo": row()}
         if blk.mlp.swiglu:
-            plan.update({"mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()})
+            plan.update({"mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": row()})
         else:
-            plan.update({"mlp.fc": ColwiseParallel(), "mlp.proj": RowwiseParallel()})
+            plan.update({"mlp.fc": ColwiseParallel(), "mlp.proj": row()})
+        if sequence_parallel:
+            plan.update(_sp_block_plan())
         parallelize_module(blk, tp_mesh, plan)
         # The attention reshapes its local projections by head: each rank holds heads/tp.
         blk.attn.heads //= tp
         blk.attn.kv_heads //= tp
+    if sequence_parallel and blocks:
+        _sp_boundaries(model, blocks, tp_mesh)
+
+
+def _sp_block_plan() -> dict:
+    """Inside a block: norms on sequence slices, attention/MLP inputs gathered whole."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import PrepareModuleInput, SequenceParallel
+
+    # attn(x, cos, sin): only x is gathered; the rotary tables are plain, replicated tensors.
+    return {"norm1": SequenceParallel(), "norm2": SequenceParallel(),
+            "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None),
+                                       desired_input_layouts=(Replicate(), None, None), use_local_output=True),
+            "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                      use_local_output=True)}
+
+
+def _sp_boundaries(model, blocks, tp_mesh) -> None:
+    """Where the sequence-parallel region begins and ends."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (PrepareModuleInput, PrepareModuleOutput, SequenceParallel,
+                                                   parallelize_module)
+
+    # Entry: each rank keeps its slice of the (replicated) embeddings or of the previous
+    # pipeline stage's output; the backward all-gathers the slices' gradients.
+    parallelize_module(blocks[0], tp_mesh, PrepareModuleInput(
+        input_layouts=(Replicate(), None, None), desired_input_layouts=(Shard(1), None, None),
+        use_local_output=True))
+    if getattr(model, "norm", None) is not None:
+        # Exit after the final norm (itself on slices): the head and loss see whole sequences.
+        parallelize_module(model, tp_mesh, {
+            "norm": SequenceParallel(),
+            "head": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                       use_local_output=True)})
+    else:
+        # A pipeline stage before the last: send whole sequences to the next stage.
+        parallelize_module(blocks[-1], tp_mesh, PrepareModuleOutput(
+            output_layouts=(Shard(1),), desired_output_layouts=(Replicate(),), use_local_output=True))
 
 
 def apply_fsdp(model, dp_mesh, reshard_after_forward: bool = True):
@@ -55,7 +112,7 @@ def parallelize(model, dims, mesh, device, data_parallel: bool = True):
     so the runner all-reduces their gradients itself.
     """
     if dims.tp > 1:
-        apply_tp(model, mesh["tp"])
+        apply_tp(model, mesh["tp"], sequence_parallel=dims.sequence_parallel)
     if not data_parallel:
         return model
     if dims.dp_mode == "fsdp" and (dims.dp > 1 or dims.tp > 1):

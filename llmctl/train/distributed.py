@@ -100,7 +100,7 @@ def train_parallel(s) -> int:
     rdv = rendezvous.discover()
     device = rendezvous.init(rdv)
     dims = s.dims
-    dims.validate(rdv.world_size, s.model_cfg, where=str(s.run.plan_file))
+    dims.validate(rdv.world_size, s.model_cfg, where=str(s.run.plan_file), seq_len=s.seq_len)
     rank = rdv.rank
     precision = _precision(tcfg.precision, device)
     mesh = build_mesh(dims, device.type)
@@ -122,6 +122,8 @@ def train_parallel(s) -> int:
         state = load_checkpoint(ckpt, latest, runner, hashes)
         step = int(state["step"])
         sampler.load_state_dict(state["data"])
+        if runner.scaler is not None and state.get("scaler"):
+            runner.scaler.load_state_dict(state["scaler"])  # fp16: resume with the scale it had
 
     fpt = flops_per_token(s.model_cfg, s.seq_len)
     peak, peak_source = peak_flops(s.hardware_path, device)
@@ -142,14 +144,16 @@ def train_parallel(s) -> int:
            "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "data": str(s.data_dir),
            "data_position": sampler.position, "world_size": world, "launcher": rdv.source,
            "layout": {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp, "mode": dims.dp_mode,
-                      "zero_stage": dims.zero_stage, "schedule": dims.schedule},
+                      "zero_stage": dims.zero_stage, "schedule": dims.schedule,
+                      "sequence_parallel": dims.sequence_parallel},
            "predicted_step_time_s": predicted.step_time_s if predicted else None,
            "predicted_mfu": predicted.mfu if predicted else None})
 
     def save(at: int) -> None:
         save_checkpoint(ckpt, at, runner, {
             **hashes, "data": sampler.state_dict(), "scheduler": {"type": cfg.schedule.type, "step": at},
-            "scaler": None, "max_steps": tcfg.max_steps, "time": time.time(), "world_size": world,
+            "scaler": runner.scaler.state_dict() if runner.scaler is not None else None,
+            "max_steps": tcfg.max_steps, "time": time.time(), "world_size": world,
             "layout": f"dp{dims.dp} tp{dims.tp} pp{dims.pp} {dims.dp_mode}"}, rank)
 
     preempt = Preemption().install()
@@ -179,8 +183,10 @@ def train_parallel(s) -> int:
                    "predicted_mfu": predicted.mfu if predicted else None,
                    "tokens": step * s.tokens_per_step * dims.dp, "epoch": round(sampler.epoch, 4),
                    "memory_gb": memory_gb(device), **gpu.read()})
-        if (step % tcfg.eval_interval == 0 or last) and dims.pp == 1 and dims.dp_mode != "zero":
-            write({"kind": "eval", "step": step, "val_loss": _evaluate(runner, val, device)})
+        if step % tcfg.eval_interval == 0 or last:
+            # Every layout the same way: every rank takes part (FSDP2, ZeRO-3 and pipeline
+            # stages need it), rank 0 logs.
+            write({"kind": "eval", "step": step, "val_loss": runner.evaluate(val)})
         if step % cfg.checkpoint.interval_steps == 0 or last or stop:
             save(step)
             saved_at = step
@@ -203,17 +209,3 @@ def train_parallel(s) -> int:
     train_store.close()
     val_store.close()
     return 0
-
-
-def _evaluate(runner, batches, device) -> float:
-    """Validation loss with the wrapped model (DDP, FSDP2 or TP): every rank the same batches."""
-    import torch
-
-    model = runner.modules[0]
-    model.eval()
-    total = 0.0
-    with torch.no_grad():
-        for x, y in batches:
-            total += float(model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)))
-    model.train()
-    return total / max(len(batches), 1)

@@ -150,7 +150,7 @@ def load_run(run_dir: str | Path) -> RunSetup:
                                   f"{model_cfg.max_seq_len} ({model_path})"])
 
     micro = plan.parallelism.micro_batch if plan is not None else cfg.parallel.micro_batch_size
-    dims = parallel_dims(plan, run.plan_file, model_cfg)
+    dims = parallel_dims(plan, run.plan_file, model_cfg, cfg.parallel.sequence_parallel, cfg.data.seq_len)
     global_batch = cfg.parallel.global_batch_size
     if global_batch % (micro * dims.dp):
         raise ConfigError(where, [f"parallel.global_batch_size ({global_batch}) is not a multiple of "
@@ -167,7 +167,8 @@ def load_run(run_dir: str | Path) -> RunSetup:
                     grad_accum=grad_accum, recompute=recompute, recompute_layers=layers, dims=dims)
 
 
-def parallel_dims(plan, plan_path: Path, model_cfg):
+def parallel_dims(plan, plan_path: Path, model_cfg, sequence_parallel: bool = True,
+                  seq_len: Optional[int] = None):
     """The layout for the ranks this process was started with (no torch needed).
 
     One rank trains in one process whatever the plan says (a run resumed on a smaller
@@ -180,5 +181,6 @@ def parallel_dims(plan, plan_path: Path, model_cfg):
     if world == 1:
         return ParallelDims()
     dims = ParallelDims.from_plan(plan.parallelism) if plan is not None else ParallelDims(dp=world)
-    dims.validate(world, model_cfg, where=str(plan_path) if plan is not None else "launch")
+    dims.sequence_parallel = dims.tp > 1 and sequence_parallel
+    dims.validate(world, model_cfg, where=str(plan_path) if plan is not None else "launch", seq_len=seq_len)
     return dims

@@ -55,9 +55,9 @@ def evaluate(model, batches, device, autocast) -> float:
         for x, y in batches:
             with autocast():
                 loss = model(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
-            total += float(loss)
+            total += float(loss) * len(x)  # a mean over sequences: a short last batch weighs less
     model.train()
-    return total / max(len(batches), 1)
+    return total / max(sum(len(x) for x, _ in batches), 1)
 
 
 def train(run_dir: str) -> int:

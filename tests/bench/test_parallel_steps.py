@@ -21,14 +21,15 @@ from test_parallel_equivalence import torchrun  # noqa: E402
 pytest.importorskip("torch")
 
 LAYOUTS = {"ddp": {"dp": 2}, "fsdp2": {"dp": 2, "dp_mode": "fsdp"},
-           "zero3": {"dp": 2, "dp_mode": "zero", "zero_stage": 3}, "tp2": {"tp": 2}, "pp2": {"pp": 2}}
+           "zero3": {"dp": 2, "dp_mode": "zero", "zero_stage": 3}, "tp2": {"tp": 2},
+           "tp2_sp": {"tp": 2, "sequence_parallel": True}, "pp2": {"pp": 2}}
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_parallel_step_time(benchmark, tmp_path, name):
     import torch
 
-    layout = {**LAYOUTS[name], "steps": 12}
+    layout = {**LAYOUTS[name], "steps": 12, "val": False}
     benchmark.pedantic(torchrun, args=(tmp_path, 2, {name: layout}), rounds=1, iterations=1)
     res = torch.load(tmp_path / f"{name}.rank0.pt")
     steady = res["step_s"][2:]  # the first steps build buckets, shard and warm the allocator

@@ -3,10 +3,11 @@
     python tests/integration/parallel_worker.py OUT_DIR LAYOUTS_JSON     # under torchrun, srun, mpirun
     python tests/integration/parallel_worker.py OUT_DIR '{"single": {}}' --single   # the reference
 
-LAYOUTS_JSON maps a name to ParallelDims fields; the layouts run one after the
-other in the same process group (one start-up for all). Every rank writes
-OUT_DIR/<name>.rank<R>.pt: the losses and gradient norms per step and its parameters,
-unsharded, under the full model's names. The batches are random tokens from a
+LAYOUTS_JSON maps a name to ParallelDims fields (plus the run's own: steps, precision,
+fixed_batch, loss_scale for fp16, val=false to skip validation); the layouts run one after
+the other in the same process group (one start-up for all). Every rank writes
+OUT_DIR/<name>.rank<R>.pt: the losses, gradient norms and validation losses per step and
+its parameters, unsharded, under the full model's names. The batches are random tokens from a
 fixed seed, the same on every rank (the runner takes each rank's share).
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 MODEL = {"name": "llama-par", "template": "llama", "layers": 4, "hidden": 32, "ffn": 64, "heads": 4,
          "kv_heads": 2, "vocab_size": 128, "max_seq_len": 16, "tie_embeddings": False}
 SEQ, MICRO, STEPS, GLOBAL = 16, 2, 3, 8
+VAL_ROWS = (3, 1)
 
 
 def main(out: str, layouts: dict, single: bool) -> None:
@@ -34,6 +36,11 @@ def main(out: str, layouts: dict, single: bool) -> None:
 
 def run_one(out: str, name: str, layout: dict, device) -> None:
     steps = int(layout.pop("steps", STEPS))
+    layout_val = bool(layout.pop("val", True))  # benchmarks time the steps only
+    precision = layout.pop("precision", "fp32")
+    # The same batch every step: a model that trains must then lower its loss.
+    fixed_batch = bool(layout.pop("fixed_batch", False))
+    loss_scale = float(layout.pop("loss_scale", 2.0 ** 16))  # fp16's initial loss scale
     import torch
 
     from llmctl.config.model import ModelConfig
@@ -53,27 +60,38 @@ def run_one(out: str, name: str, layout: dict, device) -> None:
     else:
         rdv = rendezvous.discover()
         rank = rdv.rank
-        dims.validate(rdv.world_size, cfg)
+        dims.validate(rdv.world_size, cfg, seq_len=SEQ)
         mesh = build_mesh(dims, device.type)
     torch.manual_seed(0)
     model = Transformer(cfg)
     grad_accum = GLOBAL // (MICRO * dims.dp)
     runner = Runner(model, dims, mesh, device, lambda m: build_optimizer(m, opt, device),
-                    micro_batch=MICRO, grad_accum=grad_accum, grad_clip=1.0)
+                    micro_batch=MICRO, grad_accum=grad_accum, grad_clip=1.0, precision=precision,
+                    init_loss_scale=loss_scale)
     gen = torch.Generator().manual_seed(1)
-    losses, norms = [], []
+    # Validation batches of other sizes than the training micro-batch (as the trainer's last one).
+    val = [torch.randint(0, cfg.vocab_size, (rows, SEQ + 1), generator=torch.Generator().manual_seed(2 + i))
+           for i, rows in enumerate(VAL_ROWS)]
+    val = [(v[:, :-1], v[:, 1:]) for v in val]
+    losses, norms, val_losses = [], [], []
     import time
 
     times = []
     for step in range(steps):
-        tokens = torch.randint(0, cfg.vocab_size, (GLOBAL, SEQ + 1), generator=gen)
+        if step == 0 or not fixed_batch:
+            tokens = torch.randint(0, cfg.vocab_size, (GLOBAL, SEQ + 1), generator=gen)
         t0 = time.perf_counter()
         loss, norm = runner.step(tokens[:, :-1], tokens[:, 1:], lr=1e-2)
         times.append(time.perf_counter() - t0)
         losses.append(loss)
         norms.append(norm)
+        if layout_val:
+            val_losses.append(runner.evaluate(val))
     state = runner.full_state_dict()
-    torch.save({"losses": losses, "norms": norms, "params": state, "step_s": times}, Path(out) / f"{name}.rank{rank}.pt")
+    scale = runner.scaler.get_scale() if runner.scaler is not None else None
+    torch.save({"losses": losses, "norms": norms, "val": val_losses, "params": state, "step_s": times,
+                "loss_scale": scale},
+               Path(out) / f"{name}.rank{rank}.pt")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The real trainer over several ranks, launched from scripts `llmctl train launch` rendered:
 torchrun (local), mpirun (MPI ranks) and srun (the local SLURM cluster). Each run's losses
-follow the single-process run's; checkpoints saved at dp=2 and tp=2 resume in one process
+and validation losses follow the single-process run's; checkpoints saved at dp=2 and tp=2 resume in one process
 with the same loss continuation (DCP reshards them)."""
 
 from __future__ import annotations
@@ -100,6 +100,15 @@ def assert_follows_single(root: Path, run: Path, ranks: int) -> None:
         assert abs(loss - ref[step]) <= LOSS_TOL, f"step {step}: {loss} vs single-process {ref[step]}"
     start = records(run, "start")[0]
     assert start["world_size"] == ranks
+    # Every layout logs its validation loss at the same steps as the single process, and the same value.
+    ref_val, got_val = val_losses(root / "runs" / "single"), val_losses(run)
+    assert sorted(got_val) == sorted(ref_val) == [3, 6], got_val
+    for step, v in got_val.items():
+        assert abs(v - ref_val[step]) <= LOSS_TOL, f"step {step}: val loss {v} vs single-process {ref_val[step]}"
+
+
+def val_losses(run: Path) -> dict[int, float]:
+    return {e["step"]: e["val_loss"] for e in records(run, "eval")}
 
 
 def resume_in_one_process(root: Path, src: Path, name: str) -> None:
@@ -126,20 +135,31 @@ def test_torchrun_dp2_follows_single_process_and_resumes_at_dp1(project):
     resume_in_one_process(project, run, "ddp-to-dp1")
 
 
+def test_torchrun_zero1_follows_single_process_with_val_loss(project):
+    run = launch(project, "zero1", "dp = 2\nzero_stage = 1\nmicro_batch = 4\ngrad_accum = 1", "local",
+                 "torchrun", "local")
+    finish(project, run)
+    assert_follows_single(project, run, 2)
+    assert records(run, "start")[0]["layout"]["mode"] == "zero"
+
+
 def test_mpirun_tp2_follows_single_process_and_resumes_at_dp1(project):
     needs("mpi", (VENV_BIN / "mpiexec").exists(), "pip install mpi4py mpich")
     run = launch(project, "tp", "tp = 2\nmicro_batch = 4\ngrad_accum = 2", "mpi", "mpirun", "mpi",
                  extra=f'mpirun = "{VENV_BIN}/mpiexec"')
     finish(project, run)
     assert_follows_single(project, run, 2)
-    assert records(run, "start")[0]["launcher"] in ("pmi", "openmpi", "torchrun")
+    start = records(run, "start")[0]
+    assert start["launcher"] in ("pmi", "openmpi", "torchrun")
+    assert start["layout"]["sequence_parallel"] is True  # the default with tp > 1, recorded
     resume_in_one_process(project, run, "tp-to-dp1")
 
 
 @pytest.mark.slurm
 def test_srun_pp2_follows_single_process(project):
     needs("slurm", slurm_up(), "no running SLURM cluster (bash scripts/slurm-local.sh up)")
-    run = launch(project, "pp", "pp = 2\nmicro_batch = 2\ngrad_accum = 4", "slurm", "srun", "slurm")
+    # The single process's micro-batch (4): the validation set is eval_batches micro-batches.
+    run = launch(project, "pp", "pp = 2\nmicro_batch = 4\ngrad_accum = 2", "slurm", "srun", "slurm")
     finish(project, run)
     assert_follows_single(project, run, 2)
     assert "srun --ntasks=2" in (run / "job.sh").read_text()

@@ -82,3 +82,26 @@ def test_plan_maps_to_the_data_parallel_engine():
     assert ParallelDims.from_plan(Parallelism(dp=2, tp=2, zero_stage=3)).dp_mode == "fsdp"
     with pytest.raises(LlmctlError, match="DeepSpeed ZeRO runs with tp = pp = 1"):
         ParallelDims.from_plan(Parallelism(dp=2, tp=2, zero_stage=1)).validate(4, MODEL)
+
+
+def test_sequence_parallelism_needs_the_sequence_split_evenly():
+    from llmctl.config.plan import Parallelism
+
+    dims = ParallelDims.from_plan(Parallelism(tp=2))
+    assert dims.sequence_parallel  # on by default with tp > 1
+    with pytest.raises(LlmctlError, match=r"sequence length \(15\) divisible by tp \(2\)"):
+        dims.validate(2, MODEL, where="plan.toml", seq_len=15)
+    dims.validate(2, MODEL, seq_len=16)
+    dims.sequence_parallel = False  # parallel.sequence_parallel = false: any length
+    dims.validate(2, MODEL, seq_len=15)
+    assert not ParallelDims.from_plan(Parallelism(dp=2)).sequence_parallel
+
+
+def test_fp16_with_tensor_parallelism_is_a_clean_error():
+    torch = pytest.importorskip("torch")
+    from llmctl.parallel.runner import Runner
+
+    with pytest.raises(LlmctlError, match="fp16 with tp = 2 is not supported") as e:
+        Runner(torch.nn.Linear(2, 2), ParallelDims(tp=2, sequence_parallel=True), None, torch.device("cpu"),
+               lambda m: None, micro_batch=1, grad_accum=1, precision="fp16")
+    assert "bf16" in e.value.hint
