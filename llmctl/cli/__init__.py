@@ -46,6 +46,8 @@ for _group in (init.group, hw.group, plan.group, data.group, train.group, eval_.
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for anything the user can fix)."""
     args = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:  # run as the program: config field docs only for `schema` (llmctl.config.base)
+        os.environ.setdefault("LLMCTL_FIELD_DOCS", "0")
     debug = "--debug" in args or os.environ.get("LLMCTL_DEBUG", "") not in ("", "0")
     try:
         rv = cli.main(args=args, prog_name="llmctl", standalone_mode=False)

@@ -19,6 +19,9 @@ def command(kind: str | None, check_files: tuple[str, ...]) -> None:
       llmctl schema train
       llmctl schema model --check configs/models/llama-7b.json
     """
+    import os
+
+    os.environ["LLMCTL_FIELD_DOCS"] = "1"  # the schema carries the fields' descriptions
     from llmctl.config import KINDS, json_schema, load
 
     if kind is None:

@@ -9,6 +9,7 @@ lines each name the file, the key path and the problem.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import typing
@@ -27,13 +28,20 @@ else:  # pragma: no cover - exercised on 3.10 only
 M = TypeVar("M", bound="StrictModel")
 
 
+# Field docstrings become descriptions (docs/config-reference.md, `llmctl schema`).
+# Pydantic reads them by parsing each class's source when the class is created:
+# ~60 ms that every login-node command would pay, so the `llmctl` program turns
+# them off (LLMCTL_FIELD_DOCS=0) and `schema` turns them back on.
+FIELD_DOCS = os.environ.get("LLMCTL_FIELD_DOCS", "1") != "0"
+
+
 class StrictModel(BaseModel):
     """A config section: unknown keys are errors, field docstrings become docs."""
 
     model_config = ConfigDict(
         extra="forbid",
         validate_default=True,
-        use_attribute_docstrings=True,
+        use_attribute_docstrings=FIELD_DOCS,
         protected_namespaces=(),
     )
 

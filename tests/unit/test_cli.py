@@ -172,3 +172,16 @@ def test_schema_check_validates_files(tmp_path, capsys):
     bad.write_text('{"name": "m", "layers": 2, "hidden": 64, "heads": 4, "vocab_size": 100, "x": 1}')
     assert main(["schema", "model", "--check", str(bad)]) == 2
     assert "x: unknown key 'x'" in capsys.readouterr().err
+
+
+def test_schema_program_carries_field_docs(tmp_path):
+    """The `llmctl` program skips parsing field docstrings (a login-node saving) except for
+    `schema`, whose output must still describe every documented field."""
+    import json as _json
+
+    from conftest import run_cli
+
+    r = run_cli("schema", "train", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    par = _json.loads(r.stdout)["$defs"]["Parallel"]["properties"]
+    assert par["pp"]["description"] == "Pipeline-parallel degree."
