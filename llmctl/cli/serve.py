@@ -36,6 +36,8 @@ def _settings(ctx: click.Context, config_path, **flags):
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
 @click.option("--api-key-env", help="Environment variable holding the bearer key.")
 @click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests before answering 429.")
+@click.option("--mpi-mode", type=click.Choice(["tp", "dp"]), default="tp", show_default=True,
+              help="Under MPI: tensor-parallel shards, or data-parallel replicas that rank 0 routes to.")
 @click.pass_context
 def start(ctx: click.Context, config_path, **flags) -> None:
     """Start the server."""

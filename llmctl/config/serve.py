@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
@@ -36,3 +36,5 @@ class ServeConfig(StrictModel):
     """Environment variable holding the bearer key (no auth when unset)."""
     dtype: str = "auto"
     """Weights dtype: auto, bf16, fp16, fp32."""
+    mpi_mode: Literal["tp", "dp"] = "tp"
+    """Under MPI: tp (each rank a tensor-parallel shard) or dp (whole replicas; rank 0 routes)."""

@@ -12,16 +12,32 @@ total back.
 Every wait on rank 0 polls with a deadline (`TIMEOUT_S`) instead of blocking, so
 a dead rank makes the step fail: the engine thread then fails all in-flight
 requests and /health turns unhealthy. Between steps rank 0 pings the workers, so
-a rank dying while idle is noticed within seconds too. Run under MPICH with
-`-disable-auto-cleanup` (Open MPI: `--enable-recovery`) to keep rank 0 alive to
-report it instead of being killed along with the dead rank.
+a rank dying while idle is noticed within seconds too.
+
+Surviving a killed rank, under MPICH's hydra (seen on pip MPICH 5.0.2):
+`-disable-auto-cleanup` is needed, else the launcher kills every rank at once,
+and even then four things still kill the survivors. (1) Hydra's proxy reaps its
+children after every event it handles, and one that died *by a signal* makes it
+SIGKILL all its other children, whatever the flag says: so each rank's MPI work
+runs in a child of a small supervisor process (`supervise_rank`) that exits
+normally whatever happened to the child. (2) Hydra tells the others with SIGUSR1,
+whose default action ends a process: each rank handles it (it sets PEER_LOST).
+(3) MPI_ERRORS_ARE_FATAL on COMM_WORLD aborts the job when MPICH learns of the
+failed peer: errors are returned instead. (4) Output that reaches hydra after the
+death is such an event: a relay thread carries the rank's stdout/stderr and,
+once a peer is lost, writes it to a log file instead. Open MPI needs
+`--enable-recovery` instead.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 from llmctl.errors import LlmctlError
 
@@ -31,8 +47,123 @@ PING_EVERY_S = 1.0
 TAG_PLAN, TAG_PART, TAG_SUM = 11, 12, 13
 
 
+# Set when the launcher reports that some rank died (hydra's SIGUSR1).
+PEER_LOST = threading.Event()
+
+
 class RankLost(RuntimeError):
     pass
+
+
+def supervise_rank() -> int | None:
+    """Under hydra with several ranks, run this very command again as a child and
+    return its exit status (the caller exits with it); None in the child, or when
+    there is nothing to supervise. A child killed by a signal becomes an ordinary
+    exit status 128+N here, so hydra never sees a rank die by a signal (see above).
+    """
+    if ("PMI_FD" not in os.environ or os.environ.get("LLMCTL_RANK_CHILD")
+            or int(os.environ.get("PMI_SIZE", "1")) < 2):
+        return None
+    import subprocess
+    import sys
+
+    # Hydra signals whole process groups (the child is in ours): no forwarding, else
+    # a SIGTERM would reach the server twice and force an unclean exit.
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    child = subprocess.Popen(sys.orig_argv, env=dict(os.environ, LLMCTL_RANK_CHILD="1"),
+                             pass_fds=(int(os.environ["PMI_FD"]),),
+                             preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL)
+                                                 for s in (signal.SIGTERM, signal.SIGINT)])
+    code = child.wait()
+    return 128 - code if code < 0 else code
+
+
+def survive_rank_loss(comm) -> None:
+    """Keep this rank alive and quiet on hydra's pipes when another rank dies (see above)."""
+    from mpi4py import MPI
+
+    comm.Set_errhandler(MPI.ERRORS_RETURN)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, lambda *_: PEER_LOST.set())
+    OutputGuard(comm.Get_rank()).install()
+
+
+class OutputGuard:
+    """Relay fd 1 and 2 through pipes; after a lost peer, into a log file instead."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.lock = threading.Lock()
+        self.fallback = None
+        self.local_pids: list[int] = []  # peers on this host: checked before each write
+
+    def install(self) -> None:
+        for fd in (1, 2):
+            try:
+                os.fstat(fd)
+            except OSError:
+                continue
+            r, w = os.pipe()
+            out = os.dup(fd)
+            os.dup2(w, fd)
+            os.close(w)
+            threading.Thread(target=self._relay, args=(r, out), daemon=True,
+                             name=f"llmctl-output-{fd}").start()
+        global _GUARD
+        _GUARD = self
+
+    def _lost(self) -> bool:
+        if PEER_LOST.is_set():
+            return True
+        for pid in self.local_pids:  # SIGUSR1 reaches Python's handler late (main thread only)
+            if pid_gone(pid):
+                PEER_LOST.set()
+                return True
+        return False
+
+    def _relay(self, r: int, out: int) -> None:
+        while True:
+            data = os.read(r, 65536)
+            if not data:
+                return
+            with self.lock:
+                if not self._lost():
+                    os.write(out, data)
+                    continue
+                if self.fallback is None:
+                    self.fallback = open(self._fallback_path(), "ab", buffering=0)
+                self.fallback.write(data)
+
+    def _fallback_path(self) -> Path:
+        run = os.environ.get("LLMCTL_RUN_DIR")
+        folder = Path(run) / "logs" if run else Path(tempfile.gettempdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"llmctl-serve-rank{self.rank}-{os.getpid()}.log"
+
+
+_GUARD: "OutputGuard | None" = None
+
+
+def pid_gone(pid: int) -> bool:
+    """True once `pid` is dead, zombies included: a killed rank stays a zombie until
+    hydra reaps it, and os.kill(pid, 0) still succeeds on a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (or it just went): trust os.kill
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def watch_local_pids(ranks) -> None:
+    """Tell the output guard which peers share this host ([(host, pid)] by rank)."""
+    if _GUARD is not None:
+        here = socket.gethostname()
+        _GUARD.local_pids = [pid for host, pid in ranks if host == here and pid != os.getpid()]
 
 
 def world():
@@ -47,7 +178,7 @@ def world():
     return comm if comm.Get_size() > 1 else None
 
 
-def _wait(req, what: str):
+def _wait(req, what: str, lost_peer=None):
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         try:
@@ -56,6 +187,8 @@ def _wait(req, what: str):
             raise RankLost(f"{what}: {e}") from None
         if done:
             return value
+        if PEER_LOST.is_set() and lost_peer is not None:
+            lost_peer()
         if time.monotonic() > deadline:
             raise RankLost(f"{what}: no answer in {TIMEOUT_S:.0f} s (rank dead?)")
         time.sleep(0.0002)
@@ -112,6 +245,7 @@ class Leader:
         self.error = None
         self.host = socket.gethostname()
         self.ranks = comm.gather((self.host, os.getpid()), root=0)
+        watch_local_pids(self.ranks)
         engine.runner.reduce = self.reduce
         inner = engine.runner.forward
 
@@ -125,11 +259,10 @@ class Leader:
         """Check worker processes on this host without MPI: once a peer is gone, MPICH's
         progress engine aborts the caller on the next operation that touches it."""
         for r, (host, pid) in enumerate(self.ranks):
-            if r and host == self.host:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    raise RankLost(f"rank {r} (pid {pid}) is gone") from None
+            if r and host == self.host and pid_gone(pid):
+                raise RankLost(f"rank {r} (pid {pid}) is gone")
+        if PEER_LOST.is_set():  # on another host: the launcher said so (SIGUSR1)
+            raise RankLost("the MPI launcher reports that a rank died")
 
     def _send_all(self, msg) -> None:
         if self.error:
@@ -137,7 +270,7 @@ class Leader:
         self._alive()
         reqs = [self.comm.isend(msg, dest=r, tag=TAG_PLAN) for r in self.workers]
         for r, req in zip(self.workers, reqs):
-            _wait(req, f"sending to rank {r}")
+            _wait(req, f"sending to rank {r}", self._alive)
 
     def reduce(self, t):
         import numpy as np
@@ -147,12 +280,12 @@ class Leader:
         bufs = {r: np.empty_like(total) for r in self.workers}
         reqs = {r: self.comm.Irecv(bufs[r], source=r, tag=TAG_PART) for r in self.workers}
         for r in self.workers:  # in rank order: every rank adds in the same order
-            _wait(reqs[r], f"partial sum from rank {r}")
+            _wait(reqs[r], f"partial sum from rank {r}", self._alive)
             total += bufs[r]
         self._alive()
         sends = [self.comm.Isend(total, dest=r, tag=TAG_SUM) for r in self.workers]
         for r, req in zip(self.workers, sends):
-            _wait(req, f"sum to rank {r}")
+            _wait(req, f"sum to rank {r}", self._alive)
         return torch.from_numpy(total).to(t.dtype)
 
     def check(self):
@@ -165,7 +298,7 @@ class Leader:
         try:
             self._send_all(("ping", None))
             for r in self.workers:
-                _wait(self.comm.irecv(source=r, tag=TAG_PART), f"ping of rank {r}")
+                _wait(_Incoming(self.comm, r, TAG_PART), f"ping of rank {r}", self._alive)
         except RankLost as e:
             self.error = f"MPI rank lost: {e}"
         return self.error
@@ -191,6 +324,36 @@ def attach_leader(comm, engine):
     return hook
 
 
+def await_leader(req):
+    """A worker's wait on rank 0: polls, so a lost peer (SIGUSR1) ends the rank instead
+    of leaving it blocked forever in a receive that will never complete."""
+    idle_since = time.monotonic()
+    while True:
+        done, value = req.test()
+        if done:
+            return value
+        if PEER_LOST.is_set():
+            os._exit(1)  # not MPI_Finalize: it would wait for the dead rank
+        # Spin briefly (a step's messages come back to back), then back off.
+        time.sleep(0.0002 if time.monotonic() - idle_since < 0.1 else 0.002)
+
+
+class _Incoming:
+    """A pickled message of any size, received without blocking (a matched probe, then
+    a nonblocking receive): it quacks like a Request for `await_leader`."""
+
+    def __init__(self, comm, source: int, tag: int):
+        self.comm, self.source, self.tag, self.req = comm, source, tag, None
+
+    def test(self):
+        if self.req is None:
+            msg = self.comm.improbe(source=self.source, tag=self.tag)
+            if msg is None:
+                return False, None
+            self.req = msg.irecv()
+        return self.req.test()
+
+
 def worker_loop(comm, settings, artifact) -> None:
     """Ranks > 0: load the shard, then run every batch rank 0 sends until told to stop."""
     from llmctl.serve.start import build_engine
@@ -202,9 +365,9 @@ def worker_loop(comm, settings, artifact) -> None:
         import torch
 
         part = t.detach().float().cpu().numpy().copy()
-        comm.Send(part, dest=0, tag=TAG_PART)
+        await_leader(comm.Isend(part, dest=0, tag=TAG_PART))
         total = np.empty_like(part)
-        comm.Recv(total, source=0, tag=TAG_SUM)
+        await_leader(comm.Irecv(total, source=0, tag=TAG_SUM))
         return torch.from_numpy(total).to(t.dtype)
 
     eng.runner.reduce = reduce
@@ -212,11 +375,11 @@ def worker_loop(comm, settings, artifact) -> None:
     import torch
 
     while True:
-        kind, plan = comm.recv(source=0, tag=TAG_PLAN)
+        kind, plan = await_leader(_Incoming(comm, 0, TAG_PLAN))
         if kind == "stop":
             return
         if kind == "ping":
-            comm.send("pong", dest=0, tag=TAG_PART)
+            await_leader(comm.isend("pong", dest=0, tag=TAG_PART))
             continue
         chunks = [(_Chunk(toks, c, blocks), n) for toks, c, blocks, n in plan]
         with torch.inference_mode():

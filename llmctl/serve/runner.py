@@ -28,33 +28,27 @@ class PagedRunner:
         from llmctl.model.transformer import apply_rope
 
         m, cache, dev = self.model, self.cache, self.model.tok_emb.weight.device
-        toks, pos, slots, q_rows, k_idx = [], [], [], [], []
-        B = len(chunks)
-        maxq = max(n for _, n in chunks)
-        maxk = max(s.num_computed + n for s, n in chunks)
-        k_len = []
-        for b, (s, n) in enumerate(chunks):
+        toks, pos, slots = [], [], []
+        for s, n in chunks:
             c = s.num_computed
             toks += s.tokens[c:c + n]
             pos += range(c, c + n)
             slots += cache.slots(s, c, c + n)
-            q_rows += range(b * maxq, b * maxq + n)
-            ctx = cache.slots(s, 0, c + n)
-            k_idx.append(ctx + [0] * (maxk - len(ctx)))
-            k_len.append(c + n)
         tokens = torch.tensor(toks, device=dev)
         positions = torch.tensor(pos, device=dev)
         slot_t = torch.tensor(slots, device=dev)
-        rows = torch.tensor(q_rows, device=dev)
-        kidx = torch.tensor(k_idx, device=dev)
-        # mask[b, i, j]: query i of sequence b may see key j (its position or earlier).
-        qpos = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)
-        qpos[rows] = positions
-        qpos = qpos.view(B, maxq, 1)
-        kpos = torch.arange(maxk, device=dev).view(1, 1, maxk)
-        mask = (kpos <= qpos) & (kpos < torch.tensor(k_len, device=dev).view(B, 1, 1))
-        mask[..., 0] |= qpos[..., 0] < 0  # padding rows see one key: no NaN from an empty softmax
-        mask = mask.unsqueeze(1)
+        # Decodes (1 token) and prompt chunks attend in separate calls: padded
+        # together, every decode row would be padded to the longest chunk.
+        starts, at = [], 0
+        for _, n in chunks:
+            starts.append(at)
+            at += n
+        decode = [b for b, (_, n) in enumerate(chunks) if n == 1]
+        prefill = [b for b, (_, n) in enumerate(chunks) if n > 1]
+        groups = [self._group([chunks[b] for b in g], [starts[b] for b in g], positions, dev)
+                  for g in (decode, prefill) if g]
+        if len(groups) == 1:
+            groups[0]["flat"] = None  # the whole batch: no gather/scatter
 
         N = len(toks)
         x = m.tok_emb(tokens)
@@ -73,14 +67,22 @@ class PagedRunner:
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             cache.k[li][slot_t] = k.to(cache.k[li].dtype)
             cache.v[li][slot_t] = v.to(cache.v[li].dtype)
-            qp = q.new_zeros(B * maxq, a.heads, a.head_dim)
-            qp[rows] = q
-            qp = qp.view(B, maxq, a.heads, a.head_dim).transpose(1, 2)
-            kk = cache.k[li][kidx].transpose(1, 2).to(q.dtype)
-            vv = cache.v[li][kidx].transpose(1, 2).to(q.dtype)
-            y = F.scaled_dot_product_attention(qp, kk, vv, attn_mask=mask,
-                                               enable_gqa=a.heads != a.kv_heads)
-            y = y.transpose(1, 2).reshape(B * maxq, a.heads * a.head_dim)[rows]
+            y = q.new_empty(N, a.heads * a.head_dim) if len(groups) > 1 else None
+            for g in groups:
+                qg = q if g["flat"] is None else q[g["flat"]]
+                B, maxq = g["B"], g["maxq"]
+                qp = q.new_zeros(B * maxq, a.heads, a.head_dim)
+                qp[g["rows"]] = qg
+                qp = qp.view(B, maxq, a.heads, a.head_dim).transpose(1, 2)
+                kk = cache.k[li][g["kidx"]].transpose(1, 2).to(q.dtype)
+                vv = cache.v[li][g["kidx"]].transpose(1, 2).to(q.dtype)
+                yg = F.scaled_dot_product_attention(qp, kk, vv, attn_mask=g["mask"],
+                                                    enable_gqa=a.heads != a.kv_heads)
+                yg = yg.transpose(1, 2).reshape(B * maxq, a.heads * a.head_dim)[g["rows"]]
+                if y is None:
+                    y = yg
+                else:
+                    y[g["flat"]] = yg
             out = a.wo(y)
             x = x + (self.reduce(out) if self.reduce else out)
             out = blk.mlp(blk.norm2(x))
@@ -88,11 +90,8 @@ class PagedRunner:
         if not logits:
             return None
         self._prompt_logprobs(chunks, x)
-        last = torch.tensor([b * maxq + n - 1 for b, (_, n) in enumerate(chunks)], device=dev)
-        # Map padded positions of the last tokens back to flattened rows.
-        flat_of = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)
-        flat_of[rows] = torch.arange(N, device=dev)
-        xl = x[flat_of[last]]
+        last = torch.tensor([st + n - 1 for st, (_, n) in zip(starts, chunks)], device=dev)
+        xl = x[last]
         return m.head(m.norm(xl)).float()
 
     def _prompt_logprobs(self, chunks, x) -> None:
@@ -117,3 +116,31 @@ class PagedRunner:
             top_v, top_i = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
             for j in range(upto - c):
                 s.prompt_logprobs[c + 1 + j] = (chosen[j], list(zip(top_i[j].tolist(), top_v[j].tolist())))
+
+    def _group(self, chunks, starts, positions, dev) -> dict:
+        """Padded attention inputs for some of the batch's chunks: `flat` (their rows in
+        the flattened batch), `rows` (the same rows in the [B * maxq] padded layout),
+        `kidx` (cache slots of each chunk's keys, padded) and `mask`."""
+        import torch
+
+        B = len(chunks)
+        maxq = max(n for _, n in chunks)
+        maxk = max(s.num_computed + n for s, n in chunks)
+        flat, q_rows, k_idx, k_len = [], [], [], []
+        for b, ((s, n), st) in enumerate(zip(chunks, starts)):
+            flat += range(st, st + n)
+            q_rows += range(b * maxq, b * maxq + n)
+            ctx = self.cache.slots(s, 0, s.num_computed + n)
+            k_idx.append(ctx + [0] * (maxk - len(ctx)))
+            k_len.append(s.num_computed + n)
+        flat_t = torch.tensor(flat, device=dev)
+        rows = torch.tensor(q_rows, device=dev)
+        # mask[b, i, j]: query i of sequence b may see key j (its position or earlier).
+        qpos = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)
+        qpos[rows] = positions[flat_t]
+        qpos = qpos.view(B, maxq, 1)
+        kpos = torch.arange(maxk, device=dev).view(1, 1, maxk)
+        mask = (kpos <= qpos) & (kpos < torch.tensor(k_len, device=dev).view(B, 1, 1))
+        mask[..., 0] |= qpos[..., 0] < 0  # padding rows see one key: no NaN from an empty softmax
+        return {"flat": flat_t, "rows": rows, "kidx": torch.tensor(k_idx, device=dev),
+                "mask": mask.unsqueeze(1), "B": B, "maxq": maxq}

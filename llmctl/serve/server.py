@@ -217,6 +217,7 @@ def build_app(state: ServerState, on_shutdown=()):
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines += state.ttft.render() + state.itl.render()
+        lines += getattr(state.worker, "metric_lines", list)()  # per-replica counters (MPI dp mode)
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager

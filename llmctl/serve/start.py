@@ -63,28 +63,44 @@ def serve(settings) -> None:
     if not artifact or not Path(artifact).is_dir():
         raise LlmctlError(f"--artifact {artifact}: artifact folder not found")
     key = api_key(settings)
+    supervised = mpi.supervise_rank()  # under hydra: the MPI work runs in a child
+    if supervised is not None:
+        raise SystemExit(supervised)
     world = mpi.world()
     if world is None and extra_rank():
         print("llmctl serve: not rank 0 and not under MPI: nothing to do on this rank", flush=True)
         return
+    if world is not None:
+        mpi.survive_rank_loss(world)  # a killed peer must not take this rank down with it
+    dp = world is not None and settings.mpi_mode == "dp"
     if world is not None and world.Get_rank() > 0:
+        if dp:
+            from llmctl.serve.dp import replica_loop
+
+            return replica_loop(world, settings, artifact)
         return mpi.worker_loop(world, settings, artifact)
-    shard = (0, world.Get_size()) if world is not None else None
+    shard = (0, world.Get_size()) if world is not None and not dp else None
     art, eng = build_engine(settings, artifact, shard=shard)
-    hook = mpi.attach_leader(world, eng) if world is not None else None
-    _run_http(settings, art, eng, key, hook)  # stops the MPI workers at shutdown
+    if dp:
+        from llmctl.serve.dp import Router
+
+        worker = Router(world, eng).start()
+    else:
+        from llmctl.serve.worker import EngineThread
+
+        hook = mpi.attach_leader(world, eng) if world is not None else None
+        worker = EngineThread(eng, step_hook=hook).start()
+    _run_http(settings, art, eng, worker, key)  # stops the MPI workers at shutdown
 
 
-def _run_http(settings, art, eng, key, hook) -> None:
+def _run_http(settings, art, eng, worker, key) -> None:
     import uvicorn
 
     from llmctl.fsutil import atomic_write_text
     from llmctl.jobs.rundir import RunDir
     from llmctl.serve import mpi
     from llmctl.serve.server import ServerState, build_app
-    from llmctl.serve.worker import EngineThread
 
-    worker = EngineThread(eng, step_hook=hook).start()
     state = ServerState(worker, art.name, settings, key)
     cleanups = [worker.shutdown]
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
@@ -101,7 +117,8 @@ def _run_http(settings, art, eng, key, hook) -> None:
         atomic_write_text(endpoint, json.dumps({"host": host, "port": port, "pid": os.getpid(),
                                                 "url": f"http://{host}:{port}/v1"}) + "\n")
         cleanups.append(lambda: endpoint.unlink(missing_ok=True))
-    cleanups.append(lambda: mpi.shutdown(eng))  # tell the MPI workers to stop (no-op on one rank)
+    # Last: tell the MPI workers to stop (no-op on one rank); after a lost rank it exits at once.
+    cleanups.append(getattr(worker, "close", None) or (lambda: mpi.shutdown(eng)))
     app = build_app(state, on_shutdown=cleanups)
     print(f"llmctl serve: {art.name} on http://{settings.host}:{port}/v1 "
           f"(scheduler {settings.scheduler})", flush=True)
