@@ -120,7 +120,8 @@ class Router:
         self.thread.start()
         return self
 
-    def listen(self, seq, loop, q) -> None:
+    def listen(self, seq, loop, q, every_token: bool = True) -> None:
+        # replicas report every step anyway; every listener is woken per token
         with self.lock:
             self.pending[seq.seq_id] = (seq, loop, q)
 

@@ -71,6 +71,8 @@ class Engine:
             import torch
 
             seq.generator = torch.Generator().manual_seed(int(seq.params.seed))
+        if self.tokenizer is not None:
+            seq.detokenize = self.tokenizer.decode
         self.stats["prompt_tokens"] += len(seq.prompt_ids)
         self.waiting.append(seq)
 
@@ -131,7 +133,8 @@ class Engine:
         self.stats["steps"] += 1
         touched = []
         now = time.monotonic()
-        for (seq, n), row in zip(chunks, logits):
+        greedy = logits.argmax(dim=-1).tolist()  # one call for the batch, not one per row
+        for (seq, n), row, best in zip(chunks, logits, greedy):
             if seq.finished:
                 continue
             seq.num_computed += n
@@ -141,7 +144,7 @@ class Engine:
                 self._finish(seq, "length")
                 touched.append(seq)
                 continue
-            tok = sample(row, seq.params, seq.generator)
+            tok = best if seq.params.temperature <= 0 else sample(row, seq.params, seq.generator)
             seq.output_ids.append(tok)
             if seq.params.logprobs is not None:
                 seq.output_logprobs.append(_logprob_of(row, tok, seq.params.logprobs))
@@ -154,7 +157,7 @@ class Engine:
 
     def _apply_stops(self, seq: Sequence, tok: int) -> None:
         p = seq.params
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and p.stop:  # without stop sequences, `text` decodes lazily
             text = self.tokenizer.decode(seq.output_ids)
             for s in p.stop:
                 cut = text.find(s)

@@ -234,6 +234,9 @@ class _Chunk:
     def __init__(self, tokens, num_computed, blocks):
         self.tokens, self.num_computed, self.blocks = tokens, num_computed, blocks
 
+    def token_at(self, i: int) -> int:
+        return self.tokens[i]
+
 
 class Leader:
     """Rank 0's side: ship each batch to the workers, add the partial sums."""

@@ -13,6 +13,9 @@ from the same pass (prefill), so scoring a prompt costs no second forward.
 from __future__ import annotations
 
 
+DECODE_BUCKETS = 4  # attention calls for the decode rows of a step (at least 8 rows each)
+
+
 class PagedRunner:
     def __init__(self, model, cache):
         self.model, self.cache = model, cache
@@ -29,8 +32,14 @@ class PagedRunner:
 
         m, cache, dev = self.model, self.cache, self.model.tok_emb.weight.device
         toks, pos, slots = [], [], []
+        bs = cache.block_size
         for s, n in chunks:
             c = s.num_computed
+            if n == 1:  # a decode: its one token, without copying the whole sequence
+                toks.append(s.token_at(c))
+                pos.append(c)
+                slots.append(s.blocks[c // bs] * bs + c % bs)
+                continue
             toks += s.tokens[c:c + n]
             pos += range(c, c + n)
             slots += cache.slots(s, c, c + n)
@@ -45,8 +54,16 @@ class PagedRunner:
             at += n
         decode = [b for b, (_, n) in enumerate(chunks) if n == 1]
         prefill = [b for b, (_, n) in enumerate(chunks) if n > 1]
+        # Decodes sorted by context length, in up to DECODE_BUCKETS groups: each group's
+        # keys are padded to its longest context, and with one group a few long
+        # requests made every short one gather (and attend over) their length.
+        nb = min(DECODE_BUCKETS, len(decode) // 8) or 1
+        if nb > 1:  # (one group keeps batch order: it may stand for the whole batch below)
+            decode.sort(key=lambda b: chunks[b][0].num_computed)
+        cuts = [len(decode) * i // nb for i in range(nb + 1)]
+        parts = [decode[cuts[i]:cuts[i + 1]] for i in range(nb)] + [prefill]
         groups = [self._group([chunks[b] for b in g], [starts[b] for b in g], positions, dev)
-                  for g in (decode, prefill) if g]
+                  for g in parts if g]
         if len(groups) == 1:
             groups[0]["flat"] = None  # the whole batch: no gather/scatter
 
@@ -126,13 +143,18 @@ class PagedRunner:
         B = len(chunks)
         maxq = max(n for _, n in chunks)
         maxk = max(s.num_computed + n for s, n in chunks)
-        flat, q_rows, k_idx, k_len = [], [], [], []
+        flat, q_rows, k_len = [], [], []
         for b, ((s, n), st) in enumerate(zip(chunks, starts)):
             flat += range(st, st + n)
             q_rows += range(b * maxq, b * maxq + n)
-            ctx = self.cache.slots(s, 0, s.num_computed + n)
-            k_idx.append(ctx + [0] * (maxk - len(ctx)))
             k_len.append(s.num_computed + n)
+        # Cache slots of every key position from the block tables, in one gather: a
+        # Python list of B x maxk slots cost more than the model on small models.
+        bs = self.cache.block_size
+        nblk = max(len(s.blocks) for s, _ in chunks)
+        tables = torch.tensor([s.blocks + [0] * (nblk - len(s.blocks)) for s, _ in chunks], device=dev)
+        j = torch.arange(maxk, device=dev)
+        k_idx = tables[:, j // bs] * bs + j % bs  # past a row's length: some slot, masked below
         flat_t = torch.tensor(flat, device=dev)
         rows = torch.tensor(q_rows, device=dev)
         # mask[b, i, j]: query i of sequence b may see key j (its position or earlier).
@@ -142,5 +164,5 @@ class PagedRunner:
         kpos = torch.arange(maxk, device=dev).view(1, 1, maxk)
         mask = (kpos <= qpos) & (kpos < torch.tensor(k_len, device=dev).view(B, 1, 1))
         mask[..., 0] |= qpos[..., 0] < 0  # padding rows see one key: no NaN from an empty softmax
-        return {"flat": flat_t, "rows": rows, "kidx": torch.tensor(k_idx, device=dev),
+        return {"flat": flat_t, "rows": rows, "kidx": k_idx,
                 "mask": mask.unsqueeze(1), "B": B, "maxq": maxq}

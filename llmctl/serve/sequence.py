@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -40,7 +41,10 @@ class Sequence:
         self.first_token_at: Optional[float] = None
         self.last_token_at: Optional[float] = None
         self.finish_reason: Optional[str] = None
-        self.text = ""          # detokenised output (stop sequences cut)
+        self._text = ""         # detokenised output (stop sequences cut): see `text`
+        self._text_len = 0      # how many output ids `_text` reflects
+        self._text_lock = threading.Lock()
+        self.detokenize = None  # set by the engine: ids -> str, to decode lazily
         self.emitted = 0        # characters of `text` already streamed
         self.generator = None   # torch.Generator when seeded
         self.preemptions = 0
@@ -51,8 +55,30 @@ class Sequence:
         self.output_logprobs: list[tuple[float, list[tuple[int, float]]]] = []
 
     @property
+    def text(self) -> str:
+        """The output as text, decoded when asked for rather than after every token:
+        decoding the whole output each step made detokenisation quadratic in its
+        length, a cost only streaming and stop sequences need. The engine sets it
+        where it must be exact (a stop sequence cut, EOS dropped) for the ids so far."""
+        with self._text_lock:
+            if self.detokenize is not None and self._text_len != len(self.output_ids):
+                ids = list(self.output_ids)
+                self._text, self._text_len = self.detokenize(ids), len(ids)
+            return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        with self._text_lock:
+            self._text, self._text_len = value, len(self.output_ids)
+
+    @property
     def tokens(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    def token_at(self, i: int) -> int:
+        """tokens[i] without building the list (the runner asks once per decode step)."""
+        lp = len(self.prompt_ids)
+        return self.prompt_ids[i] if i < lp else self.output_ids[i - lp]
 
     @property
     def remaining(self) -> int:

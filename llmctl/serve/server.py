@@ -125,7 +125,7 @@ def build_app(state: ServerState, on_shutdown=()):
             return err(e)
         rid, model = P.new_id(chat), state.model_name
         q: asyncio.Queue = asyncio.Queue()
-        state.worker.listen(seq, asyncio.get_running_loop(), q)
+        state.worker.listen(seq, asyncio.get_running_loop(), q, every_token=bool(body.get("stream")))
         state.worker.submit(seq)
         last = [None, 0]
 

@@ -39,9 +39,11 @@ class EngineThread:
         self.wake.set()
         self.thread.join(timeout=10)
 
-    def listen(self, seq, loop, q) -> None:
+    def listen(self, seq, loop, q, every_token: bool = True) -> None:
+        """Wake `q` after each step that gave `seq` a token (streaming), or only once it
+        has finished (`every_token=False`: a whole response waits for the end anyway)."""
         with self.lock:
-            self.listeners[seq.seq_id] = (seq, loop, q)
+            self.listeners[seq.seq_id] = (seq, loop, q, every_token)
 
     def unlisten(self, seq) -> None:
         with self.lock:
@@ -56,16 +58,22 @@ class EngineThread:
         self.wake.set()
 
     def _notify(self, seqs) -> None:
+        by_loop: dict = {}
         with self.lock:
-            targets = [self.listeners[s.seq_id] for s in seqs if s.seq_id in self.listeners]
-        for seq, loop, q in targets:
-            loop.call_soon_threadsafe(q.put_nowait, seq)
+            for s in seqs:
+                t = self.listeners.get(s.seq_id)
+                if t is not None and (t[3] or s.finished):
+                    by_loop.setdefault(t[1], []).append((t[2], s))
+        # One wake-up per event loop and step: call_soon_threadsafe writes to the loop's
+        # self-pipe, and one write per sequence per step cost the loop more than its requests.
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
     def _fail_all(self, message: str) -> None:
         self.error = message
         with self.lock:
             targets = list(self.listeners.values())
-        for seq, loop, q in targets:
+        for seq, loop, q, _ in targets:
             if not seq.finished:
                 seq.finish_reason = "error"
             loop.call_soon_threadsafe(q.put_nowait, seq)
@@ -101,3 +109,8 @@ class EngineThread:
         now = time.monotonic()
         recent = [n for t, n in list(self.tokens_window) if now - t <= window]
         return sum(recent) / window
+
+
+def _deliver(items) -> None:
+    for q, seq in items:
+        q.put_nowait(seq)

@@ -143,3 +143,14 @@ def test_plugin_scheduler_from_entry_point(tmp_path, monkeypatch, model, prompts
     import my_sched
 
     assert my_sched.Reverse.calls >= GREEDY.max_tokens
+
+
+def test_greedy_batch_equals_alone_with_bucketed_decodes(model):
+    """Enough concurrent decodes (>= 16) that the runner splits them into groups by context
+    length: each request's greedy output still equals running it alone without a cache."""
+    g = torch.Generator().manual_seed(5)
+    lens = torch.randint(2, 60, (20,), generator=g).tolist()
+    ps = [torch.randint(0, 384, (n,), generator=g).tolist() for n in lens]
+    eng = Engine(model, scheduler="vllm-like", max_batch_tokens=8192, block_size=4)
+    outs = eng.generate(ps, GREEDY)
+    assert [o.output_ids for o in outs] == [reference(model, p, GREEDY.max_tokens) for p in ps]
