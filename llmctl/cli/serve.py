@@ -76,3 +76,59 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
     counts = run_batch(eng, art.name, input_path, output_path, settings)
     click.echo(f"serve batch: {counts['answered']} answered, {counts['errors']} errors, "
                f"{counts['skipped']} already done (of {counts['total']}) -> {output_path}")
+
+
+LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
+
+
+@group.command("launch")
+@click.option("--kind", type=click.Choice(["persistent", "batch"]), default="persistent", show_default=True,
+              help="persistent: a server that writes RUN/endpoint.json; batch: answer --input into --output.")
+@click.option("--artifact", required=True, type=click.Path(), help="Model artifact folder.")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), help="batch: requests (OpenAI batch JSONL).")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), help="batch: results (OpenAI batch JSONL).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="persistent: the port to listen on.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
+@click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True,
+              help="Where the job runs.")
+@click.option("--site", default=None, help="Site-config (name or path).")
+@click.option("--partition", help="Partition or queue (default: the site's).")
+@click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs for the job.")
+@click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
+@click.option("--name", help="Job name (default: serve-persistent / serve-batch).")
+@click.option("--after", multiple=True, help="Start after this job id completes (afterok); repeatable.")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME-TIME).")
+@click.option("--dry-run", is_flag=True, help="Write the run folder and print the script; submit nothing.")
+def launch(kind, artifact, input_path, output_path, port, config_path, launcher, site, partition,
+           gpus_per_node, time_limit, name, after, run_dir, dry_run) -> None:
+    """Render a serving job (a persistent server or a batch job) and submit it."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from llmctl.cli.train import report
+    from llmctl.errors import LlmctlError
+    from llmctl.jobs.launch import prepare_serve_job, submit_run
+
+    if kind == "batch" and not (input_path and output_path):
+        raise LlmctlError("--kind batch needs --input and --output")
+    if kind == "persistent" and (input_path or output_path):
+        raise LlmctlError("--input/--output are for --kind batch; a persistent server answers HTTP")
+    if not Path(artifact).is_dir():
+        raise LlmctlError(f"--artifact {artifact}: artifact folder not found")
+    if not (Path(artifact) / "config.json").is_file():  # fail here, not in the queue hours later
+        raise LlmctlError(f"--artifact {artifact}: not an artifact folder (no config.json)",
+                          hint="make one with `llmctl export --checkpoint RUN --out artifacts/NAME`")
+    if input_path and not Path(input_path).is_file():
+        raise LlmctlError(f"--input {input_path}: file not found")
+    # the job runs elsewhere (another cwd, another node): every path absolute
+    absolute = [str(Path(p).absolute()) if p else None for p in (artifact, input_path, output_path, config_path)]
+    run, dry = prepare_serve_job(
+        kind=f"serve-{kind}", artifact=absolute[0], input_path=absolute[1], output_path=absolute[2],
+        port=port, config_path=absolute[3], launcher=launcher, site=site, time_limit=time_limit, name=name,
+        after=after, partition=partition, gpus_per_node=gpus_per_node, run_dir=run_dir,
+        command=shlex.join(["llmctl", *sys.argv[1:]]))
+    report(run, dry, dry_run, submit_run)
+    if kind == "persistent" and not dry_run:
+        click.echo(f"the server writes its address to {run.endpoint_file} once it listens", err=True)

@@ -43,6 +43,8 @@ IN_PROJECT = [
      "--out", "plans/a100.toml"],
     ["train", "launch", "--plan", "plans/a100.toml", "--config", "configs/train.toml", "--launcher", "slurm",
      "--site", "slurm-a100-ib", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--run-dir", "runs/r"],
+    ["serve", "launch", "--artifact", "artifacts/a", "--launcher", "slurm", "--site", "slurm-a100-ib",
+     "--dry-run", "--run-dir", "runs/s"],
     ["job", "list"],
 ]
 
@@ -60,6 +62,8 @@ def test_no_heavy_imports_when_planning_and_rendering(tmp_path):
     from llmctl.scaffold import scaffold_project
 
     scaffold_project(template="llama", size="tiny", name="p", output_dir=tmp_path)
+    (tmp_path / "p" / "artifacts" / "a").mkdir(parents=True)
+    (tmp_path / "p" / "artifacts" / "a" / "config.json").write_text("{}")  # rendering only checks it is there
     for argv in IN_PROJECT:
         r = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], cwd=tmp_path / "p",
                            capture_output=True, text=True, timeout=120)
