@@ -13,7 +13,7 @@ from llmctl.cli import cli, main
 GROUPS = {
     "init": ["scaffold"], "hw": ["probe", "benchmark"], "plan": ["calibrate", "compute", "explain"],
     "data": ["prepare"], "train": ["launch"], "eval": ["run", "watch", "schedule"],
-    "serve": ["start", "batch"], "job": ["submit", "status", "logs", "cancel", "list"],
+    "serve": ["start", "batch", "launch"], "job": ["submit", "status", "logs", "cancel", "list"],
     "site": ["list", "show", "check"],
 }
 COMMANDS = ["export", "env", "schema", "completion"]
