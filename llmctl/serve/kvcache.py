@@ -42,6 +42,11 @@ class PagedKVCache:
         self.free.extend(reversed(seq.blocks))
         seq.blocks = []
 
+    def slot(self, seq, pos: int) -> int:
+        """Where token `pos` of `seq` lives in the pool."""
+        bs = self.block_size
+        return seq.blocks[pos // bs] * bs + pos % bs
+
     def slots(self, seq, start: int, stop: int) -> list[int]:
         bs, table = self.block_size, seq.blocks
         return [table[p // bs] * bs + p % bs for p in range(start, stop)]

@@ -32,13 +32,12 @@ class PagedRunner:
 
         m, cache, dev = self.model, self.cache, self.model.tok_emb.weight.device
         toks, pos, slots = [], [], []
-        bs = cache.block_size
         for s, n in chunks:
             c = s.num_computed
             if n == 1:  # a decode: its one token, without copying the whole sequence
                 toks.append(s.token_at(c))
                 pos.append(c)
-                slots.append(s.blocks[c // bs] * bs + c % bs)
+                slots.append(cache.slot(s, c))
                 continue
             toks += s.tokens[c:c + n]
             pos += range(c, c + n)
