@@ -61,6 +61,25 @@ def answers(url):
         for p in PROMPTS]
 
 
+def stream_in_background(url: str, events: list, first: threading.Event) -> threading.Thread:
+    """A long streamed request in a thread: its `data:` lines (or a transport error) go to `events`."""
+    def stream():
+        try:
+            with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
+                    "prompt": "x", "max_tokens": 240, "ignore_eos": True, "stream": True}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line)
+                        first.set()
+        except httpx.HTTPError as e:  # a dropped connection is what this test must not see
+            events.append(f"transport error: {e!r}")
+            first.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    return t
+
+
 @pytest.mark.mpi
 def test_two_tensor_parallel_ranks_match_one_and_a_lost_rank_fails_fast(artifact):
     needs("mpi", MPIEXEC.exists(), "pip install mpi4py mpich")
@@ -77,17 +96,7 @@ def test_two_tensor_parallel_ranks_match_one_and_a_lost_rank_fails_fast(artifact
         # a long request in flight, then rank 1 stops answering (SIGSTOP: alive but silent)
         events: list[str] = []
         first = threading.Event()
-
-        def stream():
-            with httpx.stream("POST", two.url + "/v1/completions", timeout=60, json={
-                    "prompt": "x", "max_tokens": 240, "ignore_eos": True, "stream": True}) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        events.append(line)
-                        first.set()
-
-        t = threading.Thread(target=stream)
-        t.start()
+        t = stream_in_background(two.url, events, first)
         assert first.wait(30)
         stopped = health["rank_pids"][1]
         os.kill(stopped, signal.SIGSTOP)
@@ -106,24 +115,6 @@ def test_two_tensor_parallel_ranks_match_one_and_a_lost_rank_fails_fast(artifact
         if stopped:
             os.kill(stopped, signal.SIGKILL)
         print(two.stop())  # shown by pytest when the test fails
-
-
-def stream_in_background(url: str, events: list, first: threading.Event) -> threading.Thread:
-    def stream():
-        try:
-            with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
-                    "prompt": "x", "max_tokens": 240, "ignore_eos": True, "stream": True}) as r:
-                for line in r.iter_lines():
-                    if line.startswith("data:"):
-                        events.append(line)
-                        first.set()
-        except httpx.HTTPError as e:  # a dropped connection is what this test must not see
-            events.append(f"transport error: {e!r}")
-            first.set()
-
-    t = threading.Thread(target=stream)
-    t.start()
-    return t
 
 
 @pytest.mark.mpi
