@@ -143,11 +143,36 @@ def watch(run_dir: str | Path, evaluate: Callable[[Path, Path], dict[str, Any]],
     `evaluate(checkpoint, results_path)` runs the suite and writes the results file;
     returns what happened: {"evaluated": [...], "skipped": [...], "busy": [...], "failed": [...]}.
     """
+    run, ed = _eval_dir(run_dir)
+    out: dict[str, list[str]] = {"evaluated": [], "skipped": [], "busy": [], "failed": []}
+    for key, ckpt, _ in _claim_each(run, ed, out, log):
+        if not ckpt.is_dir():
+            continue  # pruned by the trainer meanwhile
+        log(f"{key}: evaluating")
+        path = ed.results_file(key)
+        try:
+            results = evaluate(ckpt, path)
+        except LlmctlError as e:
+            # One bad checkpoint must not stop the others; the next run tries it again.
+            log(f"{key}: failed: {e.message}")
+            out["failed"].append(key)
+            continue
+        commit(ed, key, row_of(key, ckpt, results, path))
+        out["evaluated"].append(key)
+    return out
+
+
+def _eval_dir(run_dir: str | Path) -> tuple[Path, "EvalDir"]:
     run = Path(run_dir)
     if not run.is_dir():
         raise LlmctlError(f"{run}: run folder not found")
-    ed = EvalDir(run)
-    out: dict[str, list[str]] = {"evaluated": [], "skipped": [], "busy": [], "failed": []}
+    return run, EvalDir(run)
+
+
+def _claim_each(run: Path, ed: "EvalDir", out: dict[str, list[str]], log: Callable[[str], None]):
+    """(key, checkpoint, state) of each complete checkpoint not yet evaluated, holding its
+    lock while the caller works on it; the ones done or held by another watcher are
+    counted in `out` ("skipped", "busy") instead."""
     for key, ckpt in complete_checkpoints(run):
         if key in ed.read_state()["done"]:
             out["skipped"].append(key)
@@ -158,23 +183,11 @@ def watch(run_dir: str | Path, evaluate: Callable[[Path, Path], dict[str, Any]],
                 out["busy"].append(key)
                 continue
             # Re-read under the lock: another watcher may have finished it just now.
-            if key in ed.read_state()["done"]:
+            state = ed.read_state()
+            if key in state["done"]:
                 out["skipped"].append(key)
                 continue
-            if not ckpt.is_dir():
-                continue  # pruned by the trainer meanwhile
-            log(f"{key}: evaluating")
-            path = ed.results_file(key)
-            try:
-                results = evaluate(ckpt, path)
-            except LlmctlError as e:
-                # One bad checkpoint must not stop the others; the next run tries it again.
-                log(f"{key}: failed: {e.message}")
-                out["failed"].append(key)
-                continue
-            commit(ed, key, row_of(key, ckpt, results, path))
-            out["evaluated"].append(key)
-    return out
+            yield key, ckpt, state
 
 
 def watch_submit(run_dir: str | Path, submit: Callable[[str, Path, Path, Path], str],
@@ -182,41 +195,27 @@ def watch_submit(run_dir: str | Path, submit: Callable[[str, Path, Path, Path], 
     """Like `watch`, but each evaluation runs as a job: `submit(key, checkpoint, results_path,
     job_dir)` submits one and returns its id. A later run commits the rows of the jobs
     whose results file has appeared; a checkpoint is submitted once (under its lock)."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise LlmctlError(f"{run}: run folder not found")
-    ed = EvalDir(run)
+    run, ed = _eval_dir(run_dir)
     out: dict[str, list[str]] = {"evaluated": [], "submitted": [], "pending": [], "skipped": [], "busy": []}
-    for key, ckpt in complete_checkpoints(run):
-        if key in ed.read_state()["done"]:
-            out["skipped"].append(key)
+    for key, ckpt, state in _claim_each(run, ed, out, log):
+        path = ed.results_file(key)
+        job = state.get("submitted", {}).get(key)
+        if job and path.is_file():
+            results = json.loads(path.read_text(encoding="utf-8"))
+            commit(ed, key, row_of(key, ckpt, results, path))
+            out["evaluated"].append(key)
             continue
-        with flock(ed.locks / f"{key.replace('/', '_')}.lock", wait=False) as got:
-            if not got:
-                out["busy"].append(key)
-                continue
+        if job:
+            out["pending"].append(key)
+            continue
+        job_dir = ed.path / "jobs" / f"{key.replace('/', '_')}-{int(time.time())}"
+        job_id = submit(key, ckpt, path, job_dir)
+        log(f"{key}: submitted job {job_id} ({job_dir})")
+        with flock(ed.locks / "state.lock", wait=True):
             state = ed.read_state()
-            if key in state["done"]:
-                out["skipped"].append(key)
-                continue
-            path = ed.results_file(key)
-            job = state.get("submitted", {}).get(key)
-            if job and path.is_file():
-                results = json.loads(path.read_text(encoding="utf-8"))
-                commit(ed, key, row_of(key, ckpt, results, path))
-                out["evaluated"].append(key)
-                continue
-            if job:
-                out["pending"].append(key)
-                continue
-            job_dir = ed.path / "jobs" / f"{key.replace('/', '_')}-{int(time.time())}"
-            job_id = submit(key, ckpt, path, job_dir)
-            log(f"{key}: submitted job {job_id} ({job_dir})")
-            with flock(ed.locks / "state.lock", wait=True):
-                state = ed.read_state()
-                state.setdefault("submitted", {})[key] = {"job_id": job_id, "job_dir": str(job_dir)}
-                atomic_write_text(ed.state, json.dumps(state, indent=2) + "\n")
-            out["submitted"].append(key)
+            state.setdefault("submitted", {})[key] = {"job_id": job_id, "job_dir": str(job_dir)}
+            atomic_write_text(ed.state, json.dumps(state, indent=2) + "\n")
+        out["submitted"].append(key)
     return out
 
 
