@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from llmctl.cli.common import job_options, report
+
 
 @click.group("serve")
 def group() -> None:
@@ -78,8 +80,6 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
                f"{counts['skipped']} already done (of {counts['total']}) -> {output_path}")
 
 
-LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
-
 
 @group.command("launch")
 @click.option("--kind", type=click.Choice(["persistent", "batch"]), default="persistent", show_default=True,
@@ -90,16 +90,8 @@ LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="persistent: the port to listen on.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
-@click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True,
-              help="Where the job runs.")
-@click.option("--site", default=None, help="Site-config (name or path).")
-@click.option("--partition", help="Partition or queue (default: the site's).")
+@job_options
 @click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs for the job.")
-@click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
-@click.option("--name", help="Job name (default: serve-persistent / serve-batch).")
-@click.option("--after", multiple=True, help="Start after this job id completes (afterok); repeatable.")
-@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME-TIME).")
-@click.option("--dry-run", is_flag=True, help="Write the run folder and print the script; submit nothing.")
 def launch(kind, artifact, input_path, output_path, port, config_path, launcher, site, partition,
            gpus_per_node, time_limit, name, after, run_dir, dry_run) -> None:
     """Render a serving job (a persistent server or a batch job) and submit it."""
@@ -107,7 +99,6 @@ def launch(kind, artifact, input_path, output_path, port, config_path, launcher,
     import sys
     from pathlib import Path
 
-    from llmctl.cli.train import report
     from llmctl.errors import LlmctlError
     from llmctl.jobs.launch import prepare_serve_job, submit_run
 

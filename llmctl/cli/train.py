@@ -7,7 +7,7 @@ import sys
 
 import click
 
-LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
+from llmctl.cli.common import job_options, report
 
 
 @click.group("train")
@@ -20,19 +20,11 @@ def group() -> None:
 @click.option("--config", "config_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Training config (TOML). Repeat it for a job array: one task per config.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False), help="Data config (TOML).")
-@click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True,
-              help="Where the job runs.")
-@click.option("--site", default=None, help="Site-config (name or path).")
-@click.option("--partition", help="Partition or queue (default: the site's).")
+@job_options
 @click.option("--nodes", type=click.IntRange(min=1), help="Nodes.")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs per node.")
-@click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00.")
-@click.option("--name", help="Job name.")
-@click.option("--after", multiple=True, help="Start after this job id completes (afterok); repeatable.")
 @click.option("--array-parallel", type=click.IntRange(min=1), help="Most array tasks running at once.")
 @click.option("--debug-env", is_flag=True, help="Add the site's debug environment (e.g. NCCL_DEBUG).")
-@click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME-TIME).")
-@click.option("--dry-run", is_flag=True, help="Write the run folder and print the script; submit nothing.")
 @click.option("--eval-after", is_flag=True,
               help="Also submit an eval job (latest checkpoint) that starts when training succeeds (afterok).")
 @click.option("--eval-suite", type=click.Path(dir_okay=False), help="With --eval-after: eval suite (default: built-in).")
@@ -72,14 +64,3 @@ def _submit_eval_after(run, launcher, site, partition, suite) -> None:
                                    command=shlex.join(["llmctl", *sys.argv[1:]]))
     _, eval_id = submit_run(eval_run.path)
     click.echo(f"submitted {launcher} eval job {eval_id} (after {job_id}): {eval_run.path}")
-
-
-def report(run, dry, dry_run, submit_run) -> None:
-    """Print the script (dry run) or submit it; shared by the job-making commands."""
-    if dry_run:
-        click.echo(dry.script, nl=False)
-        click.echo(f"# dry run: nothing submitted. Run folder: {run.path}", err=True)
-        click.echo(f"# review it, then: llmctl job submit {shlex.quote(str(run.path))}", err=True)
-        return
-    _, job_id = submit_run(run.path)
-    click.echo(f"submitted {dry.spec.backend} job {job_id}: {run.path}")
