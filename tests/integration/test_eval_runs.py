@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -170,16 +171,29 @@ def test_watchers_evaluate_each_checkpoint_exactly_once(trained, tmp_path):
     assert [r["step"] for r in _table(run)] == [50, 100, 150, 200]
 
     # A watcher killed mid-evaluation leaves no row; the next run redoes that checkpoint.
+    # The weights are a FIFO nobody writes to: opening them blocks, so the watcher is held
+    # inside the evaluation however fast the machine is (no sleep that a quick eval outruns).
     shutil.copytree(ckpts / CKPT.format(150), ckpts / CKPT.format(250))
     _finish(ckpts / CKPT.format(150), ckpts / CKPT.format(250), 250)
+    weights = ckpts / CKPT.format(250) / "model.safetensors"
+    assert weights.is_file()
+    weights.unlink()
+    os.mkfifo(weights)
     p = subprocess.Popen(_watch_cmd(run, "--limit", "40"), cwd=root, env=env, stderr=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(180, p.kill)  # a watcher that never says "evaluating" fails, not hangs
+    watchdog.start()
+    seen = False
     for line in p.stderr:
         if line.strip() == f"{CKPT.format(250)}: evaluating":
-            time.sleep(1.0)  # into the evaluation (loading the model, scoring)
+            seen = True
             os.kill(p.pid, signal.SIGKILL)
             break
+    watchdog.cancel()
     p.wait(timeout=60)
+    assert seen, "the watcher never started evaluating the new checkpoint"
+    weights.unlink()
+    shutil.copy2(ckpts / CKPT.format(150) / "model.safetensors", weights)
     assert p.returncode == -signal.SIGKILL
     assert [r["step"] for r in _table(run)] == [50, 100, 150, 200]
     assert CKPT.format(250) not in json.loads((run / "eval" / "state.json").read_text())["done"]
