@@ -56,3 +56,35 @@ def in_tmp(tmp_path, monkeypatch):
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def _spin() -> None:  # pragma: no cover - runs in the load processes
+    while True:
+        pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_load():
+    """`LLMCTL_TEST_LOAD=N`: keep N processes spinning on the CPU for the whole session.
+
+    Tests must not depend on how fast the machine is; running the suite once idle and
+    once with every core busy (`LLMCTL_TEST_LOAD=$(nproc) make test`) shows that they
+    don't. The spinners are plain busy loops (what `stress --cpu N` does), at normal
+    priority so that they really compete with the tests.
+    """
+    n = int(os.environ.get("LLMCTL_TEST_LOAD", "0") or 0)
+    if n <= 0:
+        yield 0
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield n
+    finally:
+        for p in procs:
+            p.kill()
+            p.join(5)
