@@ -9,7 +9,7 @@ EXTRAS ?= dev,train,mpi,serve
 STAMP  := $(VENV)/.installed-$(subst /,_,$(EXTRAS))
 DEMO   ?= demo
 
-.PHONY: all venv demo test test-unit bench docs docs-check services services-down clean
+.PHONY: all venv demo test test-loaded test-unit bench docs docs-check services services-down clean
 
 all: test
 
@@ -36,6 +36,11 @@ services:
 
 services-down:
 	bash scripts/slurm-local.sh down
+
+# The whole suite with every core kept busy by spinning processes (tests/conftest.py):
+# no test may depend on how fast the machine is.
+test-loaded: $(STAMP) services
+	LLMCTL_TEST_LOAD=$$(nproc) $(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
