@@ -4,8 +4,8 @@
 Variables (all per degree tuple T that survived the memory pruning):
   y[T,S] binary  -- T with schedule S = (vpp, micro_batch, recompute); sum over all = 1
   z[T,Z] binary  -- T with ZeRO stage Z; sum_Z z[T,Z] = sum_S y[T,S]
-  R[T,S] >= 0    -- blocks recomputed in total (full recomputation only)
-  pipe[T,S] >= 0 -- pipeline seconds of a full-recomputation pair, above both pipeline
+  R[T,S] >= 0    -- blocks recomputed in total (partial recomputation only: 1 <= R <= L - 1)
+  pipe[T,S] >= 0 -- pipeline seconds of a partial-recomputation pair, above both pipeline
                     bounds with R's time (other pairs put the larger bound in the objective)
   g[T] >= 0      -- ZeRO-3 parameter gathers (the one Z x S interaction)
 
@@ -23,10 +23,12 @@ reaches the best exact time. Rows whose big-M is needed are exact for binaries:
 """
 
 
-def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
+def build(pulp, tuples, mem_limit_gb, layers):
     """Return (problem, y, z): y[i][j] / z[i][k] are the pair variables of tuples[i].
 
-    `recompute_some`: a full-recomputation schedule recomputes at least one block (R >= y).
+    A partial-recomputation schedule recomputes at least one block and leaves at least
+    one alone (y <= R <= (L - 1) y): with none it is "none" with more memory, with all
+    of them it is "full".
     """
     prob = pulp.LpProblem("degrees", pulp.LpMinimize)
     aff = pulp.LpAffineExpression
@@ -56,7 +58,7 @@ def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
             for x, zb in zip(zs, tb.zeros):  # no split of S fits beside this ZeRO stage's state
                 if zb.zero in sb.bad_zeros:
                     prob += aff([(v, 1.0), (x, 1.0)]) <= 1, f"no_room_{i}_{j}_{zb.zero}"
-            if sb.recompute != "full":
+            if sb.recompute != "partial":
                 objective.append((v, max(sb.pipe_avg, sb.pipe_int)))
             else:
                 r = prob.add_variable(f"R{i}_{j}", lowBound=0, upBound=layers)
@@ -64,9 +66,8 @@ def build(pulp, tuples, mem_limit_gb, layers, recompute_some=False):
                 objective.append((pipe, 1.0))
                 prob += aff([(pipe, 1.0), (v, -sb.pipe_avg), (r, -sb.per_rec_avg)]) >= 0, f"pipe_avg_{i}_{j}"
                 prob += aff([(pipe, 1.0), (v, -sb.pipe_int), (r, -sb.per_rec_int)]) >= 0, f"pipe_int_{i}_{j}"
-                prob += aff([(r, 1.0), (v, -float(layers))]) <= 0, f"R_only_if_{i}_{j}"
-                if recompute_some:
-                    prob += aff([(r, 1.0), (v, -1.0)]) >= 0, f"R_some_{i}_{j}"
+                prob += aff([(r, 1.0), (v, -float(layers - 1))]) <= 0, f"R_only_if_{i}_{j}"
+                prob += aff([(r, 1.0), (v, -1.0)]) >= 0, f"R_some_{i}_{j}"
                 bmax = max(b for _, b in bpp)
                 for tag, (a, b) in (("w", sb.rec_w), ("u", sb.rec_u)):
                     big_m = a * bmax + b

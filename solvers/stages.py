@@ -2,7 +2,7 @@
 
 Given one layout's linear coefficients (llmctl.plan.cost.Coefficients), choose
 integers n_s (blocks on rank s, at least v: one per virtual stage) and r_s (of
-them fully recomputed) to minimise the step time
+them recomputed, under partial recomputation) to minimise the step time
 
     (m - 1/v) * tau_max + sum_s tau_s / v + (t_dp + t_opt) * P_max + t_dp_const
     tau_s = n_s * t_layer + r_s * t_recompute + t_const_s
@@ -20,31 +20,32 @@ Memory rows are in GB so the coefficients stay near 1.
 GB = 1e9
 
 
-def build(pulp, co, layers_total, recompute_some=False):
+def build(pulp, co, layers_total):
     """Return (problem, n vars, r vars) for the Coefficients `co`: one n and r per rank.
 
-    `recompute_some` asks a full-recomputation layout to recompute at least one block:
-    with none it is the plain layout plus a working block of memory, so when the
-    recomputation mode is the solver's choice it would only repeat that layout.
+    Partial recomputation recomputes at least one block and leaves at least one alone:
+    with none it is the plain layout plus a working block of memory, with all of them it
+    is "full" (whose coefficients already recompute every block, so it needs no r).
     """
     cfg = co.cfg
     p, v = cfg.pp, cfg.vpp
     prob = pulp.LpProblem("stages", pulp.LpMinimize)
     n = [prob.add_variable(f"n{s}", lowBound=v, upBound=layers_total, cat="Integer") for s in range(p)]
-    full = cfg.recompute == "full"
-    r = [prob.add_variable(f"r{s}", lowBound=0, upBound=layers_total, cat="Integer") if full else None
+    partial = cfg.recompute == "partial"
+    r = [prob.add_variable(f"r{s}", lowBound=0, upBound=layers_total, cat="Integer") if partial else None
          for s in range(p)]
     tau_max = prob.add_variable("tau_max", lowBound=0)
     p_max = prob.add_variable("p_max", lowBound=0)
     prob += pulp.lpSum(n) == layers_total, "layers"
-    if full and recompute_some:
+    if partial:
         prob += pulp.lpSum(r) >= 1, "recompute_some"
+        prob += pulp.lpSum(r) <= layers_total - 1, "recompute_not_all"
     taus = []
     for s in range(p):
         tau = co.t_layer * n[s] + co.t_rank_const[s]
         params = co.params_layer / GB * n[s] + co.params_rank_const[s] / GB
         act = co.act_mult[s] * co.act_layer / GB * n[s]
-        if full:
+        if partial:
             tau += co.t_recompute * r[s]
             act += co.act_mult[s] * (co.act_ckpt - co.act_layer) / GB * r[s]
             prob += r[s] <= n[s], f"rec_le_layers_{s}"

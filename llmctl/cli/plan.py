@@ -39,7 +39,9 @@ def group() -> None:
 @click.option("--vpp", type=click.IntRange(min=1))
 @click.option("--micro-batch", type=click.IntRange(min=1))
 @click.option("--zero-stage", type=click.IntRange(0, 3))
-@click.option("--recompute", type=click.Choice(["none", "selective", "full"]))
+@click.option("--recompute", type=click.Choice(["none", "selective", "full", "partial"]),
+              help="none; selective (attention core); full (every block); partial (full recomputation of "
+                   "only some blocks per stage, as many as memory needs: the solver's choice).")
 @click.option("--tp-across-nodes", is_flag=True, help="Allow tensor parallelism to span nodes.")
 @click.option("--top", type=click.IntRange(min=0), default=3, show_default=True, help="Alternatives to keep.")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,

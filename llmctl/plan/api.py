@@ -150,7 +150,10 @@ def parallelism(r: Result) -> dict[str, Any]:
     c: Config = r.cfg
     return {"tp": c.tp, "pp": c.pp, "dp": c.dp, "cp": c.cp, "vpp": c.vpp, "micro_batch": c.mb,
             "grad_accum": r.m, "zero_stage": c.zero,
-            "recompute": c.recompute, "schedule": "interleaved" if c.vpp > 1 else "1f1b",
+            # partial recomputation is written as full recomputation of the blocks that
+            # recompute_layers_per_stage names (what the trainer reads), fewer than all
+            "recompute": "full" if c.recompute == "partial" else c.recompute,
+            "schedule": "interleaved" if c.vpp > 1 else "1f1b",
             "layers_per_stage": r.layers, "recompute_layers_per_stage": r.recomputed}
 
 
@@ -162,7 +165,7 @@ def predicted(r: Result, w: Workload, cl: Cluster) -> dict[str, Any]:
     rec_layers = sum(r.recomputed)
     hw = model_flops
     per_seq_layer = w.shape.layer_flops(w.seq_len)
-    if r.cfg.recompute == "full":
+    if r.cfg.recompute in ("full", "partial"):
         # each recomputed block repeats its forward for every micro-batch of every pipeline
         hw += rec_layers * per_seq_layer * w.global_batch
     elif r.cfg.recompute == "selective":

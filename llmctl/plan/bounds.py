@@ -14,8 +14,9 @@ for every pair (T, S) and (T, Z), numbers that bound every split from below:
   rows; two weightings (uniform, and 1/in-flight micro-batches, which makes the
   activation term independent of the split) give necessary conditions whose
   static and activation parts are separable in Z and S;
-- full recomputation: the same weighted rows bound the number R of recomputed
-  blocks from below, and R's time enters the pipeline bounds.
+- partial recomputation: the same weighted rows bound the number R of recomputed
+  blocks from below, and R's time enters the pipeline bounds. ("full" recomputes
+  every block, so it is a schedule like "none": its block time and bytes are fixed.)
 
 All from `llmctl.plan.cost.coefficients`, so the bounds cannot drift from the
 model the sub-problem and the test oracle use (docs/planner.md, "The ILP").
@@ -106,14 +107,14 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
         total = L * tl + sum(tc)
         avg_factor = (m + (pp - 1) / v) / pp  # T_pipe >= (m - 1/v) sum/p + sum/v
         theta = integer_tau_bound(L, pp, v, tl, p2p, head)
-        a_min0 = co.act_ckpt if r == "full" else co.act_layer
+        a_min0 = co.act_ckpt if r == "partial" else co.act_layer
         caps = _capacities(co, L, _bpp(max(zeros), dp), a_min0)  # the most frugal ZeRO stage
         theta = max(theta, capped_tau_bound(caps, L, v, tl, tc))
         infl = co.act_mult
         H = sum(1.0 / x for x in infl)
         wts = [1.0 / x / H for x in infl]
         a_keep = co.act_layer
-        a_min = co.act_ckpt if r == "full" else a_keep
+        a_min = co.act_ckpt if r == "partial" else a_keep
         const_w = sum(wt * c for wt, c in zip(wts, co.act_rank_const))
         const_u = sum(co.act_rank_const) / pp
         flight_u = (v * sum(infl) + (L - pp * v) * min(infl)) / pp  # min over splits of sum infl_s n_s / p
@@ -126,7 +127,7 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
             per_rec_avg=avg_factor * co.t_recompute, per_rec_int=co.t_recompute / v,
             act_u=(a_min * flight_u + const_u) / GB, act_w=(L * a_min / H + const_w) / GB,
             static_w_factor=static_w_factor, zero3_gather=0.0)
-        if r == "full":
+        if r == "partial":
             delta = a_keep - co.act_ckpt
             lim = co.mem_limit
             # weighted row: bpp*sum w P + (L a - R delta)/H + const_w <= lim
@@ -197,7 +198,7 @@ def _capacity_fits(co, layers: int, bpp: float, a_min: float) -> bool:
 
     Rank s fits n blocks iff bpp (n P_layer + P_s) + inflight_s n a_min + const_s <= limit;
     for "none"/"selective" a_min is the exact per-block bytes, so this is also sufficient
-    for memory; under full recomputation a_min is a recomputed block's.
+    for memory ("full" included); under partial recomputation a_min is a recomputed block's.
     """
     v = co.cfg.vpp
     total = 0

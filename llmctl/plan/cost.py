@@ -27,7 +27,11 @@ OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixe
 DP_EXPOSED = 0.25  # share of the gradient reduction not hidden behind the backward pass
 TP_EXPOSED = 1.0  # tensor-parallel collectives sit on the critical path
 CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention blocks
-RECOMPUTE_MODES = ("none", "selective", "full")
+# none; selective (the attention core, Korthikanti et al. 2022); full (every block of every stage
+# is recomputed, what Megatron's --recompute-granularity full --recompute-method uniform does);
+# partial (the solver's own option: full recomputation of only some blocks per stage, at
+# least one and not all of them, recompute_layers_per_stage says how many)
+RECOMPUTE_MODES = ("none", "selective", "full", "partial")
 GEMM_HALF_WIDTH = 1200.0  # model width at which GEMMs reach half the sustained rate (calibrated)
 
 
@@ -110,7 +114,12 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw)
     cp_time = 3 * (c - 1) * comm.p2p(kv_chunk, bw_cp, lat) * CP_EXPOSED if c > 1 else 0.0
     t_layer = compute + 2 * tp_fwd + cp_time
-    t_recompute = f_layer / rate + tp_fwd if cfg.recompute == "full" else 0.0
+    # one more forward (and its TP collectives) per recomputed block: in every block under
+    # "full", in the blocks the split chooses under "partial"
+    t_rec_block = f_layer / rate + tp_fwd
+    rec_layer = t_rec_block if cfg.recompute == "full" else 0.0
+    t_layer += rec_layer
+    t_recompute = t_rec_block if cfg.recompute == "partial" else 0.0
     # pipeline: each rank sends an activation forward and a gradient backward per chunk
     bw_pp = comm.group_bw(t * c * d, p, g, cl.intra_bw, cl.inter_bw)
     p2p = 2 * v * comm.p2p(act_msg / t, bw_pp, lat) if p > 1 else 0.0
@@ -131,11 +140,13 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # that are not recomputed are ordinary blocks and keep them (docs/planner.md)
     keep_core = cfg.recompute != "selective"
     a_layer = sh.act_bytes(s, b, t, c, keep_core)
-    a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute == "full" else a_layer
+    a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute in ("full", "partial") else a_layer
+    if cfg.recompute == "full":  # every block keeps only its input
+        a_layer = a_ckpt
     mult = [inflight(p, v, m, r) for r in range(p)]
     a_rank = [0.0] * p
     a_rank[-1] += sh.logits_bytes(s, b, t, c)
-    if cfg.recompute == "full":  # the block being recomputed holds its full activations
+    if cfg.recompute in ("full", "partial"):  # the block being recomputed holds its full activations
         a_rank = [x + sh.act_bytes(s, b, t, c, True) for x in a_rank]
     t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m)
     # Adam step is memory-bound: read/write fp32 master, m, v and the bf16 weight and gradient
@@ -146,7 +157,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                         act_layer=a_layer, act_ckpt=a_ckpt, act_mult=mult, act_rank_const=a_rank,
                         t_dp_per_param=t_dp, t_dp_const=t_dp_c, t_opt_per_param=t_opt, mem_limit=usable,
                         time_parts={"compute": compute, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
-                                    "p2p": p2p, "head": head})
+                                    "recompute": rec_layer, "p2p": p2p, "head": head})
 
 
 def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int) -> tuple[float, float]:
@@ -220,10 +231,11 @@ def evaluate(co: Coefficients, layers: list[int], recomputed: Optional[list[int]
     # where the time goes: each GPU's share of the work, then the bubble (incl. imbalance)
     share = co.m / p
     tl = co.time_parts
-    per_layer = tl["compute"] + tl["tp_comm"] + tl["cp_comm"]
+    layer_keys = ("compute", "tp_comm", "cp_comm", "recompute")
+    per_layer = sum(tl[k] for k in layer_keys)
     scale = co.t_layer / per_layer if per_layer else 0.0
-    parts = {k: share * sum(n_r) * tl[k] * scale for k in ("compute", "tp_comm", "cp_comm")}
-    parts["recompute"] = share * sum(r_r) * co.t_recompute
+    parts = {k: share * sum(n_r) * tl[k] * scale for k in layer_keys}
+    parts["recompute"] += share * sum(r_r) * co.t_recompute
     parts["head"] = share * tl["head"]
     parts["p2p"] = co.m * tl["p2p"]
     parts["pipeline_bubble"] = max(0.0, pipe - sum(parts.values()))

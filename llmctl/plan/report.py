@@ -15,17 +15,24 @@ import click
 MEM_PARTS = ("weights", "gradients", "optimizer", "activations", "other")
 
 
+def recompute_name(p) -> str:
+    """'partial' for full recomputation of only some blocks (the solver's own option)."""
+    if p.recompute == "full" and p.recompute_layers_per_stage and p.recompute_layers_per_stage != p.layers_per_stage:
+        return "partial"
+    return p.recompute
+
+
 def print_plan(plan) -> None:
     p, pr = plan.parallelism, plan.predicted
     i = plan.inputs
     click.echo(f"plan for {i.model} on {i.nodes} x {i.gpus_per_node} GPUs "
                f"(seq {i.seq_len}, global batch {i.global_batch}, {i.strategy})")
     click.echo(f"  tp={p.tp} pp={p.pp} dp={p.dp} cp={p.cp} vpp={p.vpp} micro_batch={p.micro_batch} "
-               f"grad_accum={p.grad_accum} zero={p.zero_stage} recompute={p.recompute}")
+               f"grad_accum={p.grad_accum} zero={p.zero_stage} recompute={recompute_name(p)}")
     if p.layers_per_stage:
         click.echo(f"  layers per stage: {p.layers_per_stage}")
-    if p.recompute == "full":
-        click.echo(f"  recomputed per stage: {p.recompute_layers_per_stage}")
+    if p.recompute == "full" and p.recompute_layers_per_stage != p.layers_per_stage:
+        click.echo(f"  partial recomputation: blocks recomputed per stage {p.recompute_layers_per_stage}")
     if pr is None:
         return
     click.echo(f"  step {pr.step_time_s:.3f} s, {pr.tokens_per_s:,.0f} tokens/s, "
@@ -44,7 +51,7 @@ def print_plan(plan) -> None:
         click.echo("\nalternatives")
         print_table([{"tp": a.parallelism.tp, "pp": a.parallelism.pp, "dp": a.parallelism.dp,
                       "cp": a.parallelism.cp, "vpp": a.parallelism.vpp, "mb": a.parallelism.micro_batch,
-                      "zero": a.parallelism.zero_stage, "recompute": a.parallelism.recompute,
+                      "zero": a.parallelism.zero_stage, "recompute": recompute_name(a.parallelism),
                       "step_s": f"{a.predicted.step_time_s:.3f}", "mem_gb": f"{a.predicted.memory_gb_per_gpu:.1f}"}
                      for a in plan.alternatives],
                     ["tp", "pp", "dp", "cp", "vpp", "mb", "zero", "recompute", "step_s", "mem_gb"])

@@ -267,17 +267,18 @@ def spread(per_rank: list[int], v: int) -> list[int]:
     return out
 
 
-def solve_stages(solver: Solver, w: Workload, cl: Cluster, cfg: Config,
-                 recompute_some: bool = False) -> Optional[Result]:
+def solve_stages(solver: Solver, w: Workload, cl: Cluster, cfg: Config) -> Optional[Result]:
     """The exact cost of `cfg`: the stage-split ILP, or None when no split fits."""
     co = coefficients(w, cl, cfg)
     pulp = solver.pulp
-    prob, n, r = formulation("stages").build(pulp, co, w.shape.layers, recompute_some)
+    prob, n, r = formulation("stages").build(pulp, co, w.shape.layers)
     if solver.solve(prob) != "optimal":
         return None
     per_rank = [int(round(x.value())) for x in n]
     rec_rank = [int(round(x.value())) if x is not None else 0 for x in r]
     layers, rec = spread(per_rank, cfg.vpp), spread(rec_rank, cfg.vpp)
+    if cfg.recompute == "full":
+        rec = list(layers)
     ev = evaluate(co, layers, rec)
     return Result(cfg=cfg, layers=layers, recomputed=rec, evaluation=ev, m=co.m)
 
@@ -299,9 +300,7 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
                              "pairs": sum(len(tb.schedules) + len(tb.zeros) for tb in bounds)}
     if not bounds:  # no tuple passes the necessary memory conditions (or none divides)
         return SearchOutcome([], solver.name, "infeasible", time.perf_counter() - t0, 0, 0, 0, False, stats)
-    # when the mode is free, "full" that recomputes nothing only repeats "none" with more memory
-    some = fx.recompute is None
-    prob, ys, zs = formulation("degrees").build(pulp, bounds, limit, w.shape.layers, some)
+    prob, ys, zs = formulation("degrees").build(pulp, bounds, limit, w.shape.layers)
     scale = formulation("degrees").objective_scale(bounds)
     nvars, ncons = len(prob.variables()), prob.numConstraints()
     stats["setup_s"] = time.perf_counter() - t0
@@ -329,7 +328,7 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
         cut = [ys[i][j], zs[i][k]]
         tb, sb, zb = bounds[i], bounds[i].schedules[j], bounds[i].zeros[k]
         res = solve_stages(solver, w, cl, Config(tp=tb.tp, cp=tb.cp, pp=tb.pp, dp=tb.dp, vpp=sb.vpp, mb=sb.mb,
-                                                 zero=zb.zero, recompute=sb.recompute), some)
+                                                 zero=zb.zero, recompute=sb.recompute))
         if res is not None:
             found.append(res)
             found.sort(key=lambda x: x.evaluation.step_time)

@@ -51,13 +51,32 @@ def best(w, cl, fixed=None, max_vpp=4, max_mb=16, min_cp_tokens=4096):
                 for s, n in enumerate(split):
                     for k in range(v):  # how a rank's blocks sit on its chunks does not change the cost
                         layers[k * pp + s] = n // v + (1 if k < n % v else 0)
-                rec_layers = _fewest_recomputed(co, layers) if rec == "full" else [0] * len(layers)
-                if rec_layers is None:
-                    continue
-                ev = evaluate(co, layers, rec_layers)
-                if ev.fits and ev.step_time < best_t:
-                    best_t = ev.step_time
+                if rec == "partial":
+                    cands = _partial(co, layers, sh.layers)
+                else:  # "full" recomputes every block (its coefficients say so)
+                    cands = [layers if rec == "full" else [0] * len(layers)]
+                for rec_layers in cands:
+                    ev = evaluate(co, layers, rec_layers)
+                    if ev.fits and ev.step_time < best_t:
+                        best_t = ev.step_time
     return best_t
+
+
+def _partial(co, layers, total):
+    """Partial recomputation: the fewest recomputed blocks per rank that fit, at least one
+    and at most total - 1 in all; with none needed, one block on each rank in turn."""
+    fewest = _fewest_recomputed(co, layers)
+    if fewest is None or sum(fewest) > total - 1:
+        return []
+    if sum(fewest) >= 1:
+        return [fewest]
+    out = []
+    for j in range(len(layers)):
+        if layers[j]:
+            trial = [0] * len(layers)
+            trial[j] = 1
+            out.append(trial)
+    return out
 
 
 def _fewest_recomputed(co, layers):
