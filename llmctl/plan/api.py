@@ -93,6 +93,20 @@ def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:
                           f"(nodes*gpus_per_node = {cl.nodes}*{cl.gpus_per_node})")
     if fx.pp and fx.pp > sh.layers:
         raise LlmctlError(f"--pp {fx.pp} exceeds the model's {sh.layers} layers")
+    if fx.vpp and fx.vpp > 1:
+        if fx.pp == 1:
+            raise LlmctlError(f"--vpp {fx.vpp} needs a pipeline (--pp > 1): virtual stages interleave pipeline ranks")
+        if fx.pp and fx.pp * fx.vpp > sh.layers:
+            raise LlmctlError(f"pp*vpp = {fx.pp}*{fx.vpp} = {fx.pp * fx.vpp} virtual stages exceed the model's "
+                              f"{sh.layers} layers (each holds at least one)")
+        if fx.pp and fx.dp and fx.mb and w.global_batch % (fx.mb * fx.dp) == 0 \
+                and (w.global_batch // (fx.mb * fx.dp)) % fx.pp:
+            m = w.global_batch // (fx.mb * fx.dp)
+            raise LlmctlError(f"the interleaved schedule (--vpp {fx.vpp}) needs the micro-batches per step, "
+                              f"global_batch/(dp*micro_batch) = {w.global_batch}/({fx.dp}*{fx.mb}) = {m}, "
+                              f"to be a multiple of pp = {fx.pp}",
+                              hint="use --vpp 1 (1F1B takes any number of micro-batches), or change "
+                                   "--global-batch or --micro-batch")
     if fx.dp and w.global_batch % fx.dp:
         raise LlmctlError(f"--dp {fx.dp} does not divide the global batch {w.global_batch}")
     if fx.mb and fx.dp and w.global_batch % (fx.mb * fx.dp):

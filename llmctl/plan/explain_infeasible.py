@@ -27,8 +27,7 @@ def explain(w: Workload, cl: Cluster, fx: Fixed, outcome: SearchOutcome) -> None
         why = {
             "tp/cp": f"no tensor-parallel degree divides heads={sh.heads}, kv_heads={sh.kv_heads} and the "
                      f"{cl.gpus} GPUs while staying inside a {cl.gpus_per_node}-GPU node",
-            "pp/vpp/micro_batch": f"no pipeline degree <= {sh.layers} layers divides both the {cl.gpus} GPUs "
-                                  f"and the global batch {w.global_batch}",
+            "pp/vpp/micro_batch": f"no pipeline degree <= {sh.layers} layers divides the {cl.gpus} GPUs",
             "dp/zero": f"no data-parallel degree divides both the {cl.gpus} GPUs and the global batch "
                        f"{w.global_batch}",
         }
@@ -37,9 +36,10 @@ def explain(w: Workload, cl: Cluster, fx: Fixed, outcome: SearchOutcome) -> None
                                "or a pinned degree that divides it")
     if not outcome.master_feasible and _divisibility_only(w, cl, fx):
         raise LlmctlError(f"no layout is possible: the pinned degrees and the global batch {w.global_batch} "
-                          f"cannot be combined on {cl.gpus} GPUs (tp*cp*pp*dp = GPUs, and micro_batch*dp*pp "
-                          "must divide the global batch)",
-                          hint="change --global-batch or the pinned --tp/--pp/--dp/--cp")
+                          f"cannot be combined on {cl.gpus} GPUs (the rules: tp*cp*pp*dp = GPUs; dp*micro_batch "
+                          "divides the global batch; pp*vpp <= layers; with vpp > 1, the micro-batches per "
+                          "step, global_batch/(dp*micro_batch), are a multiple of pp)",
+                          hint="change --global-batch or the pinned --tp/--pp/--dp/--cp/--vpp/--micro-batch")
     params_b = sh.params_total / 1e9
     head = (f"{params_b:.2f}B parameters do not fit in {cl.memory_gb:g} GB per GPU on {cl.gpus} GPUs "
             f"(binding: memory per pipeline stage)")

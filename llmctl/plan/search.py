@@ -107,22 +107,31 @@ def degree_tuples(w: Workload, cl: Cluster, fx: Fixed) -> tuple[list, dict[str, 
                      and (fx.tp_across_nodes or t <= cl.gpus_per_node)], fx.tp),
         "cp": _pick([c for c in divs if w.seq_len % c == 0 and (c == 1 or w.seq_len // c >= MIN_CP_TOKENS)],
                     fx.cp),
-        "pp": _pick([p for p in divs if p <= sh.layers and gb % p == 0], fx.pp),
+        "pp": _pick([p for p in divs if p <= sh.layers], fx.pp),
         "dp": _pick([d for d in divs if gb % d == 0], fx.dp),
     }
     dps = set(doms["dp"])
     out = [(t, c, p, N // (t * c * p)) for t in doms["tp"] for c in doms["cp"] for p in doms["pp"]
-           if N % (t * c * p) == 0 and N // (t * c * p) in dps and gb % (N // (t * c * p) * p) == 0]
+           if N % (t * c * p) == 0 and N // (t * c * p) in dps]
     return out, doms
 
 
 def schedules(w: Workload, fx: Fixed, p: int, d: int) -> list[tuple[int, int, str]]:
-    """(vpp, micro_batch, recompute) allowed with pp = p, dp = d: dp*pp*micro_batch divides the batch."""
-    per_pipe = w.global_batch // (d * p)
-    vs = [v for v in range(1, MAX_VPP + 1) if (v == 1 or p > 1) and p * v <= w.shape.layers]
-    mbs = [b for b in divisors(per_pipe) if b <= MAX_MICRO_BATCH or b == fx.mb]
+    """(vpp, micro_batch, recompute) allowed with pp = p, dp = d.
+
+    dp * micro_batch divides the global batch. 1F1B (vpp = 1) takes any number m of
+    micro-batches (with m < p the bubble is simply larger); only the interleaved
+    schedule (vpp > 1) needs m to be a multiple of p (Narayanan et al. 2021 sec. 2.2;
+    Megatron checks it). The free choice tries vpp up to MAX_VPP; a pinned vpp is
+    honoured up to the model's depth (pp * vpp <= layers).
+    """
+    per_dp = w.global_batch // d
+    top = fx.vpp if fx.vpp else MAX_VPP
+    vs = [v for v in range(1, top + 1) if (v == 1 or p > 1) and p * v <= w.shape.layers]
+    mbs = [b for b in divisors(per_dp) if b <= MAX_MICRO_BATCH or b == fx.mb]
     modes = [r for r in RECOMPUTE_MODES if fx.recompute in (None, r)]
-    return [(v, b, r) for v in _pick(vs, fx.vpp) for b in _pick(mbs, fx.mb) for r in modes]
+    return [(v, b, r) for v in _pick(vs, fx.vpp) for b in _pick(mbs, fx.mb) if v == 1 or (per_dp // b) % p == 0
+            for r in modes]
 
 
 def zero_stages(fx: Fixed, d: int) -> list[int]:

@@ -56,3 +56,56 @@ def test_partial_recomputation_is_its_own_choice():
     assert 0 < sum(part.recomputed) < 96
     full = _one(w, cl, Fixed(tp=8, pp=12, dp=4, cp=1, vpp=1, mb=1, zero=1, recompute="full"))
     assert part.evaluation.step_time < full.evaluation.step_time
+
+
+BLOOM = ModelConfig(name="bloom-176b", template="gpt", layers=70, hidden=14336, heads=112, vocab_size=250880,
+                    max_seq_len=2048)
+MTNLG = ModelConfig(name="mt-nlg-530b", template="gpt", layers=105, hidden=20480, heads=128, vocab_size=51200,
+                    max_seq_len=2048)
+
+
+def test_pinned_vpp_above_four_is_honoured():
+    """Item 4: MAX_VPP = 4 silently refused --vpp 6 (with a false divisibility message)."""
+    w = Workload(LayerShape.of(GPT175), 2048, 1536)
+    r = _one(w, a100s(384), Fixed(tp=8, pp=12, dp=4, cp=1, vpp=6, mb=1, zero=0, recompute="full"))
+    assert r.cfg.vpp == 6 and len(r.layers) == 72 and min(r.layers) >= 1
+
+
+def test_one_f_one_b_takes_any_number_of_micro_batches():
+    """Item 5: BLOOM (tp 4, pp 12, dp 8, micro-batch 2, batch 2048: m = 128, not a multiple of 12)
+    and MT-NLG (tp 8, pp 35, dp 8, micro-batch 1, batch 1920: m = 240, not a multiple of 35)
+    were refused; only the interleaved schedule needs m % pp == 0."""
+    bloom = _one(Workload(LayerShape.of(BLOOM), 2048, 2048), a100s(384),
+                 Fixed(tp=4, pp=12, dp=8, cp=1, vpp=1, mb=2, zero=1, recompute="full"))
+    assert bloom.m == 128 and bloom.cfg.pp == 12
+    mtnlg = _one(Workload(LayerShape.of(MTNLG), 2048, 1920), a100s(2240),
+                 Fixed(tp=8, pp=35, dp=8, cp=1, vpp=1, mb=1, zero=1, recompute="full"))
+    assert mtnlg.m == 240 and sum(mtnlg.layers) == 105
+    # the interleaved schedule still needs it: no plan, and the free choice of vpp stays at 1
+    free_vpp = _one(Workload(LayerShape.of(MTNLG), 2048, 1920), a100s(2240),
+                    Fixed(tp=8, pp=35, dp=8, cp=1, mb=1, zero=1, recompute="full"))
+    assert free_vpp.cfg.vpp == 1
+
+
+def _cli_model(tmp_path, model):
+    import json
+
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(model.to_data()))
+    return str(p)
+
+
+def test_pinned_schedule_errors_name_the_rule_that_fails(tmp_path):
+    from conftest import run_cli
+
+    m = _cli_model(tmp_path, GPT175)
+    base = ["plan", "compute", "--model", m, "--site", "slurm-a100-ib", "--nodes", "48", "--global-batch", "1536",
+            "--seq-len", "2048", "--strategy", "manual", "--tp", "8", "--pp", "12", "--dp", "4", "--json"]
+    ok = run_cli(*base, "--vpp", "6", "--recompute", "full")
+    assert ok.returncode == 0, ok.stderr
+    too_deep = run_cli(*base, "--vpp", "9")
+    assert too_deep.returncode == 2 and "pp*vpp = 12*9 = 108" in too_deep.stderr and "96 layers" in too_deep.stderr
+    odd = run_cli(*base[:9], "1560", *base[10:], "--vpp", "2", "--micro-batch", "1")
+    assert odd.returncode == 2, odd.stdout
+    assert "interleaved schedule" in odd.stderr and "390" in odd.stderr and "multiple of pp = 12" in odd.stderr
+    assert "micro_batch*dp*pp" not in odd.stderr
