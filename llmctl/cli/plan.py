@@ -43,6 +43,9 @@ def group() -> None:
               help="none; selective (attention core); full (every block); partial (full recomputation of "
                    "only some blocks per stage, as many as memory needs: the solver's choice).")
 @click.option("--tp-across-nodes", is_flag=True, help="Allow tensor parallelism to span nodes.")
+@click.option("--attention", type=click.Choice(["flash", "eager"]), default="flash", show_default=True,
+              help="Attention kernel of the run: flash (fused, as llmctl's trainer uses through SDPA) keeps no "
+                   "s^2 scores for backward; eager materialises them.")
 @click.option("--top", type=click.IntRange(min=0), default=3, show_default=True, help="Alternatives to keep.")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds the solver may take.")
@@ -50,7 +53,7 @@ def group() -> None:
 @json_option
 def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, train_path, target_flops,
             max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
-            zero_stage, recompute, tp_across_nodes, top, time_limit, out, as_json) -> None:
+            zero_stage, recompute, tp_across_nodes, attention, top, time_limit, out, as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
     from llmctl.plan.api import Request, compute_plan
     from llmctl.plan.report import print_plan, write_plan
@@ -61,7 +64,8 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
     req = Request(model=model_path, hardware=hardware, site=site, nodes=nodes, gpus_per_node=gpus_per_node,
                   seq_len=seq_len, global_batch=global_batch, target_flops=target_flops,
                   max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
-                  strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path)
+                  strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path,
+                  attention=attention)
     plan, _ = compute_plan(req)
     if out:
         write_plan(plan, out)

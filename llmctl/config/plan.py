@@ -102,6 +102,8 @@ class PlanInputs(StrictModel):
     """Memory per GPU the plan was made for."""
     strategy: Literal["auto", "manual"] = "auto"
     """auto: chosen by the solver; manual: a given layout, costed."""
+    attention: Literal["flash", "eager"] = "flash"
+    """Attention kernel the memory model assumed: flash (fused, keeps no s² scores) or eager."""
 
 
 class Alternative(StrictModel):

@@ -36,6 +36,7 @@ class Request:
     top: int = 3
     time_limit: float = 60.0
     train: Optional[str] = None  # a training config: global batch and sequence length
+    attention: str = "flash"  # the attention kernel the run uses: flash (fused, SDPA) or eager
 
 
 def _sha(path: Optional[str]) -> Optional[str]:
@@ -71,7 +72,7 @@ def load_inputs(req: Request):
         gb = gb or tc.parallel.global_batch_size
     seq = seq or model.max_seq_len
     gb = gb or max(cl.gpus, 1)
-    return model, cl, Workload(LayerShape.of(model), seq, gb)
+    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention)
 
 
 def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:
@@ -147,7 +148,8 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
     inputs = dict(model=req.model, hardware=req.hardware, site=req.site, model_sha256=_sha(req.model),
                   hardware_sha256=_sha(req.hardware), **({"train": req.train, "train_sha256": _sha(req.train)}
                                                         if req.train else {}), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
-                  seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy)
+                  seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy,
+                  attention=w.attention)
     best, *alts = outcome.plans
     data = {
         "inputs": inputs,

@@ -54,6 +54,7 @@ class Workload:
     shape: LayerShape
     seq_len: int
     global_batch: int
+    attention: str = "flash"  # the attention kernel: "flash" (fused, SDPA) or "eager" (materialised scores)
 
 
 @dataclass
@@ -139,7 +140,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # selective drops the attention core's s^2 tensors; under full recomputation the blocks
     # that are not recomputed are ordinary blocks and keep them (docs/planner.md)
     keep_core = cfg.recompute != "selective"
-    a_layer = sh.act_bytes(s, b, t, c, keep_core)
+    a_layer = sh.act_bytes(s, b, t, c, keep_core, w.attention)
     a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute in ("full", "partial") else a_layer
     if cfg.recompute == "full":  # every block keeps only its input
         a_layer = a_ckpt
@@ -147,7 +148,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     a_rank = [0.0] * p
     a_rank[-1] += sh.logits_bytes(s, b, t, c)
     if cfg.recompute in ("full", "partial"):  # the block being recomputed holds its full activations
-        a_rank = [x + sh.act_bytes(s, b, t, c, True) for x in a_rank]
+        a_rank = [x + sh.act_bytes(s, b, t, c, True, w.attention) for x in a_rank]
     t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m)
     # Adam step is memory-bound: read/write fp32 master, m, v and the bf16 weight and gradient
     t_opt = 28.0 / (d if z >= 1 else 1) / cl.hbm_bw

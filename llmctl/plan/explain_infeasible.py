@@ -43,6 +43,9 @@ def explain(w: Workload, cl: Cluster, fx: Fixed, outcome: SearchOutcome) -> None
     params_b = sh.params_total / 1e9
     head = (f"{params_b:.2f}B parameters do not fit in {cl.memory_gb:g} GB per GPU on {cl.gpus} GPUs "
             f"(binding: memory per pipeline stage)")
+    binding = _binding(w, cl, fx)
+    if binding:
+        head = binding
     tips = []
     if fx.zero is not None and fx.zero < 3 or fx.recompute not in (None, "full"):
         relaxed = replace(fx, zero=None, recompute=None)
@@ -64,6 +67,34 @@ def explain(w: Workload, cl: Cluster, fx: Fixed, outcome: SearchOutcome) -> None
     hint = "smallest change that fits: " + " or ".join(tips) if tips else \
         "it does not fit even with 4x the memory or 64x the nodes; check the model config"
     raise LlmctlError(head, hint=hint)
+
+
+def _binding(w: Workload, cl: Cluster, fx: Fixed):
+    """For a pinned layout (tp, pp and dp given), what fills the fullest stage: model state or
+    activations, in GB, with an even split of the blocks. None when the layout is not pinned."""
+    from llmctl.plan.cost import Config, coefficients, evaluate
+    from llmctl.plan.search import spread
+
+    if not (fx.tp and fx.pp and fx.dp):
+        return None
+    cfg = Config(tp=fx.tp, cp=fx.cp or 1, pp=fx.pp, dp=fx.dp, vpp=fx.vpp or 1, mb=fx.mb or 1,
+                 zero=3 if fx.zero is None and fx.dp > 1 else (fx.zero or 0), recompute=fx.recompute or "full")
+    L = w.shape.layers
+    if cfg.pp * cfg.vpp > L or w.global_batch % (cfg.dp * cfg.mb) or cfg.tp * cfg.cp * cfg.pp * cfg.dp != cl.gpus:
+        return None
+    co = coefficients(w, cl, cfg)
+    per_rank = [L // cfg.pp + (1 if r < L % cfg.pp else 0) for r in range(cfg.pp)]
+    layers = spread(per_rank, cfg.vpp)
+    ev = evaluate(co, layers, layers if cfg.recompute in ("full", "partial") else None)
+    stage = max(range(cfg.pp), key=lambda r: ev.memory[r]["total"])
+    m = ev.memory[stage]
+    state = m["weights"] + m["gradients"] + m["optimizer"]
+    what = "activations" if m["activations"] > state else "parameters (weights, gradients, optimizer state)"
+    return (f"the layout tp={cfg.tp} pp={cfg.pp} dp={cfg.dp} cp={cfg.cp} (ZeRO {cfg.zero}, recompute "
+            f"{cfg.recompute}, micro-batch {cfg.mb}, {w.attention} attention) needs {m['total'] / 1e9:.1f} GB on "
+            f"pipeline stage {stage}, more than the {cl.memory_gb:g} GB per GPU: {what} bind "
+            f"(activations {m['activations'] / 1e9:.1f} GB, model state {state / 1e9:.1f} GB, "
+            f"allowance {m['other'] / 1e9:.1f} GB)")
 
 
 def _divisibility_only(w: Workload, cl: Cluster, fx: Fixed) -> bool:

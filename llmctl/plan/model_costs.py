@@ -8,7 +8,11 @@ Sources (docs/planner.md has the derivations):
 - Activations: Korthikanti et al. 2022 eq. 1-2 (sbh(34 + 5as/h) bytes per layer,
   divided by t with tensor + sequence parallelism, 2sbh with full recomputation),
   rebuilt term by term so GQA shrinks K and V, SwiGLU stores three ffn-wide
-  tensors, and Llama (no dropout) stores no dropout masks.
+  tensors, and Llama (no dropout) stores no dropout masks. The 5as^2b of the
+  attention scores is what an attention that materialises softmax(QK^T) keeps
+  ("eager"); a fused kernel (FlashAttention, Dao et al. 2022 sec. 3.1; PyTorch's
+  SDPA flash / memory-efficient backends, which llmctl's trainer uses) keeps only
+  the fp32 log-sum-exp of each row, 4asb bytes, and recomputes the scores in backward.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from llmctl.config.model import ModelConfig
 from llmctl.plan.params import count_parameters
 
 BYTES = 2  # bf16 activations and weights
+ATTENTION_KERNELS = ("flash", "eager")  # fused (SDPA flash / memory-efficient) or materialised scores
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,12 @@ class LayerShape:
         return 3 * (self.layers * self.layer_flops(s) + self.head_flops(s))
 
     # --- activation bytes per layer per micro-batch ----------------------------
-    def act_bytes(self, s: int, b: int, t: int, c: int, keep_core: bool) -> float:
-        """Activations one block stores for backward (tensor+sequence parallel t, context c)."""
+    def act_bytes(self, s: int, b: int, t: int, c: int, keep_core: bool, attention: str = "eager") -> float:
+        """Activations one block stores for backward (tensor+sequence parallel t, context c).
+
+        `keep_core`: the attention core's own tensors are kept (not selectively recomputed);
+        `attention`: "eager" keeps the s^2 scores, "flash" the per-row log-sum-exp.
+        """
         h, a, k, d, f = self.hidden, self.heads, self.kv_heads, self.head_dim, self.ffn
         sl = s / c  # context parallelism splits the sequence
         sb = sl * b
@@ -81,7 +90,9 @@ class LayerShape:
         mlp = BYTES * sb * h + (3 if self.swiglu else 2) * BYTES * sb * f + mask * sb * h
         norms = 2 * BYTES * sb * h
         core = 0.0
-        if keep_core:  # softmax output (+ dropout mask and output): 5as^2b, or 2as^2b without dropout
+        if keep_core and attention == "flash":  # fp32 log-sum-exp per head and query row
+            core = 4 * a * sl * b
+        elif keep_core:  # softmax output (+ dropout mask and output): 5as^2b, or 2as^2b without dropout
             core = (5 if self.dropout else 2) * a * sl * s * b
         return (attn + mlp + norms + core) / t
 

@@ -129,9 +129,16 @@ def schedules(w: Workload, fx: Fixed, p: int, d: int) -> list[tuple[int, int, st
     top = fx.vpp if fx.vpp else MAX_VPP
     vs = [v for v in range(1, top + 1) if (v == 1 or p > 1) and p * v <= w.shape.layers]
     mbs = [b for b in divisors(per_dp) if b <= MAX_MICRO_BATCH or b == fx.mb]
-    modes = [r for r in RECOMPUTE_MODES if fx.recompute in (None, r)]
+    modes = free_recompute_modes(w) if fx.recompute is None else [fx.recompute]
     return [(v, b, r) for v in _pick(vs, fx.vpp) for b in _pick(mbs, fx.mb) if v == 1 or (per_dp // b) % p == 0
             for r in modes]
+
+
+def free_recompute_modes(w: Workload) -> list[str]:
+    """Recomputation modes the free choice tries. Under a fused attention kernel selective
+    recomputation saves only the log-sum-exp (the scores are never stored) and costs the
+    attention core again: it is tried only when pinned."""
+    return [r for r in RECOMPUTE_MODES if not (r == "selective" and w.attention == "flash")]
 
 
 def zero_stages(fx: Fixed, d: int) -> list[int]:

@@ -43,6 +43,8 @@ def best(w, cl, fixed=None, max_vpp=4, max_mb=16, min_cp_tokens=4096):
             chosen = dict(tp=tp, cp=cp, pp=pp, dp=dp, vpp=v, mb=mb, zero=zero, recompute=rec)
             if any(chosen[k] != x for k, x in pins.items()):
                 continue
+            if rec == "selective" and w.attention == "flash" and "recompute" not in pins:
+                continue  # dominated under a fused kernel: tried only when pinned (search.free_recompute_modes)
             # dp * micro_batch divides the batch; only the interleaved schedule needs m % pp == 0
             if B % (dp * mb) or (v > 1 and (B // (dp * mb)) % pp):
                 continue

@@ -109,3 +109,43 @@ def test_pinned_schedule_errors_name_the_rule_that_fails(tmp_path):
     assert odd.returncode == 2, odd.stdout
     assert "interleaved schedule" in odd.stderr and "390" in odd.stderr and "multiple of pp = 12" in odd.stderr
     assert "micro_batch*dp*pp" not in odd.stderr
+
+
+LLAMA3_405B = ModelConfig(name="llama3-405b", template="llama", layers=126, hidden=16384, heads=128, kv_heads=8,
+                          ffn=53248, vocab_size=128256, max_seq_len=8192)
+
+
+def h100s(gpus: int) -> Cluster:
+    peak, mem, hbm, intra = lookup_accelerator("NVIDIA H100 80GB HBM3")
+    return Cluster(nodes=gpus // 8, gpus_per_node=8, memory_gb=mem, peak_flops=peak * 1e12,
+                   sustained=DEFAULT_SUSTAINED, hbm_bw=hbm * 1e9, intra_bw=intra * 1e9, inter_bw=50e9)
+
+
+def test_flash_attention_keeps_no_scores_and_llama3_405b_fits():
+    """Item 6: the published Llama 3 405B layout (Dubey et al. 2024 Table 4: 16,384 H100s, tp 8, cp 1,
+    pp 16, dp 128, 8K sequences, batch 16 per DP rank, no recomputation) was refused: memory counted the
+    s^2 attention scores that SDPA's fused kernels never store."""
+    sh = LayerShape.of(LLAMA3_405B)
+    s = 8192
+    eager, flash = sh.act_bytes(s, 1, 8, 1, True, "eager"), sh.act_bytes(s, 1, 8, 1, True, "flash")
+    assert eager - flash == pytest.approx((2 * 128 * s * s - 4 * 128 * s) / 8)
+    fx = Fixed(tp=8, cp=1, pp=16, dp=128, recompute="none")
+    w = Workload(sh, s, 2048, "flash")
+    r = _one(w, h100s(16384), fx)
+    assert r.evaluation.fits and r.cfg.recompute == "none"
+    out = search(Workload(sh, s, 2048, "eager"), h100s(16384), fx, top=0)
+    assert not out.plans
+
+
+def test_infeasible_message_names_activations_when_they_bind(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(LLAMA3_405B.to_data()))
+    r = run_cli("plan", "compute", "--model", str(p), "--site", "slurm-h100-pyxis", "--nodes", "2048",
+                "--global-batch", "2048", "--seq-len", "8192", "--tp", "8", "--pp", "16", "--dp", "128",
+                "--cp", "1", "--recompute", "none", "--attention", "eager", "--top", "0")
+    assert r.returncode == 2, r.stdout
+    assert "activations bind" in r.stderr and "eager attention" in r.stderr
