@@ -209,12 +209,17 @@ def from_site(site_cfg: Any, site_path: Path, partition: Optional[str], nodes: O
         raise ConfigError(str(site_path), [f"partitions: no partition {name!r}; partitions: "
                                            f"{', '.join(site_cfg.partitions)}"])
     part = site_cfg.partitions[name]
-    limit = part.max_nodes or part.nodes
     n = nodes or 1
-    if n > limit:
-        key = "max_nodes" if part.max_nodes else "nodes"
-        raise ConfigError(str(site_path), [f"partitions.{name}.{key}: --nodes {n} is more than the "
-                                           f"{limit} node(s) a job may use"])
+    # A profile describes hardware, not a job: planning more nodes than one job may ask for
+    # (max_nodes), or than the partition has, is a normal question, so it is a note, not an error
+    # (`plan compute --site` takes any count too; job submission enforces the limit).
+    size_notes = []
+    if part.max_nodes and n > part.max_nodes:
+        size_notes.append(f"--nodes {n} is more than the {part.max_nodes} node(s) one job may use "
+                          f"(partitions.{name}.max_nodes): a profile for planning, not one job")
+    if n > part.nodes:
+        size_notes.append(f"--nodes {n} is more than the {part.nodes} node(s) partition {name} has "
+                          f"(partitions.{name}.nodes): a hypothetical cluster of this node shape")
     cluster = {"nodes": n, "site": site_cfg.name, "partition": name}
     net = site_cfg.network
     probed_ib = probed.get("limits", {}).get("inter_node_bw_gbps") \
@@ -222,8 +227,10 @@ def from_site(site_cfg: Any, site_path: Path, partition: Optional[str], nodes: O
     if site_cfg.scheduler == "local":
         data = dict(probed)
         data["cluster"] = cluster
+        data["notes"] = list(data.get("notes", [])) + size_notes
         return data
-    notes: list[str] = [f"node shape from site-config {site_cfg.name} ({site_path}), partition {name}"]
+    notes: list[str] = [f"node shape from site-config {site_cfg.name} ({site_path}), partition {name}",
+                        *size_notes]
     limits: dict[str, Any] = {}
     accel = None
     devices: list[dict[str, Any]] = []

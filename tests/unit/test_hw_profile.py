@@ -219,10 +219,16 @@ def test_cluster_takes_probed_ib_when_the_site_is_silent(tmp_path):
     assert any("InfiniBand ports" in n for n in p.notes)
 
 
-def test_cluster_too_many_nodes():
+def test_cluster_larger_than_one_job_is_a_note_not_an_error():
+    """Issue 17 item 7: planning more nodes than a partition's max_nodes (or than it has) is a normal
+    question; `plan compute --site` takes any count, and so does `hw probe --site`."""
     cfg, path = load_site("slurm-a100-ib")
-    with pytest.raises(ConfigError, match=r"partitions\.gpu\.max_nodes: --nodes 40 is more than the 32"):
-        hwp.from_site(cfg, path, None, 40, {})
+    p = hwp.validate(hwp.from_site(cfg, path, None, 40, {}))
+    assert p.cluster.nodes == 40
+    assert any("more than the 32 node(s) one job may use" in n for n in p.notes)
+    p = hwp.validate(hwp.from_site(cfg, path, None, 2048, {}))
+    assert p.cluster.nodes == 2048 and any("64 node(s) partition gpu has" in n for n in p.notes)
+    assert not any("one job" in n for n in hwp.validate(hwp.from_site(cfg, path, None, 32, {})).notes)
     with pytest.raises(ConfigError, match="no partition 'nope'"):
         hwp.from_site(cfg, path, "nope", 1, {})
 
