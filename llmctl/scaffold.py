@@ -19,17 +19,28 @@ from llmctl.errors import LlmctlError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
-# The example hardware profile the seed README's plan example uses (8×A100-80GB SXM):
-# 312 TFLOP/s dense bf16 and 1935 GB/s per GPU, NVLink 3 (300 GB/s per direction),
-# 8×HDR200 InfiniBand per node (200 GB/s).
-A100X8_PROFILE = {
-    "gpu": {"count": 8, "devices": [{"id": i, "name": "NVIDIA A100-SXM4-80GB", "memory_gb": 80.0}
-                                    for i in range(8)]},
-    "interconnect": {"intra_node": "NVLink", "inter_node": "InfiniBand"},
-    "limits": {"estimated_flops": 2.496e15, "memory_bw_gbps": 15480.0,
-               "intra_node_bw_gbps": 300.0, "inter_node_bw_gbps": 200.0},
-    "notes": ["example profile from datasheet numbers; run `llmctl hw probe` on a real node"],
-}
+# The example hardware profile the seed README's plan example uses (8×A100-80GB SXM, 8×HDR200
+# InfiniBand per node: 200 GB/s). Built from the accelerator table, as `hw probe --site` builds a
+# site's node, so the scaffolded profile, the probe and `plan compute --site slurm-a100-ib` give
+# one machine the same numbers (docs/hardware.md, "Bandwidths").
+def a100x8_profile() -> dict[str, Any]:
+    from llmctl.hw.accelerators import lookup
+
+    spec = lookup("NVIDIA A100-SXM4-80GB")
+    return {
+        "gpu": {"count": 8, "devices": [{"id": i, "name": "NVIDIA A100-SXM4-80GB", "memory_gb": spec.memory_gb}
+                                        for i in range(8)]},
+        "interconnect": {"intra_node": "NVLink", "inter_node": "InfiniBand"},
+        "limits": {"estimated_flops": spec.training_tflops * 1e12 * 8, "memory_bw_gbps": spec.memory_bw_gbps * 8,
+                   "intra_node_bw_gbps": spec.nvlink_bw_gbps, "inter_node_bw_gbps": 200.0, "source": "datasheet"},
+        "accelerator": spec.to_profile(),
+        "notes": ["example profile from datasheet numbers; run `llmctl hw probe` on a real node",
+                  "bandwidths are link rates per direction (NVLink per GPU, InfiniBand per node); the planner "
+                  "turns them into collective bus bandwidths (docs/hardware.md)"],
+    }
+
+
+A100X8_PROFILE = a100x8_profile()
 
 
 def check_project_name(name: str) -> str:

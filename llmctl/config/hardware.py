@@ -124,9 +124,9 @@ class Limits(StrictModel):
     memory_bw_gbps: Optional[float] = Field(None, gt=0)
     """Aggregate device-memory bandwidth of the node in GB/s."""
     intra_node_bw_gbps: Optional[float] = Field(None, gt=0)
-    """Per-GPU intra-node bandwidth in GB/s (one direction), e.g. NVLink."""
+    """Intra-node link rate per GPU in GB/s, one direction (all its NVLink links, else its PCIe link): a link rate, not a collective's bus bandwidth (the planner derives that; `measured.allgather_busbw_gbps` replaces it)."""
     inter_node_bw_gbps: Optional[float] = Field(None, gt=0)
-    """Per-node inter-node bandwidth in GB/s (one direction)."""
+    """Network link rate per node in GB/s, one direction (the sum of its InfiniBand/RoCE ports); each GPU gets its share."""
     source: Optional[str] = None
     """Where the numbers come from: `datasheet`, `estimate` (CPU), `site` or `unknown`."""
 
@@ -264,7 +264,7 @@ class HardwareProfile(StrictModel):
     cluster: ClusterInfo = ClusterInfo()
     """How many such nodes the profile stands for."""
     measured: dict[str, float] = {}
-    """Micro-benchmark results (e.g. `matmul_tflops_bf16`), preferred by the planner."""
+    """Micro-benchmark results (e.g. `matmul_tflops_bf16`, `memory_bw_gbps` per GPU, `allgather_busbw_gbps` among the node's GPUs), preferred by the planner over `[limits]`."""
     probe: ProbeInfo = ProbeInfo()
     """When and how the profile was taken."""
     notes: list[str] = []

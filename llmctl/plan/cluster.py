@@ -18,14 +18,30 @@ from typing import Any, Optional
 
 from llmctl.errors import ConfigError, LlmctlError
 
-# The bus bandwidth a tensor-parallel collective reaches in training, as a fraction of
-# the datasheet NVLink rate. A100 is calibrated on Narayanan et al. 2021 Table 1
-# (Megatron 2021, no NVLS): 150 of 300 GB/s; Hopper on the Megatron-Core 2024 table.
+# What each bandwidth means (docs/hardware.md, "Bandwidths"): a profile, a site-config and the
+# accelerator table all give *link* rates: per GPU, per direction, as the datasheet or the link
+# itself reports them (NVLink, PCIe), and per node for the network. The cost model's ring
+# collectives need *bus* bandwidth in nccl-tests' sense (time = (n-1)/n * bytes / busbw). For the
+# intra-node link that is, in order: a measured all-gather (or all-reduce) bus bandwidth from
+# `llmctl hw benchmark` ([measured] allgather_busbw_gbps), else the link rate times the fraction
+# of it a tensor-parallel collective reaches in training. A100 is calibrated on Narayanan et al.
+# 2021 Table 1 (Megatron 2021, no NVLS): 150 of 300 GB/s; Hopper on the Megatron-Core 2024 table.
+# Every path to a Cluster (site-config, `hw probe`, `hw probe --site`, a scaffolded or hand-written
+# profile) applies this one rule, so the same machine gives the same plan whichever describes it.
 TP_BUS_EFFICIENCY = {"A100": 0.5}
 
 
+def nvlink_bus_efficiency(gpu_name: str) -> float:
+    """The fraction of the NVLink link rate a tensor-parallel collective reaches (1 when unknown)."""
+    from llmctl.hw.accelerators import lookup
+
+    spec = lookup(gpu_name)
+    name = spec.name if spec else gpu_name
+    return next((f for k, f in TP_BUS_EFFICIENCY.items() if name.startswith(k)), 1.0)
+
+
 def lookup_accelerator(name: str) -> Optional[tuple[float, float, float, Optional[float]]]:
-    """(bf16 peak TFLOP/s, memory GB, HBM GB/s, effective intra-node GB/s) for an NVML name.
+    """(bf16 peak TFLOP/s, memory GB, HBM GB/s, intra-node bus GB/s in training) for an NVML name.
 
     None when the GPU is not in the table (the planner then asks for --peak-tflops).
     """
@@ -36,7 +52,7 @@ def lookup_accelerator(name: str) -> Optional[tuple[float, float, float, Optiona
         return None
     intra = spec.nvlink_bw_gbps
     if intra is not None:
-        intra *= next((f for k, f in TP_BUS_EFFICIENCY.items() if spec.name.startswith(k)), 1.0)
+        intra *= nvlink_bus_efficiency(spec.name)
     return spec.training_tflops, spec.memory_gb, spec.memory_bw_gbps, intra
 
 
@@ -89,6 +105,8 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
     """Merge flags > hardware profile > site partition > accelerator table into a Cluster."""
     name = "GPU"
     g = mem = peak = hbm = intra = inter = None
+    link = None  # intra-node link rate per GPU per direction, GB/s (NVLink, or PCIe)
+    nvlink = False
     sustained = DEFAULT_SUSTAINED
     unknown_gpu = None
     if site is not None:
@@ -100,8 +118,14 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
                 name = part.gpu_model
                 row = lookup_accelerator(part.gpu_model)
                 if row:
+                    from llmctl.hw.accelerators import lookup
+
                     peak, mem, hbm = row[0] * 1e12, row[1], row[2] * 1e9
-                    intra = row[3] * 1e9 if row[3] else None
+                    spec = lookup(part.gpu_model)
+                    # as `hw probe --site` writes it: NVLink unless the site says otherwise
+                    kind = site.network.intra_node or ("NVLink" if spec.nvlink_bw_gbps else "PCIe")
+                    if kind == "NVLink" and spec.nvlink_bw_gbps:
+                        link, nvlink = spec.nvlink_bw_gbps, True
                 else:
                     unknown_gpu = part.gpu_model
         if site.network.inter_node_bw_gbps and g:
@@ -112,27 +136,41 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
     elif profile is not None:
         g = profile.gpu.count
         lim = profile.limits
+        spec = None
         if profile.gpu.devices:
+            from llmctl.hw.accelerators import lookup
+
             dev = profile.gpu.devices[0]
             name, mem = dev.name, dev.memory_gb
             row = lookup_accelerator(dev.name)
+            spec = lookup(dev.name)
             unknown_gpu = None if row else dev.name
-            if row and row[3] and intra is None:
-                intra = row[3] * 1e9
             if row and not lim.estimated_flops:
                 peak = row[0] * 1e12
+        # the intra-node link: NVLink unless the profile says otherwise
+        said = "intra_node" in profile.interconnect.model_fields_set
+        kind = profile.interconnect.intra_node if said else (
+            "NVLink" if spec is not None and spec.nvlink_bw_gbps else "PCIe")
+        if lim.intra_node_bw_gbps:
+            link, nvlink = lim.intra_node_bw_gbps, kind == "NVLink"
+        elif kind == "NVLink" and spec is not None and spec.nvlink_bw_gbps:
+            link, nvlink = spec.nvlink_bw_gbps, True
         if lim.estimated_flops:
             peak, unknown_gpu = lim.estimated_flops / g, None
-        if lim.memory_bw_gbps:
-            hbm = lim.memory_bw_gbps * 1e9 / g
+        hbm_node = profile.node_memory_bw_gbps()  # measured, else [limits]
+        if hbm_node:
+            hbm = hbm_node * 1e9 / g
         if lim.inter_node_bw_gbps:
             inter = lim.inter_node_bw_gbps * 1e9 / g
-        if lim.intra_node_bw_gbps:
-            intra = lim.intra_node_bw_gbps * 1e9
+        bus = profile.measured.get("allgather_busbw_gbps") or profile.measured.get("allreduce_busbw_gbps")
+        if bus:
+            intra = bus * 1e9  # measured among this node's GPUs: already a bus bandwidth
         measured = profile.measured.get("matmul_tflops_bf16")
         if measured and peak:
             # a measured large-GEMM rate is what "sustained" means; keep it below peak
             sustained = min(1.0, measured * 1e12 / peak)
+    if intra is None and link:
+        intra = link * 1e9 * (nvlink_bus_efficiency(name) if nvlink else 1.0)
     g = gpus_per_node or g
     if peak_tflops:
         peak = peak_tflops * 1e12

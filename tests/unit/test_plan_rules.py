@@ -149,3 +149,48 @@ def test_infeasible_message_names_activations_when_they_bind(tmp_path):
                 "--cp", "1", "--recompute", "none", "--attention", "eager", "--top", "0")
     assert r.returncode == 2, r.stdout
     assert "activations bind" in r.stderr and "eager attention" in r.stderr
+
+
+def test_every_path_to_a_profile_gives_the_same_plan(tmp_path):
+    """Item 3: `plan compute --site slurm-a100-ib` costed a layout at 14.26 s, the same layout through
+    the profile `hw probe --site` (or the scaffolded a100x8.toml) wrote at 13.33 s: the profile's 300 GB/s
+    NVLink link rate was taken as the collective's bus bandwidth, the site's as half of it. One rule now."""
+    import json
+
+    import tomli_w
+
+    from conftest import run_cli
+    from llmctl.scaffold import A100X8_PROFILE
+
+    m = _cli_model(tmp_path, GPT175)
+    probed = tmp_path / "probed.toml"
+    r = run_cli("hw", "probe", "--site", "slurm-a100-ib", "--nodes", "32", "--emit", str(probed))
+    assert r.returncode == 0, r.stderr
+    scaffolded = tmp_path / "a100x8.toml"
+    scaffolded.write_text(tomli_w.dumps(A100X8_PROFILE))
+    layout = ["--global-batch", "1536", "--seq-len", "2048", "--strategy", "manual", "--tp", "8", "--pp", "8",
+              "--dp", "4", "--recompute", "full", "--json"]
+    times = {}
+    for name, where in (("site", ["--site", "slurm-a100-ib", "--nodes", "32"]),
+                        ("hw probe --site", ["--hardware", str(probed)]),
+                        ("scaffold", ["--hardware", str(scaffolded), "--nodes", "32"])):
+        r = run_cli("plan", "compute", "--model", m, *where, *layout)
+        assert r.returncode == 0, r.stderr
+        times[name] = json.loads(r.stdout)["predicted"]["step_time_s"]
+    assert len(set(times.values())) == 1, times
+
+
+def test_a_measured_bus_bandwidth_replaces_the_link_rate():
+    """`hw benchmark`'s all-gather bus bandwidth among the node's GPUs is what TP collectives see."""
+    from llmctl.config.base import validate_data
+    from llmctl.config.hardware import HardwareProfile
+    from llmctl.plan.cluster import build_cluster
+    from llmctl.scaffold import a100x8_profile
+
+    data = a100x8_profile()
+    cl = build_cluster(validate_data(data, HardwareProfile, "p"), nodes=2)
+    assert cl.intra_bw == pytest.approx(150e9)  # 300 GB/s NVLink x the A100's calibrated 0.5
+    assert cl.hbm_bw == pytest.approx(2039e9) and cl.inter_bw == pytest.approx(25e9)
+    data["measured"] = {"allgather_busbw_gbps": 231.5, "memory_bw_gbps": 1800.0}
+    cl = build_cluster(validate_data(data, HardwareProfile, "p"), nodes=2)
+    assert cl.intra_bw == pytest.approx(231.5e9) and cl.hbm_bw == pytest.approx(1800e9)
