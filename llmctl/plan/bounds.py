@@ -8,8 +8,9 @@ for every pair (T, S) and (T, Z), numbers that bound every split from below:
 - pipeline time, two valid bounds (llmctl.plan.cost's T_pipe with tau_max bounded
   by the average stage, resp. by the best integer split of blocks and the head);
 - data-parallel and optimizer time with the parameters of the fullest stage bounded
-  by the average and by the embedding/head stages; ZeRO-3's per-micro-batch
-  parameter gathers are the one term that couples Z with S (through m);
+  by the average and by the embedding/head stages; ZeRO-3's per-block exposed
+  gathers (they lengthen every block by what its compute cannot hide) are the one
+  term that couples Z with S: the pipeline bounds recomputed with them;
 - memory: any split must satisfy every weighted average of its per-stage memory
   rows; two weightings (uniform, and 1/in-flight micro-batches, which makes the
   activation term independent of the split) give necessary conditions whose
@@ -47,7 +48,7 @@ class ScheduleBound:
     act_u: float  # GB, activation part of the uniform-weight memory row
     act_w: float  # GB, activation part of the 1/in-flight-weight memory row
     static_w_factor: float  # per-GPU parameters weighted as in the 1/in-flight row
-    zero3_gather: float  # seconds of ZeRO-3 parameter gathers (0 unless dp > 1)
+    zero3_gather: float  # seconds ZeRO-3's exposed gathers add to the pipeline bound (0 unless dp > 1)
     rec_w: tuple[float, float] = (0.0, 0.0)  # R >= a * bytes_per_param + b (full recomputation)
     rec_u: tuple[float, float] = (0.0, 0.0)
     bad_zeros: tuple[int, ...] = ()  # ZeRO stages with which no split fits (per-rank block capacity)
@@ -101,15 +102,10 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
     for v, b, r in schedules:
         co = coefficients(w, cl, Config(tp=tp, cp=cp, pp=pp, dp=dp, vpp=v, mb=b, zero=0, recompute=r))
         m = co.m
-        tl, tc = co.t_layer, co.t_rank_const
-        p2p = tc[0] if pp > 1 else 0.0
-        head = tc[-1] - p2p
-        total = L * tl + sum(tc)
         avg_factor = (m + (pp - 1) / v) / pp  # T_pipe >= (m - 1/v) sum/p + sum/v
-        theta = integer_tau_bound(L, pp, v, tl, p2p, head)
         a_min0 = co.act_ckpt if r == "partial" else co.act_layer
         caps = _capacities(co, L, _bpp(max(zeros), dp), a_min0)  # the most frugal ZeRO stage
-        theta = max(theta, capped_tau_bound(caps, L, v, tl, tc))
+        pipe_avg, pipe_int, theta = _pipe_bounds(co, L, caps)
         infl = co.act_mult
         H = sum(1.0 / x for x in infl)
         wts = [1.0 / x / H for x in infl]
@@ -123,7 +119,7 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
         static_w_factor = sum(wt * x for wt, x in zip(wts, pr)) + co.params_layer * (v + (L - pp * v) * min(wts))
         sb = ScheduleBound(
             vpp=v, mb=b, recompute=r,
-            pipe_avg=avg_factor * total, pipe_int=(m - 1 / v) * theta + total / v,
+            pipe_avg=pipe_avg, pipe_int=pipe_int,
             per_rec_avg=avg_factor * co.t_recompute, per_rec_int=co.t_recompute / v,
             act_u=(a_min * flight_u + const_u) / GB, act_w=(L * a_min / H + const_w) / GB,
             static_w_factor=static_w_factor, zero3_gather=0.0)
@@ -137,9 +133,14 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
             k = pp / (delta * max(infl))
             sb.rec_u = (k * p_avg, k * (a_keep * flight_u + const_u - lim))
         if dp > 1 and 3 in zeros:
-            per0, const0 = dp_time(cl, tp, cp, dp, 3, 0)
-            per1, const1 = dp_time(cl, tp, cp, dp, 3, 1)
-            sb.zero3_gather = m * ((per1 - per0) * _p_max(co, L) + (const1 - const0))
+            # ZeRO-3's exposed gathers lengthen every block and rank (cost.zero3_exposed): the
+            # pipeline bounds again with those times; their increase is the pair's coefficient
+            co3 = coefficients(w, cl, Config(tp=tp, cp=cp, pp=pp, dp=dp, vpp=v, mb=b, zero=3, recompute=r))
+            avg3, int3, _ = _pipe_bounds(co3, L, caps)
+            if r == "partial":  # the pipeline variable adds R's time to each bound separately
+                sb.zero3_gather = max(0.0, min(avg3 - pipe_avg, int3 - pipe_int))
+            else:
+                sb.zero3_gather = max(0.0, max(avg3, int3) - max(pipe_avg, pipe_int))
         sb.bad_zeros = tuple(z for z in zeros if not _capacity_fits(co, L, _bpp(z, dp), a_min))
         if len(sb.bad_zeros) < len(zeros) and math.isfinite(theta):
             tb.schedules.append(sb)
@@ -156,6 +157,23 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
         tb.zeros.append(ZeroBound(zero=z, bytes_per_param=bpp, time=(per + t_opt) * p_max + const,
                                   static_u=bpp * p_avg / GB, static_w=bpp * min_w / GB))
     return tb
+
+
+def _pipe_bounds(co, layers: int, caps: list[int]) -> tuple[float, float, float]:
+    """(bound 1, bound 2, tau_max bound) of T_pipe over every split, recomputation left out.
+
+    Every rank pays the least of the per-rank constants and the last the rest of its own
+    (the head); the capacity bound takes each rank's constant as it is.
+    """
+    cfg = co.cfg
+    p, v, m = cfg.pp, cfg.vpp, co.m
+    tl, tc = co.t_layer, co.t_rank_const
+    base = min(tc)
+    total = layers * tl + sum(tc)
+    theta = integer_tau_bound(layers, p, v, tl, base, tc[-1] - base)
+    theta = max(theta, capped_tau_bound(caps, layers, v, tl, tc))
+    avg = (m + (p - 1) / v) / p * total
+    return avg, (m - 1 / v) * theta + total / v, theta
 
 
 def _bpp(z: int, d: int) -> float:

@@ -115,6 +115,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw)
     cp_time = 3 * (c - 1) * comm.p2p(kv_chunk, bw_cp, lat) * CP_EXPOSED if c > 1 else 0.0
     t_layer = compute + 2 * tp_fwd + cp_time
+    fwd = f_layer / rate
     # one more forward (and its TP collectives) per recomputed block: in every block under
     # "full", in the blocks the split chooses under "partial"
     t_rec_block = f_layer / rate + tp_fwd
@@ -127,6 +128,9 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     head = 3 * sh.head_flops(s) * b / (t * c) / rate
     t_rank = [p2p] * p
     t_rank[-1] += head
+    z3_layer, z3_rank = zero3_exposed(w, cl, cfg, fwd, head / 3)
+    t_layer += z3_layer
+    t_rank = [x + y for x, y in zip(t_rank, z3_rank)]
     # parameters per GPU; Megatron keeps a tied embedding's copy on the last stage
     pr = [0.0] * p
     if p == 1:
@@ -158,26 +162,68 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                         act_layer=a_layer, act_ckpt=a_ckpt, act_mult=mult, act_rank_const=a_rank,
                         t_dp_per_param=t_dp, t_dp_const=t_dp_c, t_opt_per_param=t_opt, mem_limit=usable,
                         time_parts={"compute": compute, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
-                                    "recompute": rec_layer, "p2p": p2p, "head": head})
+                                    "recompute": rec_layer, "zero3_comm": z3_layer, "zero3_const": sum(z3_rank),
+                                    "p2p": p2p, "head": head})
 
 
 def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int) -> tuple[float, float]:
     """Exposed data-parallel seconds per parameter on the GPU, and the latency constant.
 
     Gradients are all-reduced once per step (ZeRO-1/2: reduce-scatter + all-gather,
-    the same volume); ZeRO-3 reduce-scatters them and all-gathers the parameters
-    for the forward and the backward of every micro-batch (Rajbhandari et al. 2020 sec. 7).
+    the same volume), DP_EXPOSED of it outside the backward pass. ZeRO-3's traffic
+    (parameter gathers and gradient reduce-scatters around every block of every
+    micro-batch) is costed per block against the compute that hides it
+    (`zero3_exposed`), not here. `m` is kept for the callers' signature.
     """
-    if d <= 1:
+    del m
+    if d <= 1 or z >= 3:
         return 0.0, 0.0
     bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw)
-    if z >= 3:
-        per = BYTES * (comm.reduce_scatter(1, d, bw, 0) + 2 * m * comm.all_gather(1, d, bw, 0))
-        const = (1 + 2 * m) * (d - 1) * cl.latency_s
-    else:
-        per = BYTES * comm.all_reduce(1, d, bw, 0)
-        const = 2 * (d - 1) * cl.latency_s
+    per = BYTES * comm.all_reduce(1, d, bw, 0)
+    const = 2 * (d - 1) * cl.latency_s
     return per * DP_EXPOSED, const * DP_EXPOSED
+
+
+def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: float) -> tuple[float, list[float]]:
+    """ZeRO-3's exposed seconds per micro-batch: per block, and per pipeline rank.
+
+    Every micro-batch all-gathers each block's parameters before its forward and again
+    before its backward, and reduce-scatters its gradients after the backward
+    (Rajbhandari et al. 2020 sec. 5-7; FSDP and DeepSpeed alike). With one block of
+    prefetch the gather for block i+1 runs during block i's forward, and the gather for
+    block i-1 plus block i's reduce-scatter during block i's backward (2x the forward, 3x
+    when the block is recomputed as well). What the compute cannot cover is exposed:
+        per block  max(0, AG - F) + max(0, AG + RS - B)
+    and each rank's first gather of a pass has nothing before it (2 AG per micro-batch).
+    The embedding's gathers and reduce-scatter are exposed whole (a lookup hides nothing);
+    the head's hide behind the logits' matmul like a block's. So exposure is nil while
+    compute outweighs communication and grows with it once it does: a small per-GPU batch
+    over many data-parallel ranks.
+    """
+    p, t, c, d = cfg.pp, cfg.tp, cfg.cp, cfg.dp
+    if cfg.zero < 3 or d <= 1:
+        return 0.0, [0.0] * p
+    sh = w.shape
+    bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw)
+    lat = cl.latency_s
+
+    def ag(params: float) -> float:
+        return comm.all_gather(BYTES * params / t, d, bw, lat)
+
+    def exposed(params: float, f: float, b: float) -> float:
+        g = ag(params)
+        return max(0.0, g - f) + max(0.0, 2 * g - b) if params else 0.0  # RS moves what AG moves
+
+    bwd = (3 if cfg.recompute == "full" else 2) * fwd
+    per_block = exposed(sh.params_layer, fwd, bwd)
+    ranks = [2 * ag(sh.params_layer)] * p
+    if p == 1:
+        emb, last = sh.params_total - sh.layers * sh.params_layer - sh.params_last, sh.params_last
+    else:
+        emb, last = sh.params_first, sh.params_last
+    ranks[0] += 3 * ag(emb)
+    ranks[-1] += exposed(last, head_fwd, 2 * head_fwd)
+    return per_block, ranks
 
 
 def rank_of(chunk: int, p: int) -> int:
@@ -232,11 +278,12 @@ def evaluate(co: Coefficients, layers: list[int], recomputed: Optional[list[int]
     # where the time goes: each GPU's share of the work, then the bubble (incl. imbalance)
     share = co.m / p
     tl = co.time_parts
-    layer_keys = ("compute", "tp_comm", "cp_comm", "recompute")
+    layer_keys = ("compute", "tp_comm", "cp_comm", "recompute", "zero3_comm")
     per_layer = sum(tl[k] for k in layer_keys)
     scale = co.t_layer / per_layer if per_layer else 0.0
     parts = {k: share * sum(n_r) * tl[k] * scale for k in layer_keys}
     parts["recompute"] += share * sum(r_r) * co.t_recompute
+    parts["zero3_comm"] += share * tl["zero3_const"]
     parts["head"] = share * tl["head"]
     parts["p2p"] = co.m * tl["p2p"]
     parts["pipeline_bubble"] = max(0.0, pipe - sum(parts.values()))
