@@ -44,7 +44,7 @@ def build(pulp, co, layers_total):
     for s in range(p):
         tau = co.t_layer * n[s] + co.t_rank_const[s]
         params = co.params_layer / GB * n[s] + co.params_rank_const[s] / GB
-        act = co.act_mult[s] * co.act_layer / GB * n[s]
+        act = (co.act_mult[s] * co.act_layer + co.layer_static_bytes) / GB * n[s]
         if partial:
             tau += co.t_recompute * r[s]
             act += co.act_mult[s] * (co.act_ckpt - co.act_layer) / GB * r[s]

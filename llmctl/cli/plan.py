@@ -43,6 +43,9 @@ def group() -> None:
               help="none; selective (attention core); full (every block); partial (full recomputation of "
                    "only some blocks per stage, as many as memory needs: the solver's choice).")
 @click.option("--tp-across-nodes", is_flag=True, help="Allow tensor parallelism to span nodes.")
+@click.option("--precision", type=click.Choice(["bf16", "fp8"]), default="bf16", show_default=True,
+              help="fp8: the linear layers' matmuls in FP8 through Transformer Engine (Hopper and later), "
+                   "attention and head in bf16; MFU stays relative to the bf16 peak.")
 @click.option("--attention", type=click.Choice(["flash", "eager"]), default="flash", show_default=True,
               help="Attention kernel of the run: flash (fused, as llmctl's trainer uses through SDPA) keeps no "
                    "s^2 scores for backward; eager materialises them.")
@@ -53,7 +56,7 @@ def group() -> None:
 @json_option
 def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, train_path, target_flops,
             max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
-            zero_stage, recompute, tp_across_nodes, attention, top, time_limit, out, as_json) -> None:
+            zero_stage, recompute, tp_across_nodes, precision, attention, top, time_limit, out, as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
     from llmctl.plan.api import Request, compute_plan
     from llmctl.plan.report import print_plan, write_plan
@@ -65,7 +68,7 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
                   seq_len=seq_len, global_batch=global_batch, target_flops=target_flops,
                   max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
                   strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path,
-                  attention=attention)
+                  attention=attention, precision=precision)
     plan, _ = compute_plan(req)
     if out:
         write_plan(plan, out)

@@ -104,6 +104,8 @@ class PlanInputs(StrictModel):
     """auto: chosen by the solver; manual: a given layout, costed."""
     attention: Literal["flash", "eager"] = "flash"
     """Attention kernel the memory model assumed: flash (fused, keeps no s² scores) or eager."""
+    precision: Literal["bf16", "fp8"] = "bf16"
+    """Training precision: bf16, or fp8 (the linear layers' GEMMs in FP8 through Transformer Engine, the rest bf16)."""
 
 
 class Alternative(StrictModel):

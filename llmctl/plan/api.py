@@ -37,6 +37,7 @@ class Request:
     time_limit: float = 60.0
     train: Optional[str] = None  # a training config: global batch and sequence length
     attention: str = "flash"  # the attention kernel the run uses: flash (fused, SDPA) or eager
+    precision: str = "bf16"  # bf16, or fp8 (Transformer Engine: linear layers' GEMMs in FP8)
 
 
 def _sha(path: Optional[str]) -> Optional[str]:
@@ -72,7 +73,11 @@ def load_inputs(req: Request):
         gb = gb or tc.parallel.global_batch_size
     seq = seq or model.max_seq_len
     gb = gb or max(cl.gpus, 1)
-    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention)
+    if req.precision == "fp8" and not cl.fp8_flops:
+        raise LlmctlError(f"--precision fp8: {cl.gpu_name} has no FP8 tensor rate in llmctl's accelerator table",
+                          hint="FP8 training (Transformer Engine) needs Hopper, Ada or Blackwell GPUs; "
+                               "use --precision bf16")
+    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention, req.precision)
 
 
 def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:
@@ -149,7 +154,7 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
                   hardware_sha256=_sha(req.hardware), **({"train": req.train, "train_sha256": _sha(req.train)}
                                                         if req.train else {}), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
                   seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy,
-                  attention=w.attention)
+                  attention=w.attention, precision=w.precision)
     best, *alts = outcome.plans
     data = {
         "inputs": inputs,

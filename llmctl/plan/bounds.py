@@ -111,8 +111,10 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
         wts = [1.0 / x / H for x in infl]
         a_keep = co.act_layer
         a_min = co.act_ckpt if r == "partial" else a_keep
-        const_w = sum(wt * c for wt, c in zip(wts, co.act_rank_const))
-        const_u = sum(co.act_rank_const) / pp
+        # per-block static bytes (FP8 weight copies) weighted as the rows weight them, from below
+        const_w = sum(wt * c for wt, c in zip(wts, co.act_rank_const)) \
+            + co.layer_static_bytes * (v + (L - pp * v) * min(wts))
+        const_u = sum(co.act_rank_const) / pp + co.layer_static_bytes * L / pp
         flight_u = (v * sum(infl) + (L - pp * v) * min(infl)) / pp  # min over splits of sum infl_s n_s / p
         # sum_s w_s P_s over any split: the embedding/head stages, and every rank's >= v blocks
         pr = co.params_rank_const
@@ -186,7 +188,7 @@ def _capacities(co, layers: int, bpp: float, a_min: float) -> list[int]:
     out = []
     for s in range(co.cfg.pp):
         room = co.mem_limit - co.act_rank_const[s] - bpp * co.params_rank_const[s]
-        per = bpp * co.params_layer + co.act_mult[s] * a_min
+        per = bpp * co.params_layer + co.layer_static_bytes + co.act_mult[s] * a_min
         out.append(min(layers, math.floor(room / per * (1 + 1e-12))) if per > 0 else layers)
     return out
 
@@ -222,7 +224,7 @@ def _capacity_fits(co, layers: int, bpp: float, a_min: float) -> bool:
     total = 0
     for s in range(co.cfg.pp):
         room = co.mem_limit - co.act_rank_const[s] - bpp * co.params_rank_const[s]
-        per = bpp * co.params_layer + co.act_mult[s] * a_min
+        per = bpp * co.params_layer + co.layer_static_bytes + co.act_mult[s] * a_min
         cap = math.floor(room / per * (1 + 1e-12)) if per > 0 else layers
         if cap < v:
             return False

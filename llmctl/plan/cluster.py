@@ -77,6 +77,8 @@ class Cluster:
     latency_s: float = 5e-6
     """Per-hop latency of a collective step (NCCL ring step, order of microseconds)."""
     gpu_name: str = "GPU"
+    fp8_flops: float = 0.0
+    """Dense peak FP8 FLOP/s of one device (0: none, e.g. A100), for --precision fp8."""
 
     @property
     def gpus(self) -> int:
@@ -171,6 +173,11 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
             sustained = min(1.0, measured * 1e12 / peak)
     if intra is None and link:
         intra = link * 1e9 * (nvlink_bus_efficiency(name) if nvlink else 1.0)
+    from llmctl.hw.accelerators import lookup as _lookup
+
+    spec8 = _lookup(name) if name not in ("GPU",) else None
+    fp8 = spec8.fp8_tflops * 1e12 if spec8 is not None and spec8.fp8_tflops and peak else 0.0
+    fp8_ratio = fp8 / (spec8.training_tflops * 1e12) if fp8 else 0.0  # FP8 peak over the bf16 one
     g = gpus_per_node or g
     if peak_tflops:
         peak = peak_tflops * 1e12
@@ -191,6 +198,7 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
             f"cannot plan: the node shape lacks {', '.join(missing)}",
             hint="pass --hardware (a profile from `llmctl hw probe`), or --site with a gpu_model, "
                  "or --gpus-per-node / --max-memory-gb / --peak-tflops")
+    fp8 = fp8_ratio * peak  # follows --peak-tflops, --target-flops and a profile's estimated_flops
     mem_limit = min(mem, max_memory_gb) if (mem and max_memory_gb) else (max_memory_gb or mem)
     hbm = hbm or HBM_DEFAULT
     intra = intra or PCIE_BW
@@ -198,7 +206,8 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
     if max_comm_bw_gbps:  # the seed's ceiling: no link may be assumed faster than this
         intra, inter = min(intra, max_comm_bw_gbps * 1e9), min(inter, max_comm_bw_gbps * 1e9)
     return Cluster(nodes=nodes or 1, gpus_per_node=g, memory_gb=float(mem_limit), peak_flops=float(peak),
-                   sustained=sustained, hbm_bw=hbm, intra_bw=intra, inter_bw=inter, gpu_name=name)
+                   sustained=sustained, hbm_bw=hbm, intra_bw=intra, inter_bw=inter, gpu_name=name,
+                   fp8_flops=float(fp8))
 
 
 def _cpu_node(profile: Any, ranks: Optional[int]):

@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from llmctl.errors import LlmctlError
 from llmctl.plan import comm
 from llmctl.plan.cluster import Cluster
-from llmctl.plan.model_costs import BYTES, LayerShape
+from llmctl.plan.model_costs import BYTES, FP8_AMAX_HISTORY, FP8_GEMMS_PER_BLOCK, LayerShape
 
 GB = 1e9
 FRAGMENTATION = 1.05  # allocator fragmentation on top of what tensors need
@@ -55,6 +56,7 @@ class Workload:
     seq_len: int
     global_batch: int
     attention: str = "flash"  # the attention kernel: "flash" (fused, SDPA) or "eager" (materialised scores)
+    precision: str = "bf16"  # "fp8": the linear layers' GEMMs in FP8 through Transformer Engine
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Coefficients:
     t_opt_per_param: float
     mem_limit: float  # bytes usable for tensors on one GPU (after overhead and fragmentation)
     time_parts: dict[str, float] = field(default_factory=dict)
+    layer_static_bytes: float = 0.0  # bytes per block on a rank beside bytes_per_param (FP8 weight copies)
 
 
 def inflight(p: int, v: int, m: int, rank: int) -> float:
@@ -104,8 +107,26 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # compute: forward 1x, backward 2x; selective recomputation redoes the attention core
     f_layer = sh.layer_flops(s) * b / (t * c)
     compute = 3 * f_layer / rate
+    fp8 = w.precision == "fp8"
+    static_layer = 0.0
+    if fp8:
+        # Transformer Engine runs the linear layers' GEMMs in FP8 (forward, data and weight
+        # gradients); attention core and head stay bf16. Casting each GEMM input (forward) and
+        # output gradient (backward) reads 2 bytes and writes 1 per element: memory-bound.
+        if not cl.fp8_flops:
+            raise LlmctlError(f"{cl.gpu_name} has no FP8 tensor rate in llmctl's accelerator table",
+                              hint="FP8 training needs Hopper, Ada or Blackwell GPUs; plan with --precision bf16")
+        rate8 = cl.fp8_flops * cl.sustained * sh.hidden / (sh.hidden + GEMM_HALF_WIDTH)
+        f_lin = sh.linear_flops(s) * b / (t * c)
+        compute = 3 * (f_lin / rate8 + (f_layer - f_lin) / rate)
+        compute += 3 * sh.fp8_cast_elements(s, b, t, c) / cl.hbm_bw
+        # an FP8 copy of each linear weight and its transpose (Hopper's FP8 GEMMs take one
+        # layout), and the scaling state of every FP8 tensor
+        static_layer = 2 * sh.linear_params() / t + FP8_GEMMS_PER_BLOCK * 3 * (FP8_AMAX_HISTORY + 2) * 4
     if cfg.recompute == "selective":
-        compute += sh.attention_core_flops(s) * b / (t * c) / rate
+        sel = sh.attention_core_flops(s) * b / (t * c) / rate
+    else:
+        sel = 0.0
     # tensor (+sequence) parallel: 2 all-gathers + 2 reduce-scatters forward, same backward
     act_msg = BYTES * s / c * b * sh.hidden
     bw_tp = comm.group_bw(1, t, g, cl.intra_bw, cl.inter_bw)
@@ -114,11 +135,12 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     kv_chunk = 2 * BYTES * s / c * b * sh.kv_heads * sh.head_dim / t
     bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw)
     cp_time = 3 * (c - 1) * comm.p2p(kv_chunk, bw_cp, lat) * CP_EXPOSED if c > 1 else 0.0
+    fwd = compute / 3
+    compute += sel
     t_layer = compute + 2 * tp_fwd + cp_time
-    fwd = f_layer / rate
     # one more forward (and its TP collectives) per recomputed block: in every block under
     # "full", in the blocks the split chooses under "partial"
-    t_rec_block = f_layer / rate + tp_fwd
+    t_rec_block = fwd + tp_fwd
     rec_layer = t_rec_block if cfg.recompute == "full" else 0.0
     t_layer += rec_layer
     t_recompute = t_rec_block if cfg.recompute == "partial" else 0.0
@@ -145,6 +167,8 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # that are not recomputed are ordinary blocks and keep them (docs/planner.md)
     keep_core = cfg.recompute != "selective"
     a_layer = sh.act_bytes(s, b, t, c, keep_core, w.attention)
+    if fp8:
+        a_layer -= sh.fp8_saved_bytes(s, b, t, c)
     a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute in ("full", "partial") else a_layer
     if cfg.recompute == "full":  # every block keeps only its input
         a_layer = a_ckpt
@@ -163,7 +187,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                         t_dp_per_param=t_dp, t_dp_const=t_dp_c, t_opt_per_param=t_opt, mem_limit=usable,
                         time_parts={"compute": compute, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
                                     "recompute": rec_layer, "zero3_comm": z3_layer, "zero3_const": sum(z3_rank),
-                                    "p2p": p2p, "head": head})
+                                    "p2p": p2p, "head": head}, layer_static_bytes=static_layer)
 
 
 def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int) -> tuple[float, float]:
@@ -262,12 +286,12 @@ def evaluate(co: Coefficients, layers: list[int], recomputed: Optional[list[int]
     opt = co.t_opt_per_param * pmax
     memory = []
     for s in range(p):
-        static = co.bytes_per_param * params[s]
+        static = co.bytes_per_param * params[s] + co.layer_static_bytes * n_r[s]
         act = co.act_mult[s] * ((n_r[s] - r_r[s]) * co.act_layer + r_r[s] * co.act_ckpt) + co.act_rank_const[s]
         z = cfg.zero
         d = cfg.dp
         memory.append({
-            "weights": 2 * params[s] / (d if z >= 3 else 1),
+            "weights": 2 * params[s] / (d if z >= 3 else 1) + co.layer_static_bytes * n_r[s],
             "gradients": 2 * params[s] / (d if z >= 2 else 1),
             "optimizer": 12 * params[s] / (d if z >= 1 else 1),
             "activations": act,

@@ -23,7 +23,12 @@ from llmctl.config.model import ModelConfig
 from llmctl.plan.params import count_parameters
 
 BYTES = 2  # bf16 activations and weights
-ATTENTION_KERNELS = ("flash", "eager")  # fused (SDPA flash / memory-efficient) or materialised scores
+ATTENTION_KERNELS = ("flash", "eager")
+PRECISIONS = ("bf16", "fp8")
+# FP8 delayed scaling (Transformer Engine's DelayedScaling recipe): per FP8 tensor (input,
+# weight, output gradient of each GEMM) an fp32 amax history of 1024 steps, a scale and its inverse
+FP8_AMAX_HISTORY = 1024
+FP8_GEMMS_PER_BLOCK = 4  # QKV, projection, the MLP's first (fused gate+up) and second matrices  # fused (SDPA flash / memory-efficient) or materialised scores
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,33 @@ class LayerShape:
         proj = 2 * s * a * d * h
         mlp = (3 if self.swiglu else 2) * 2 * s * h * f
         return float(qkv + core + proj + mlp)
+
+    def linear_flops(self, s: int) -> float:
+        """Forward FLOPs of one block's linear layers (QKV, projection, MLP): what
+        Transformer Engine runs in FP8 (its Linear / LayerNormLinear / LayerNormMLP)."""
+        return self.layer_flops(s) - self.attention_core_flops(s)
+
+    def linear_params(self) -> int:
+        """Weights of one block's linear layers (the ones FP8 casts): all but norms and biases."""
+        h, a, k, d, f = self.hidden, self.heads, self.kv_heads, self.head_dim, self.ffn
+        return h * (a * d + 2 * k * d) + a * d * h + (3 if self.swiglu else 2) * h * f
+
+    def fp8_saved_bytes(self, s: int, b: int, t: int, c: int) -> float:
+        """Bytes FP8 saves per block per micro-batch: the inputs the FP8 GEMMs keep for their
+        weight gradient are stored in FP8 (1 byte): the QKV and MLP inputs (2sbh -> sbh each),
+        the projection input (2sbad -> sbad) and the second MLP matrix's input (2sbf -> sbf)."""
+        sb = s / c * b
+        return (2 * sb * self.hidden + sb * self.heads * self.head_dim + sb * self.ffn) / t
+
+    def fp8_cast_elements(self, s: int, b: int, t: int, c: int) -> float:
+        """Elements cast to FP8 per block per micro-batch on one GPU: each FP8 GEMM's input in
+        forward (QKV and MLP inputs gathered over the sequence-parallel group, so not /t) and
+        its output gradient in backward."""
+        h, a, k, d, f = self.hidden, self.heads, self.kv_heads, self.head_dim, self.ffn
+        sb = s / c * b
+        fwd = 2 * sb * h + sb * (a * d + f) / t
+        bwd = sb * (a * d + 2 * k * d + (2 if self.swiglu else 1) * f) / t + 2 * sb * h
+        return fwd + bwd
 
     def attention_core_flops(self, s: int) -> float:
         """QK^T and softmax(.)V: the part selective recomputation recomputes."""

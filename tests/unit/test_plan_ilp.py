@@ -44,8 +44,10 @@ def cases(draw, max_layers=8):
     need = 16 * sh.params_total + sh.layers * sh.act_bytes(seq, 1, 1, 1, True)
     mem = 2 + draw(st.sampled_from([0.02, 0.05, 0.1, 0.2, 0.35, 0.6, 1.0, 50.0])) * need / 1e9
     cl = Cluster(nodes=nodes, gpus_per_node=g, memory_gb=mem, peak_flops=1e14, sustained=0.5, hbm_bw=1e12,
-                 intra_bw=draw(st.sampled_from([2e9, 2e10, 3e11])), inter_bw=draw(st.sampled_from([1e8, 1e9, 2.5e10])))
-    return Workload(sh, seq, batch, draw(st.sampled_from(["flash", "eager"]))), cl
+                 intra_bw=draw(st.sampled_from([2e9, 2e10, 3e11])), inter_bw=draw(st.sampled_from([1e8, 1e9, 2.5e10])),
+                 fp8_flops=2e14)
+    return Workload(sh, seq, batch, draw(st.sampled_from(["flash", "eager"])),
+                    draw(st.sampled_from(["bf16", "bf16", "fp8"]))), cl
 
 
 def _check(w, cl, fx):

@@ -219,3 +219,46 @@ def test_zero3_exposure_depends_on_the_compute_that_hides_it():
                    intra_bw=1e15, inter_bw=1e15)
     co = coefficients(w, fast, Config(dp=384, mb=4, zero=3, recompute="full"))
     assert co.time_parts["zero3_comm"] == 0.0
+
+
+def test_fp8_runs_the_linear_layers_at_the_fp8_rate_and_keeps_fp8_copies():
+    """FP8 (Transformer Engine): the linear layers' GEMMs at H100's FP8 rate (1979 vs 989 TFLOP/s
+    dense), attention core and head in bf16; FP8 copies of the linear weights (and transposes) and
+    their scaling state in memory, the GEMM inputs saved for backward in FP8."""
+    from llmctl.plan.cost import Config, coefficients
+
+    model = ModelConfig(name="l70", template="llama", layers=80, hidden=8192, heads=64, kv_heads=8, ffn=28672,
+                        vocab_size=128256, max_seq_len=8192)
+    sh = LayerShape.of(model)
+    cl = h100s(64)
+    cl8 = Cluster(**{**cl.__dict__, "fp8_flops": 1978.9e12})
+    cfg = Config(tp=8, pp=4, dp=2, vpp=1, mb=1, zero=1, recompute="none")
+    bf = coefficients(Workload(sh, 8192, 64, "flash", "bf16"), cl8, cfg)
+    f8 = coefficients(Workload(sh, 8192, 64, "flash", "fp8"), cl8, cfg)
+    lin = sh.linear_flops(8192) / sh.layer_flops(8192)
+    assert 0.8 < lin < 1.0
+    ratio = f8.time_parts["compute"] / bf.time_parts["compute"]
+    # linear share at half the time, the rest unchanged, plus the casts
+    assert (1 - lin) + lin / 2 < ratio < (1 - lin) + lin / 2 + 0.05
+    assert f8.act_layer < bf.act_layer and f8.layer_static_bytes > 2 * sh.linear_params() / 8
+    assert bf.layer_static_bytes == 0.0
+    with pytest.raises(Exception, match="no FP8"):
+        coefficients(Workload(sh, 8192, 64, "flash", "fp8"), a100s(64), cfg)
+
+
+def test_fp8_through_the_cli(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    m = _cli_model(tmp_path, GPT175)
+    args = ["plan", "compute", "--model", m, "--nodes", "8", "--global-batch", "256", "--seq-len", "2048",
+            "--top", "0", "--json"]
+    bf = run_cli(*args, "--site", "slurm-h100-pyxis")
+    f8 = run_cli(*args, "--site", "slurm-h100-pyxis", "--precision", "fp8")
+    assert bf.returncode == 0 and f8.returncode == 0, (bf.stderr, f8.stderr)
+    d8 = json.loads(f8.stdout)
+    assert d8["inputs"]["precision"] == "fp8"
+    assert d8["predicted"]["step_time_s"] < 0.85 * json.loads(bf.stdout)["predicted"]["step_time_s"]
+    a100 = run_cli(*args, "--site", "slurm-a100-ib", "--precision", "fp8")
+    assert a100.returncode == 2 and "no FP8" in a100.stderr and "Traceback" not in a100.stderr
