@@ -1,97 +1,54 @@
-"""Degrees ILP (the master): which (tp, cp, pp, dp) tuple, and with it which schedule
-(virtual stages, micro-batch, recomputation) and ZeRO stage.
+"""Degrees master: which (tp, cp, pp, dp) tuple T, with which schedule S = (vpp,
+micro_batch, recompute) and which ZeRO stage Z, ranked by a lower bound of the step time.
 
-Variables (all per degree tuple T that survived the memory pruning):
-  y[T,S] binary  -- T with schedule S = (vpp, micro_batch, recompute); sum over all = 1
-  z[T,Z] binary  -- T with ZeRO stage Z; sum_Z z[T,Z] = sum_S y[T,S]
-  R[T,S] >= 0    -- blocks recomputed in total (partial recomputation only: 1 <= R <= L - 1)
-  pipe[T,S] >= 0 -- pipeline seconds of a partial-recomputation pair, above both pipeline
-                    bounds with R's time (other pairs put the larger bound in the objective)
-  g[T] >= 0      -- ZeRO-3 parameter gathers (the one Z x S interaction)
+As an ILP the master has one-hot variables y[T,S], z[T,Z] (sum y = 1, sum_Z z[T,Z] =
+sum_S y[T,S]), a continuous R[T,S] (blocks recomputed, partial recomputation only) and
+g[T] (ZeRO-3's exposed gathers), with rows that each involve only the chosen T:
 
-Memory, per (T, S): y[T,S] + z[T,Z] <= 1 where the blocks each pipeline rank can hold
-beside Z's model state do not add up to the model (a necessary condition, exact for
-"none"/"selective"). Divisibility (degrees multiply to the GPU count, dp*pp*micro_batch divides the
-global batch, tp divides the heads, ...) is built into which pairs exist, so no
-row is needed for it. Every coefficient is a lower bound of the exact cost, or a
-necessary memory condition, over all stage splits (llmctl.plan.bounds), so the
-optimum of this ILP bounds every layout from below; llmctl.plan.search costs the
-proposals exactly and cuts them off (y[T,S] + z[T,Z] <= 1) until the bound
-reaches the best exact time. Rows whose big-M is needed are exact for binaries:
-  R[T,S] >= a * sum_Z bpp_Z z[T,Z] + b - M (1 - y[T,S])
-  g[T]   >= sum_S gather_S y[T,S] - gmax (sum_S y[T,S] - z[T,3])
+  memory       static_u[Z] + act_u[S] <= limit,  static_w[Z] + act_w[S] <= limit
+               (two weighted averages of the per-stage memory rows: necessary for any split)
+  no room      y[T,S] + z[T,Z] <= 1 where the blocks each rank can hold beside Z's model
+               state do not add up to the model (exact for none/selective/full)
+  partial      1 <= R <= L - 1,  R >= a_w bpp[Z] + b_w,  R >= a_u bpp[Z] + b_u
+  pipeline     pipe >= pipe_avg[S] + per_rec_avg[S] R,  pipe >= pipe_int[S] + per_rec_int[S] R
+  ZeRO-3       g >= gather[S] when Z = 3
+  objective    time[Z] + pipe + g
+
+Because exactly one (T, S, Z) is chosen and every row is local to it, the ILP's optimum
+is the least, over the feasible triples, of that triple's own optimum, which has a
+closed form (R at its largest lower bound, pipe at the larger of its two rows). So the
+master is solved exactly by computing every triple's bound and sorting (a few
+thousand triples: milliseconds, where branch and bound on the same model took
+0.1-0.3 s per re-solve). llmctl.plan.search costs the triples in that order with the
+stage-split ILP (solvers/stages.py) and stops when the next bound reaches the K-th
+best exact time; every coefficient is a lower bound or a necessary condition over all
+stage splits (llmctl.plan.bounds), so what it returns is the exact optimum.
 """
 
+TOL = 1e-9  # relative slack on the memory rows (the exact rows are checked by the sub)
 
-def build(pulp, tuples, mem_limit_gb, layers):
-    """Return (problem, y, z): y[i][j] / z[i][k] are the pair variables of tuples[i].
 
-    A partial-recomputation schedule recomputes at least one block and leaves at least
-    one alone (y <= R <= (L - 1) y): with none it is "none" with more memory, with all
-    of them it is "full".
-    """
-    prob = pulp.LpProblem("degrees", pulp.LpMinimize)
-    aff = pulp.LpAffineExpression
-    y, z = [], []
-    mem_u, mem_w, one, objective = [], [], [], []
+def candidates(tuples, mem_limit_gb, layers):
+    """Feasible triples as (bound seconds, i, j, k), least bound first: tuples[i] with its
+    schedules[j] and zeros[k]."""
+    out = []
+    lim = mem_limit_gb * (1 + TOL)
     for i, tb in enumerate(tuples):
-        ys = [prob.add_variable(f"y{i}_{j}", cat="Binary") for j in range(len(tb.schedules))]
-        zs = [prob.add_variable(f"z{i}_{k}", cat="Binary") for k in range(len(tb.zeros))]
-        y.append(ys)
-        z.append(zs)
-        one.extend((v, 1.0) for v in ys)
-        prob += aff([(v, 1.0) for v in ys] + [(v, -1.0) for v in zs]) == 0, f"zero_of_{i}"
-        bpp = [(v, zb.bytes_per_param) for v, zb in zip(zs, tb.zeros)]
-        # the memory rows again per tuple (right-hand side times "T chosen"): the global rows
-        # alone let the LP relaxation average a frugal tuple with a fast one
-        for tag, st, ac in (("u", "static_u", "act_u"), ("w", "static_w", "act_w")):
-            prob += (aff([(v, getattr(zb, st)) for v, zb in zip(zs, tb.zeros)]
-                         + [(v, getattr(sb, ac) - mem_limit_gb) for v, sb in zip(ys, tb.schedules)])
-                     <= 0), f"memory_{tag}_{i}"
-        for v, zb in zip(zs, tb.zeros):
-            objective.append((v, zb.time))
-            mem_u.append((v, zb.static_u))
-            mem_w.append((v, zb.static_w))
-        for j, (v, sb) in enumerate(zip(ys, tb.schedules)):
-            mem_u.append((v, sb.act_u))
-            mem_w.append((v, sb.act_w))
-            for x, zb in zip(zs, tb.zeros):  # no split of S fits beside this ZeRO stage's state
-                if zb.zero in sb.bad_zeros:
-                    prob += aff([(v, 1.0), (x, 1.0)]) <= 1, f"no_room_{i}_{j}_{zb.zero}"
-            if sb.recompute != "partial":
-                objective.append((v, max(sb.pipe_avg, sb.pipe_int)))
-            else:
-                r = prob.add_variable(f"R{i}_{j}", lowBound=0, upBound=layers)
-                pipe = prob.add_variable(f"pipe{i}_{j}", lowBound=0)
-                objective.append((pipe, 1.0))
-                prob += aff([(pipe, 1.0), (v, -sb.pipe_avg), (r, -sb.per_rec_avg)]) >= 0, f"pipe_avg_{i}_{j}"
-                prob += aff([(pipe, 1.0), (v, -sb.pipe_int), (r, -sb.per_rec_int)]) >= 0, f"pipe_int_{i}_{j}"
-                prob += aff([(r, 1.0), (v, -float(layers - 1))]) <= 0, f"R_only_if_{i}_{j}"
-                prob += aff([(r, 1.0), (v, -1.0)]) >= 0, f"R_some_{i}_{j}"
-                bmax = max(b for _, b in bpp)
-                for tag, (a, b) in (("w", sb.rec_w), ("u", sb.rec_u)):
-                    big_m = a * bmax + b
-                    if big_m > 0:  # the row can bind for some ZeRO stage
-                        prob += (aff([(r, 1.0), (v, -big_m)] + [(x, -a * c) for x, c in bpp])
-                                 >= b - big_m), f"R_{tag}_{i}_{j}"
-        three = [v for v, zb in zip(zs, tb.zeros) if zb.zero == 3]
-        gmax = max((sb.zero3_gather for sb in tb.schedules), default=0.0)
-        if three and gmax > 0:
-            g = prob.add_variable(f"g{i}", lowBound=0)
-            objective.append((g, 1.0))
-            prob += (aff([(g, 1.0), (three[0], -gmax)] + [(v, gmax - sb.zero3_gather)
-                                                          for v, sb in zip(ys, tb.schedules)])
-                     >= 0), f"gathers_{i}"
-    prob += aff(one) == 1, "one_layout"
-    prob += aff(mem_u) <= mem_limit_gb, "memory_uniform"
-    prob += aff(mem_w) <= mem_limit_gb, "memory_inflight_weighted"
-    # scaled so the optimum is about 1e3 (see stages.py); llmctl.plan.search divides it back
-    scale = objective_scale(tuples)  # once: it scans every schedule of every tuple
-    prob += aff([(v, c * scale) for v, c in objective])
-    return prob, y, z
-
-
-def objective_scale(tuples):
-    """Factor from seconds to the master's objective units (the fastest pipeline bound ~ 1e3)."""
-    least = min(max(sb.pipe_avg, sb.pipe_int) for tb in tuples for sb in tb.schedules)
-    return 1e3 / max(least, 1e-12)
+        for j, sb in enumerate(tb.schedules):
+            partial = sb.recompute == "partial"
+            plain = max(sb.pipe_avg, sb.pipe_int)
+            for k, zb in enumerate(tb.zeros):
+                if zb.zero in sb.bad_zeros or zb.static_u + sb.act_u > lim or zb.static_w + sb.act_w > lim:
+                    continue
+                if partial:
+                    bpp = zb.bytes_per_param
+                    r = max(1.0, sb.rec_w[0] * bpp + sb.rec_w[1], sb.rec_u[0] * bpp + sb.rec_u[1])
+                    if r > layers - 1 + 1e-9:
+                        continue
+                    pipe = max(sb.pipe_avg + sb.per_rec_avg * r, sb.pipe_int + sb.per_rec_int * r)
+                else:
+                    pipe = plain
+                gather = sb.zero3_gather if zb.zero == 3 else 0.0
+                out.append((zb.time + pipe + gather, i, j, k))
+    out.sort()
+    return out

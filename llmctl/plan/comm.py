@@ -34,9 +34,11 @@ def group_bw(stride: int, size: int, gpus_per_node: int, intra: float, inter: fl
     """Bandwidth of a ring whose members are `stride` ranks apart.
 
     Ranks are numbered node by node (tp fastest, then cp, dp, pp: Megatron's order),
-    so a group stays inside one node iff stride * size <= GPUs per node; otherwise
-    its ring crosses the network and the slowest link bounds it.
+    so every group stays inside one node iff stride * size divides the GPUs per node
+    (3 ranks of an 8-GPU node would straddle two nodes); otherwise its ring crosses
+    the network and the slowest link bounds it.
     """
     if size <= 1:
         return intra
-    return intra if stride * size <= gpus_per_node else inter
+    span = stride * size
+    return intra if span <= gpus_per_node and gpus_per_node % span == 0 else inter

@@ -104,7 +104,7 @@ def degree_tuples(w: Workload, cl: Cluster, fx: Fixed) -> tuple[list, dict[str, 
     divs = divisors(N)
     doms = {
         "tp": _pick([t for t in divs if sh.heads % t == 0 and sh.kv_heads % t == 0
-                     and (fx.tp_across_nodes or t <= cl.gpus_per_node)], fx.tp),
+                     and (fx.tp_across_nodes or cl.gpus_per_node % t == 0)], fx.tp),
         "cp": _pick([c for c in divs if w.seq_len % c == 0 and (c == 1 or w.seq_len // c >= MIN_CP_TOKENS)],
                     fx.cp),
         "pp": _pick([p for p in divs if p <= sh.layers], fx.pp),
@@ -231,35 +231,6 @@ class Solver:
             prob.solve(self.solver)
         return self._status(prob)
 
-    def cut_and_resolve(self, prob, variables, name: str, cutoff: Optional[float] = None) -> str:
-        """Add sum(variables) <= len-1 and solve again.
-
-        With HiGHS the model PuLP built stays loaded and only the new row is passed
-        (rebuilding the master for every cut would dominate the solve time).
-        `cutoff` (objective units): layouts whose bound is not below it cannot beat the
-        plans already found, so HiGHS may prune them (its `objective_bound`); what it
-        then reports is either a better bound, or an objective at or above the
-        cutoff, or infeasible — each of which ends the caller's loop correctly.
-        """
-        pulp = self.pulp
-        rhs = len(variables) - 1
-        if self.name == "HiGHS" and getattr(prob, "solverModel", None) is not None:
-            import highspy
-
-            prob += pulp.lpSum(variables) <= rhs, name  # keep the PuLP model in step
-            h = prob.solverModel
-            h.addRow(-highspy.kHighsInf, rhs, len(variables), [v.index for v in variables], [1.0] * len(variables))
-            prob.get_constraint_by_name(name).index = h.getNumRow() - 1
-            if cutoff is not None:
-                h.setOptionValue("objective_bound", float(cutoff))
-            with _quiet():
-                h.run()
-            status, sol_status = self.solver.findSolutionValues(prob)
-            prob.assignStatus(status, sol_status)
-            return self._status(prob)
-        prob += pulp.lpSum(variables) <= rhs, name
-        return self.solve(prob)
-
     def _status(self, prob) -> str:
         pulp = self.pulp
         if prob.sol_status == pulp.LpSolutionOptimal and prob.status == pulp.LpStatusOptimal:
@@ -304,7 +275,6 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
     """Best `1 + top` layouts by exact step time (fewer when fewer fit)."""
     t0 = time.perf_counter()
     solver = Solver(time_limit)
-    pulp = solver.pulp
     tuples, doms = degree_tuples(w, cl, fx)
     empty = [n for n, key in (("tp/cp", "tp"), ("tp/cp", "cp"), ("pp/vpp/micro_batch", "pp"), ("dp/zero", "dp"))
              if not doms[key]]
@@ -316,32 +286,25 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
                              "pairs": sum(len(tb.schedules) + len(tb.zeros) for tb in bounds)}
     if not bounds:  # no tuple passes the necessary memory conditions (or none divides)
         return SearchOutcome([], solver.name, "infeasible", time.perf_counter() - t0, 0, 0, 0, False, stats)
-    prob, ys, zs = formulation("degrees").build(pulp, bounds, limit, w.shape.layers)
-    scale = formulation("degrees").objective_scale(bounds)
-    nvars, ncons = len(prob.variables()), prob.numConstraints()
+    ranked = formulation("degrees").candidates(bounds, limit, w.shape.layers)
+    nvars = stats["pairs"]
+    ncons = len(ranked)
+    stats["triples"] = ncons
     stats["setup_s"] = time.perf_counter() - t0
     want = 1 + top
     found: list[Result] = []
     it = 0
-    master_feasible = False
     status = "optimal"
-    cut = None
-    while it < max_iterations:
+    for bound, i, j, k in ranked:
+        if it >= max_iterations:
+            break
         if time.perf_counter() - t0 > time_limit:
             status = "time limit"
             break
-        it += 1
-        # once `want` plans are known, only a master bound below the last of them matters
-        cutoff = found[want - 1].evaluation.step_time * scale if len(found) >= want else None
-        st = solver.solve(prob) if cut is None else solver.cut_and_resolve(prob, cut, f"cut_{it}", cutoff)
-        if st != "optimal":
-            break
-        master_feasible = True
-        bound = pulp.value(prob.objective) / scale
+        # no layout left can beat the `want` best found: its bound is already above the last
         if len(found) >= want and bound >= found[want - 1].evaluation.step_time * (1 - 1e-9):
             break
-        i, j, k = _chosen(ys, zs)
-        cut = [ys[i][j], zs[i][k]]
+        it += 1
         tb, sb, zb = bounds[i], bounds[i].schedules[j], bounds[i].zeros[k]
         res = solve_stages(solver, w, cl, Config(tp=tb.tp, cp=tb.cp, pp=tb.pp, dp=tb.dp, vpp=sb.vpp, mb=sb.mb,
                                                  zero=zb.zero, recompute=sb.recompute))
@@ -350,12 +313,4 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
             found.sort(key=lambda x: x.evaluation.step_time)
     stats["iterations"] = it
     return SearchOutcome(found[:want], solver.name, status if found else "infeasible",
-                         time.perf_counter() - t0, nvars, ncons, it, master_feasible, stats)
-
-
-def _chosen(ys, zs) -> tuple[int, int, int]:
-    for i, row in enumerate(ys):
-        for j, v in enumerate(row):
-            if v.varValue > 0.5:
-                return i, j, next(k for k, x in enumerate(zs[i]) if x.varValue > 0.5)
-    raise AssertionError("the master's solution selects no layout")
+                         time.perf_counter() - t0, nvars, ncons, it, bool(ranked), stats)

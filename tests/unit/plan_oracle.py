@@ -32,7 +32,7 @@ def best(w, cl, fixed=None, max_vpp=4, max_mb=16, min_cp_tokens=4096):
         if N % (tp * cp * pp):
             continue
         dp = N // (tp * cp * pp)
-        if sh.heads % tp or sh.kv_heads % tp or tp > cl.gpus_per_node or pp > sh.layers:
+        if sh.heads % tp or sh.kv_heads % tp or cl.gpus_per_node % tp or pp > sh.layers:
             continue
         if cp > 1 and (w.seq_len % cp or w.seq_len // cp < min_cp_tokens):
             continue

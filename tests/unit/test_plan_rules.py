@@ -262,3 +262,13 @@ def test_fp8_through_the_cli(tmp_path):
     assert d8["predicted"]["step_time_s"] < 0.85 * json.loads(bf.stdout)["predicted"]["step_time_s"]
     a100 = run_cli(*args, "--site", "slurm-a100-ib", "--precision", "fp8")
     assert a100.returncode == 2 and "no FP8" in a100.stderr and "Traceback" not in a100.stderr
+
+
+def test_groups_that_do_not_divide_a_node_straddle_two():
+    """tp 3 on 8-GPU nodes puts ranks 6, 7, 8 in one group, across two nodes: not intra-node."""
+    from llmctl.plan import comm
+    from llmctl.plan.search import degree_tuples
+
+    assert comm.group_bw(1, 3, 8, 100.0, 1.0) == 1.0 and comm.group_bw(1, 4, 8, 100.0, 1.0) == 100.0
+    tuples, _ = degree_tuples(Workload(LayerShape.of(GPT175), 2048, 1536), a100s(384), Fixed())
+    assert {t for t, *_ in tuples} == {1, 2, 4, 8}
