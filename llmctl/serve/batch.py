@@ -6,6 +6,8 @@ In: one request a line, `{"custom_id", "method": "POST", "url":
 appended and flushed as each request finishes, in finishing order. On a rerun
 (a requeued or resubmitted job) the custom_ids already in the output are
 skipped; a torn last line (the job was killed mid-write) is cut off first.
+A request that fails (a bad body, or alone in the engine) gets an error line;
+the others still run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import uuid
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
+from llmctl.serve.protocol import ApiError
+from llmctl.serve.validate import parse_json
 
 URLS = {"/v1/completions": False, "/v1/chat/completions": True}
 IN_FLIGHT = 256  # requests handed to the engine at once
@@ -25,30 +29,33 @@ def read_requests(path: Path) -> list[dict]:
     if not path.is_file():
         raise LlmctlError(f"{path}: input file not found")
     out, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                req = json.loads(line)
-            except ValueError as e:
-                raise LlmctlError(f"{where}: not valid JSON: {e}") from None
-            if not isinstance(req, dict):
-                raise LlmctlError(f"{where}: a line must be a JSON object")
-            cid = req.get("custom_id")
-            if not isinstance(cid, str) or not cid:
-                raise LlmctlError(f"{where}: custom_id: missing or not a string")
-            if cid in seen:
-                raise LlmctlError(f"{where}: custom_id: {cid!r} appears twice")
-            seen.add(cid)
-            if req.get("method", "POST") != "POST":
-                raise LlmctlError(f"{where}: method: must be POST")
-            if req.get("url") not in URLS:
-                raise LlmctlError(f"{where}: url: {req.get('url')!r} is not one of {', '.join(URLS)}")
-            if not isinstance(req.get("body"), dict):
-                raise LlmctlError(f"{where}: body: must be an object")
-            out.append(req)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LlmctlError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may be in a string
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            req = parse_json(line)
+        except ApiError as e:
+            raise LlmctlError(f"{where}: {e.message}") from None
+        if not isinstance(req, dict):
+            raise LlmctlError(f"{where}: a line must be a JSON object")
+        cid = req.get("custom_id")
+        if not isinstance(cid, str) or not cid:
+            raise LlmctlError(f"{where}: custom_id: missing or not a string")
+        if cid in seen:
+            raise LlmctlError(f"{where}: custom_id: {cid!r} appears twice")
+        seen.add(cid)
+        if req.get("method", "POST") != "POST":
+            raise LlmctlError(f"{where}: method: must be POST")
+        if not isinstance(req.get("url"), str) or req["url"] not in URLS:
+            raise LlmctlError(f"{where}: url: {req.get('url')!r} is not one of {', '.join(URLS)}")
+        if not isinstance(req.get("body"), dict):
+            raise LlmctlError(f"{where}: body: must be an object")
+        out.append(req)
     return out
 
 
@@ -70,7 +77,9 @@ def answered(path: Path) -> set[str]:
 
 def run_batch(engine, model_name: str, input_path: str, output_path: str, settings) -> dict[str, int]:
     from llmctl.serve import protocol as P
+    from llmctl.serve import testhooks
     from llmctl.serve.sequence import Sequence
+    from llmctl.serve.validate import check_tree
 
     inp, outp = Path(input_path), Path(output_path)
     reqs = read_requests(inp)
@@ -98,7 +107,9 @@ def run_batch(engine, model_name: str, input_path: str, output_path: str, settin
                     break
                 chat = URLS[req["url"]]
                 try:
-                    params = P.sampling_params(req["body"], settings.max_tokens_limit, chat)
+                    check_tree(req["body"])
+                    params = P.sampling_params(req["body"], settings.max_tokens_limit, chat,
+                                               testhooks.enabled())
                     ids = P.prompt_ids(req["body"], chat, engine.tokenizer, settings.max_prompt_tokens,
                                        engine.cfg.vocab_size)
                     seq = Sequence(ids, params)
@@ -115,5 +126,8 @@ def run_batch(engine, model_name: str, input_path: str, output_path: str, settin
             for seq in engine.step():
                 if seq.finished and seq.seq_id in inflight:
                     _, req, chat = inflight.pop(seq.seq_id)
-                    write(req, body=P.response(seq, P.new_id(chat), model_name, chat, engine.tokenizer))
+                    if seq.finish_reason == "error":
+                        write(req, error={"code": "server_error", "message": f"generation failed: {seq.error}"})
+                    else:
+                        write(req, body=P.response(seq, P.new_id(chat), model_name, chat, engine.tokenizer))
     return counts

@@ -246,6 +246,7 @@ class Router:
             if fields["new_ids"]:
                 seq.first_token_at = seq.first_token_at or now
                 seq.last_token_at = now
+            seq.error = fields["error"]
             seq.finish_reason = fields["finish_reason"]
             loop.call_soon_threadsafe(q.put_nowait, seq)
         if new_tokens:
@@ -323,7 +324,7 @@ def replica_loop(comm, settings, artifact) -> None:
             updates.append((sid, {
                 "new_ids": s.output_ids[n_ids:], "new_logprobs": s.output_logprobs[n_lp:],
                 "prompt_logprobs": dict(s.prompt_logprobs) if len(s.prompt_logprobs) != n_plp else None,
-                "text": s.text, "finish_reason": s.finish_reason}))
+                "text": s.text, "finish_reason": s.finish_reason, "error": s.error}))
             sent[sid] = (len(s.output_ids), len(s.output_logprobs), len(s.prompt_logprobs))
             if s.finished:
                 del seqs[sid], sent[sid], sid_of[s.seq_id]

@@ -6,6 +6,15 @@ sequence whose chunk reached the end of what it knows, applies the stop rules
 blocks. It is single-threaded by design: the HTTP server runs it in one thread
 and talks to it through `submit`/`abort`, which only enqueue.
 
+A failure belongs to one request where it can: an exception while admitting a
+sequence or handling its sampled token fails that sequence alone (finish reason
+"error", `seq.error` says why, its KV blocks freed); a forward pass that raises
+is re-run one chunk at a time, so only the chunks that fail alone fail. Only
+when the engine cannot be shown to work afterwards (the scheduler raised, every
+chunk and then a one-token probe failed, or a tensor-parallel step broke the
+ranks' lockstep) does `step` raise `EngineFailure`: its state is unknown and the
+caller must not step it again.
+
     engine = Engine.from_artifact(load_artifact("artifacts/tiny"), scheduler="vllm-like")
     outs = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=8, temperature=0))
 """
@@ -18,6 +27,10 @@ import time
 from typing import Optional
 
 from llmctl.serve.sequence import SamplingParams, Sequence
+
+
+class EngineFailure(RuntimeError):
+    """The engine's state is unknown: fail what it holds and build a new one."""
 
 
 class Engine:
@@ -45,7 +58,8 @@ class Engine:
         self.running: list[Sequence] = []
         self.inbox: queue.Queue = queue.Queue()
         self.stats = {"generated_tokens": 0, "prompt_tokens": 0, "steps": 0, "preemptions": 0,
-                      "finished": 0}
+                      "finished": 0, "failed": 0}
+        self._failed: list[Sequence] = []  # failed outside a step's batch (admission): reported by step
 
     @classmethod
     def from_artifact(cls, art, **kw) -> "Engine":
@@ -89,7 +103,10 @@ class Engine:
             except queue.Empty:
                 return
             if op == "add":
-                self.add(seq)
+                try:
+                    self.add(seq)
+                except Exception as e:  # this request's settings, not the engine
+                    self.fail(seq, e)
             elif not seq.finished:
                 self._finish(seq, "abort")
 
@@ -113,47 +130,109 @@ class Engine:
             self.waiting.remove(seq)
         self.stats["finished"] += 1
 
+    def fail(self, seq: Sequence, error: BaseException) -> None:
+        """End `seq` alone with an error; the engine carries on."""
+        seq.error = f"{type(error).__name__}: {error}"
+        self._finish(seq, "error")
+        self.stats["failed"] += 1
+        self._failed.append(seq)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or not self.inbox.empty())
 
     # --- one step ----------------------------------------------------------------------
     def step(self) -> list[Sequence]:
-        """Run one batch; returns the sequences that got a token or finished."""
+        """Run one batch; returns the sequences that got a token or finished (failed included)."""
         import torch
 
-        from llmctl.serve.sampling import sample
-
         self._drain_inbox()
-        chunks = self.scheduler.schedule(self)
+        try:
+            chunks = self.scheduler.schedule(self)
+        except Exception as e:
+            raise EngineFailure(f"the scheduler failed: {type(e).__name__}: {e}") from e
+        if chunks:
+            try:
+                with torch.inference_mode():
+                    logits = self.runner.forward(chunks)
+            except Exception as e:
+                logits, chunks = self._isolate(chunks, e)
+        touched, self._failed = self._failed, []
         if not chunks:
-            return []
-        with torch.inference_mode():
-            logits = self.runner.forward(chunks)
+            return touched
         self.stats["steps"] += 1
-        touched = []
         now = time.monotonic()
         greedy = logits.argmax(dim=-1).tolist()  # one call for the batch, not one per row
         for (seq, n), row, best in zip(chunks, logits, greedy):
             if seq.finished:
                 continue
-            seq.num_computed += n
-            if seq.remaining > 0:  # a prompt chunk that did not reach the end: no sample yet
-                continue
-            if seq.params.max_tokens == 0:  # echo only: the prompt is scored, nothing to generate
-                self._finish(seq, "length")
-                touched.append(seq)
-                continue
-            tok = best if seq.params.temperature <= 0 else sample(row, seq.params, seq.generator)
-            seq.output_ids.append(tok)
-            if seq.params.logprobs is not None:
-                seq.output_logprobs.append(_logprob_of(row, tok, seq.params.logprobs))
-            self.stats["generated_tokens"] += 1
-            seq.first_token_at = seq.first_token_at or now
-            seq.last_token_at = now
-            self._apply_stops(seq, tok)
-            touched.append(seq)
-        return touched
+            try:
+                if self._advance(seq, n, row, best, now):
+                    touched.append(seq)
+            except Exception as e:
+                self.fail(seq, e)
+        failed, self._failed = self._failed, []
+        return touched + failed
+
+    def _advance(self, seq: Sequence, n: int, row, best: int, now: float) -> bool:
+        """`seq`'s share of a step: n more tokens computed, then (at the end of what it
+        knows) a sampled token and the stop rules. True when it got a token or finished."""
+        from llmctl.serve.sampling import sample
+
+        seq.num_computed += n
+        if seq.remaining > 0:  # a prompt chunk that did not reach the end: no sample yet
+            return False
+        if seq.params.max_tokens == 0:  # echo only: the prompt is scored, nothing to generate
+            self._finish(seq, "length")
+            return True
+        tok = best if seq.params.temperature <= 0 else sample(row, seq.params, seq.generator)
+        seq.output_ids.append(tok)
+        if seq.params.logprobs is not None:
+            seq.output_logprobs.append(_logprob_of(row, tok, seq.params.logprobs))
+        self.stats["generated_tokens"] += 1
+        seq.first_token_at = seq.first_token_at or now
+        seq.last_token_at = now
+        self._apply_stops(seq, tok)
+        return True
+
+    def _isolate(self, chunks, error: Exception):
+        """The batch's forward pass raised: run each chunk alone and fail the requests
+        whose chunk fails alone; (logits, chunks) of the others. Re-running is safe on
+        one rank: a chunk's K/V slots lie past what its sequence has computed and are
+        written again. Under tensor parallelism the workers ran part of the failed step,
+        so the ranks are out of step: nothing is safe."""
+        import torch
+
+        why = f"{type(error).__name__}: {error}"
+        if getattr(self, "mpi_leader", None) is not None:
+            raise EngineFailure(f"a tensor-parallel step failed: {why}") from error
+        rows, kept = [], []
+        for chunk in chunks:
+            try:
+                with torch.inference_mode():
+                    rows.append(self.runner.forward([chunk])[0])
+                kept.append(chunk)
+            except Exception as e:
+                self.fail(chunk[0], e)
+        if not kept and not self._probe():
+            raise EngineFailure(f"the model fails even on a one-token probe after: {why}") from error
+        return (torch.stack(rows) if rows else None), kept
+
+    def _probe(self) -> bool:
+        """Can the engine still run a forward pass? One token in one free block."""
+        import torch
+
+        probe = Sequence([0], SamplingParams(max_tokens=1))
+        if not self.cache.reserve(probe, 1):
+            return False
+        try:
+            with torch.inference_mode():
+                self.runner.forward([(probe, 1)])
+            return True
+        except Exception:
+            return False
+        finally:
+            self.cache.release(probe)
 
     def _apply_stops(self, seq: Sequence, tok: int) -> None:
         p = seq.params

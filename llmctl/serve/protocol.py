@@ -7,11 +7,14 @@ exactly what `POST /v1/completions` would. Errors follow OpenAI's shape
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any, Optional
 
 from llmctl.serve.sequence import SamplingParams
+
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1
 
 
 class ApiError(Exception):
@@ -32,13 +35,41 @@ def _num(body, key, default, kind, lo=None, hi=None):
         raise ApiError(400, f"{key} must be an integer", key)
     if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
         raise ApiError(400, f"{key} must be a number", key)
+    # NaN passes every comparison below: it must be refused by name.
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ApiError(400, f"{key} must be a finite number, got {v}", key)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ApiError(400, f"{key} must be between {lo} and {hi}, got {v}", key)
+        shown = v if not isinstance(v, int) or abs(v) < 10**20 else f"an integer of {len(str(v))} digits"
+        raise ApiError(400, f"{key} must be between {lo} and {hi}, got {shown}", key)
     return kind(v)
 
 
-def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False) -> SamplingParams:
-    stop = body.get("stop") or []
+def _flag(body, key) -> bool:
+    v = body.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise ApiError(400, f"{key} must be true or false", key)
+    return v
+
+
+def _optional(body, key, kinds, what: str) -> None:
+    """A field we accept and ignore must still have its type (a client bug shows)."""
+    v = body.get(key)
+    if v is not None and not isinstance(v, kinds):
+        raise ApiError(400, f"{key} must be {what}", key)
+
+
+TEST_HOOKS = ("hold", "fail-step", "fail-forward", "fail-engine")
+
+
+def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False,
+                    test_hooks: bool = False) -> SamplingParams:
+    """The request's SamplingParams, every field checked for type and range (400 otherwise).
+    `test_hooks` (LLMCTL_SERVE_TEST_HOOKS=1 only): honour `llmctl_test` (llmctl.serve.testhooks)."""
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
     if isinstance(stop, str):
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
@@ -46,26 +77,47 @@ def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False) -> Sa
     if _num(body, "n", 1, int, 1, 1) != 1:
         raise ApiError(400, "only n=1 is supported", "n")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, "seed must be an integer", "seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ApiError(400, "seed must be an integer", "seed")
+        if not SEED_MIN <= seed <= SEED_MAX:  # what torch.Generator.manual_seed takes
+            raise ApiError(400, "seed must be an integer from -2**63 to 2**64-1", "seed")
+        seed %= 1 << 64  # a negative seed is its two's complement, as torch reads it
+    stream = _flag(body, "stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise ApiError(400, "stream_options must be an object", "stream_options")
+    _flag(opts or {}, "include_usage")
+    _optional(body, "model", (str,), "a string")
+    _optional(body, "user", (str,), "a string")
+    _optional(body, "logit_bias", (dict,), "an object")
+    for key in ("presence_penalty", "frequency_penalty"):  # accepted, not applied
+        _num(body, key, 0.0, float, -2.0, 2.0)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     logprobs, echo = None, False
     if not chat:  # legacy completions: logprobs is a count (OpenAI allows at most 5)
         if body.get("logprobs") is not None:
             logprobs = _num(body, "logprobs", 0, int, 0, 5)
-        echo = body.get("echo", False)
-        if not isinstance(echo, bool):
-            raise ApiError(400, "echo must be a boolean", "echo")
-        if body.get("stream") and (echo or logprobs is not None):
+        echo = _flag(body, "echo")
+        _optional(body, "suffix", (str,), "a string")
+        if _num(body, "best_of", 1, int, 1, 1) != 1:
+            raise ApiError(400, "only best_of=1 is supported", "best_of")
+        if stream and (echo or logprobs is not None):
             raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
+    else:  # chat: logprobs is a flag, top_logprobs a count; neither is returned yet
+        _flag(body, "logprobs")
+        _num(body, "top_logprobs", 0, int, 0, 20)
     # max_tokens 0 only makes sense to score the prompt (echo), as lm-evaluation-harness does.
     max_tokens = _num(body, key, 16, int, 0 if echo else 1, max_tokens_limit)
+    hook = body.get("llmctl_test") if test_hooks else None
+    if hook is not None and hook not in TEST_HOOKS:
+        raise ApiError(400, f"llmctl_test must be one of {', '.join(TEST_HOOKS)}", "llmctl_test")
     return SamplingParams(
         max_tokens=max_tokens, logprobs=logprobs, echo=echo,
         temperature=_num(body, "temperature", 1.0, float, 0.0, 2.0),
         top_p=_num(body, "top_p", 1.0, float, 0.0, 1.0) or 1e-9,
         top_k=_num(body, "top_k", 0, int, 0, None), seed=seed, stop=stop,
-        ignore_eos=bool(body.get("ignore_eos", False)))
+        ignore_eos=_flag(body, "ignore_eos"), test_hook=hook)
 
 
 def prompt_text(body: dict, chat: bool) -> str:
@@ -81,8 +133,8 @@ def prompt_text(body: dict, chat: bool) -> str:
                 raise ApiError(400, f"messages[{i}].role must be system, user, assistant or developer",
                                f"messages[{i}].role")
             content = m.get("content")
-            if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if isinstance(content, list):  # content parts: text only
+                content = "".join(_text_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(content))
             if not isinstance(content, str):
                 raise ApiError(400, f"messages[{i}].content must be a string", f"messages[{i}].content")
             clean.append({"role": m["role"], "content": content})
@@ -93,6 +145,13 @@ def prompt_text(body: dict, chat: bool) -> str:
     if not isinstance(p, str):
         raise ApiError(400, "prompt must be a string or a list of token ids", "prompt")
     return p
+
+
+def _text_part(p, where: str) -> str:
+    if not isinstance(p, dict) or p.get("type", "text") != "text" or not isinstance(p.get("text"), str):
+        raise ApiError(400, f"{where} must be {{\"type\": \"text\", \"text\": \"...\"}} "
+                            "(only text content is supported)", where)
+    return p["text"]
 
 
 def prompt_ids(body: dict, chat: bool, tokenizer, max_prompt_tokens: int, vocab_size: int) -> list[int]:

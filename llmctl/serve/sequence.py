@@ -24,6 +24,8 @@ class SamplingParams:
     # (None: no logprobs at all); `echo` = also score and return the prompt.
     logprobs: Optional[int] = None
     echo: bool = False
+    # Only with LLMCTL_SERVE_TEST_HOOKS=1: a fault or a hold for this request (llmctl.serve.testhooks).
+    test_hook: Optional[str] = None
 
 
 class Sequence:
@@ -41,6 +43,7 @@ class Sequence:
         self.first_token_at: Optional[float] = None
         self.last_token_at: Optional[float] = None
         self.finish_reason: Optional[str] = None
+        self.error: Optional[str] = None  # why, when finish_reason is "error"
         self._text = ""         # detokenised output (stop sequences cut): see `text`
         self._text_len = 0      # how many output ids `_text` reflects
         self._text_lock = threading.Lock()

@@ -5,6 +5,11 @@ server-sent events with `stream: true`), GET /v1/models, /health, /metrics
 (Prometheus text). A request is refused with 429 + Retry-After when `max_queue`
 requests already wait, so overload is an answer, not a timeout; a client that
 disconnects aborts its sequence, which frees its KV blocks at the next step.
+
+Every error, whatever raised it (a refused body, an unknown route or method, a
+bug), is JSON in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+A body is checked whole (llmctl.serve.validate) and field by field
+(llmctl.serve.protocol) before the engine sees it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import time
 from typing import Optional
 
+from llmctl.serve.httpconn import Timeouts
 from llmctl.serve.protocol import ApiError
 
 MAX_BODY = 1 << 20  # bytes of one request body
@@ -43,16 +49,27 @@ class Histogram:
         return out
 
 
+class ClientGone(Exception):
+    """The client hung up while its request ran."""
+
+
 class ServerState:
-    def __init__(self, worker, model_name: str, settings, api_key: Optional[str]):
+    def __init__(self, worker, model_name: str, settings, api_key: Optional[str], test_hooks: bool = False,
+                 timeouts: Optional[Timeouts] = None):
         self.worker, self.engine, self.model_name = worker, worker.engine, model_name
-        self.settings, self.api_key = settings, api_key
+        self.settings, self.api_key, self.test_hooks = settings, api_key, test_hooks
+        self.timeouts = timeouts or Timeouts()
+        self.restarter = None  # llmctl.serve.restart, on one rank
         self.rejected = 0
         self.ttft = Histogram("llmctl_time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
         self.itl = Histogram("llmctl_inter_token_latency_seconds", "Time between output tokens.", ITL_BUCKETS)
 
     def waiting(self) -> int:
         return len(self.engine.waiting) + self.engine.inbox.qsize()
+
+    def swap(self, worker) -> None:
+        """A restarted engine takes over (llmctl.serve.restart)."""
+        self.worker, self.engine = worker, worker.engine
 
 
 def build_app(state: ServerState, on_shutdown=()):
@@ -61,35 +78,46 @@ def build_app(state: ServerState, on_shutdown=()):
     import contextlib
 
     from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.routing import Route
 
-    def err(e: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if e.status in (429, 503) else None
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+    from llmctl.serve import validate
+
+    def err(e: ApiError, headers: Optional[dict] = None) -> JSONResponse:
+        headers = dict(headers or {})
+        if e.status in (429, 503):
+            headers["Retry-After"] = "1"
+        if e.status == 408:  # the body may still be arriving: this connection is done
+            headers["Connection"] = "close"
+        return JSONResponse(e.body(), status_code=e.status, headers=headers or None)
 
     def authorise(request: Request) -> None:
         if state.api_key is None:
             return
-        got = request.headers.get("authorization", "")
-        if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), state.api_key.encode())):
+        # RFC 7235: the scheme is case-insensitive ("bearer", "BEARER"); spaces may repeat.
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        if not (scheme.lower() == "bearer"
+                and hmac.compare_digest(token.strip().encode(), state.api_key.encode())):
             raise ApiError(401, "invalid or missing API key", type_="authentication_error",
                            code="invalid_api_key")
 
     async def read_body(request: Request) -> dict:
         size = request.headers.get("content-length")
-        if size and int(size) > MAX_BODY:
+        if size and size.isdigit() and int(size) > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
-        raw = await request.body()
+        try:  # a client that trickles its body must not hold a connection forever
+            raw = await asyncio.wait_for(request.body(), timeout=state.timeouts.body_s)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {state.timeouts.body_s:g} s",
+                           code="request_timeout") from None
         if len(raw) > MAX_BODY:
             raise ApiError(413, f"request body over {MAX_BODY} bytes")
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise ApiError(400, "the body is not valid JSON") from None
+        body = validate.parse_json(raw)
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
+        validate.check_tree(body)
         return body
 
     def observe(seq, last: list) -> None:
@@ -105,16 +133,17 @@ def build_app(state: ServerState, on_shutdown=()):
         from llmctl.serve import protocol as P
         from llmctl.serve.sequence import Sequence
 
+        worker, engine = state.worker, state.engine  # one engine for the whole request
         try:
             authorise(request)
             body = await read_body(request)
-            if not state.worker.healthy:
-                raise ApiError(503, f"the engine is down: {state.worker.error}", type_="server_error")
-            params = P.sampling_params(body, state.settings.max_tokens_limit, chat)
-            ids = P.prompt_ids(body, chat, state.engine.tokenizer, state.settings.max_prompt_tokens,
-                               state.engine.cfg.vocab_size)
+            if not worker.healthy:
+                raise ApiError(503, f"the engine is down: {worker.error}", type_="server_error")
+            params = P.sampling_params(body, state.settings.max_tokens_limit, chat, state.test_hooks)
+            ids = P.prompt_ids(body, chat, engine.tokenizer, state.settings.max_prompt_tokens,
+                               engine.cfg.vocab_size)
             seq = Sequence(ids, params)
-            problem = state.engine.check(seq)
+            problem = engine.check(seq)
             if problem:
                 raise ApiError(400, problem, code="context_length_exceeded")
             if state.waiting() >= state.settings.max_queue:
@@ -125,20 +154,36 @@ def build_app(state: ServerState, on_shutdown=()):
             return err(e)
         rid, model = P.new_id(chat), state.model_name
         q: asyncio.Queue = asyncio.Queue()
-        state.worker.listen(seq, asyncio.get_running_loop(), q, every_token=bool(body.get("stream")))
-        state.worker.submit(seq)
+        worker.listen(seq, asyncio.get_running_loop(), q, every_token=body.get("stream", False))
+        worker.submit(seq)
         last = [None, 0]
 
+        async def next_event() -> None:
+            """Wait for the engine to wake us. An engine that died between our health
+            check and `listen` never will: fail the request rather than wait forever."""
+            while True:
+                try:
+                    return await asyncio.wait_for(q.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    if not worker.healthy and not seq.finished:
+                        seq.error = seq.error or worker.error or "the engine stopped"
+                        seq.finish_reason = "error"
+                        return None
+                    if not body.get("stream") and await request.is_disconnected():
+                        raise ClientGone() from None
+
         def failed() -> ApiError:
-            return ApiError(500, f"generation failed: {state.worker.error or seq.finish_reason}",
+            return ApiError(500, f"generation failed: {seq.error or worker.error or 'unknown error'}",
                             type_="server_error")
 
         if body.get("stream"):
+            include_usage = (body.get("stream_options") or {}).get("include_usage")
+
             async def events():
                 sent, first = 0, True
                 try:
                     while True:
-                        await q.get()
+                        await next_event()
                         observe(seq, last)
                         if seq.finish_reason == "error":
                             yield f"data: {json.dumps(failed().body())}\n\n"
@@ -152,32 +197,30 @@ def build_app(state: ServerState, on_shutdown=()):
                             sent, first = len(text), False
                         if done:
                             yield f"data: {json.dumps(P.chunk(rid, model, chat, '', seq.finish_reason, False))}\n\n"
-                            if (body.get("stream_options") or {}).get("include_usage"):
+                            if include_usage:
                                 yield f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk' if chat else 'text_completion', 'created': int(time.time()), 'model': model, 'choices': [], 'usage': P.usage(seq)})}\n\n"
                             yield "data: [DONE]\n\n"
                             return
                 finally:  # also runs when the client goes away: free its slots
-                    state.worker.unlisten(seq)
+                    worker.unlisten(seq)
                     if not seq.finished:
-                        state.worker.abort(seq)
+                        worker.abort(seq)
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
 
         try:
             while not seq.finished:
-                try:
-                    await asyncio.wait_for(q.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return PlainTextResponse("", status_code=499)
+                await next_event()
                 observe(seq, last)
+        except ClientGone:  # nobody reads this; nginx's "client closed request" for the access log
+            return err(ApiError(499, "the client closed the connection"))
         finally:
-            state.worker.unlisten(seq)
+            worker.unlisten(seq)
             if not seq.finished:
-                state.worker.abort(seq)
+                worker.abort(seq)
         if seq.finish_reason == "error":
             return err(failed())
-        return JSONResponse(P.response(seq, rid, model, chat, state.engine.tokenizer))
+        return JSONResponse(P.response(seq, rid, model, chat, engine.tokenizer))
 
     async def completions(request: Request):
         return await generate(request, chat=False)
@@ -214,11 +257,31 @@ def build_app(state: ServerState, on_shutdown=()):
             ("llmctl_preemptions_total", "counter", "Sequences preempted (recomputed).", e.stats["preemptions"]),
             ("llmctl_requests_rejected_total", "counter", "Requests answered 429.", state.rejected),
             ("llmctl_healthy", "gauge", "1 while every engine rank is alive.", int(state.worker.healthy)),
+            ("llmctl_requests_failed_total", "counter", "Requests that failed alone (the engine carried on).",
+             e.stats.get("failed", 0)),
+            ("llmctl_engine_restarts_total", "counter", "Engines rebuilt after a failure.",
+             state.restarter.restarts if state.restarter else 0),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         lines += state.ttft.render() + state.itl.render()
         lines += getattr(state.worker, "metric_lines", list)()  # per-replica counters (MPI dp mode)
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def release(request: Request):
+        """Test hooks only: let a held engine step again (llmctl.serve.testhooks)."""
+        state.engine.test_hooks.release()
+        return JSONResponse({"released": True})
+
+    async def http_error(request: Request, exc: HTTPException):
+        """Starlette's own errors (unknown route 404, wrong method 405) in OpenAI's shape."""
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = {404: f"no route {request.method} {request.url.path}",
+                   405: f"{request.url.path} does not take {request.method}"}.get(exc.status_code, exc.detail)
+        return err(ApiError(exc.status_code, message, code=kind), headers=exc.headers)
+
+    async def server_error(request: Request, exc: Exception):
+        # A bug: the traceback goes to the log (uvicorn), the client gets JSON, not text/plain.
+        return err(ApiError(500, f"internal error: {type(exc).__name__}", type_="server_error"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -226,10 +289,14 @@ def build_app(state: ServerState, on_shutdown=()):
         for fn in on_shutdown:
             fn()
 
-    return Starlette(lifespan=lifespan, routes=[
+    routes = [
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-    ])
+    ]
+    if state.test_hooks:
+        routes.append(Route("/_test/release", release, methods=["POST"]))
+    return Starlette(lifespan=lifespan, routes=routes,
+                     exception_handlers={HTTPException: http_error, Exception: server_error})

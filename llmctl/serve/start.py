@@ -2,7 +2,9 @@
 
 Under MPI (more than one rank), rank 0 does all of this and the other ranks run
 `llmctl.serve.mpi.worker_loop`. When $LLMCTL_RUN_DIR is set (a job), the bound
-host and port go to RUN/endpoint.json for discovery, removed at shutdown.
+host and port go to RUN/endpoint.json for discovery, removed at shutdown. On one
+rank a failed engine is rebuilt in-process (llmctl.serve.restart); a server that
+gives up exits with status 2.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ def api_key(settings) -> str | None:
 def build_engine(settings, artifact_path: str, shard: tuple[int, int] | None = None):
     """(artifact, engine); with `shard` = (rank, size) the model keeps its tensor-parallel slice."""
     from llmctl.export.hf import load_artifact
-    from llmctl.serve.engine import Engine
 
     dtype = "fp32" if settings.dtype == "auto" else settings.dtype
     art = load_artifact(artifact_path, dtype=dtype, device=_device())
@@ -45,9 +46,19 @@ def build_engine(settings, artifact_path: str, shard: tuple[int, int] | None = N
         from llmctl.serve.mpi import shard_model
 
         shard_model(art.model, *shard)
+    return art, engine_for(art, settings)
+
+
+def engine_for(art, settings):
+    """A new engine around `art`'s loaded weights (also what a restart builds)."""
+    from llmctl.serve import testhooks
+    from llmctl.serve.engine import Engine
+
     eng = Engine.from_artifact(art, scheduler=settings.scheduler, max_batch_tokens=settings.max_batch_tokens,
                                block_size=settings.kv_block_size, num_blocks=settings.kv_blocks)
-    return art, eng
+    if testhooks.enabled():
+        testhooks.install(eng)
+    return eng
 
 
 def _device() -> str:
@@ -90,19 +101,34 @@ def serve(settings) -> None:
 
         hook = mpi.attach_leader(world, eng) if world is not None else None
         worker = EngineThread(eng, step_hook=hook).start()
-    _run_http(settings, art, eng, worker, key)  # stops the MPI workers at shutdown
+    _run_http(settings, art, eng, worker, key, restartable=world is None)  # stops MPI workers at shutdown
 
 
-def _run_http(settings, art, eng, worker, key) -> None:
+def _run_http(settings, art, eng, worker, key, restartable: bool) -> None:
     import uvicorn
 
     from llmctl.fsutil import atomic_write_text
     from llmctl.jobs.rundir import RunDir
-    from llmctl.serve import mpi
+    from llmctl.serve import httpconn, mpi, testhooks
     from llmctl.serve.server import ServerState, build_app
 
-    state = ServerState(worker, art.name, settings, key)
-    cleanups = [worker.shutdown]
+    timeouts = httpconn.Timeouts.from_env()
+    state = ServerState(worker, art.name, settings, key, test_hooks=testhooks.enabled(), timeouts=timeouts)
+    if state.test_hooks:
+        print(f"llmctl serve: {testhooks.ENV} is set: test hooks are on; never in production", flush=True)
+    cleanups = []
+    restarter = None
+    if restartable:  # one rank: a failed engine is rebuilt here (llmctl.serve.restart)
+        from llmctl.serve.restart import Restarter
+        from llmctl.serve.worker import EngineThread
+
+        def give_up():
+            server.should_exit = True
+
+        restarter = Restarter(state, lambda: EngineThread(engine_for(art, settings)).start(), give_up)
+        state.restarter = restarter
+        cleanups.append(restarter.stop)  # first: no restart while shutting down
+    cleanups.append(lambda: state.worker.shutdown())
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -120,7 +146,14 @@ def _run_http(settings, art, eng, worker, key) -> None:
     # Last: tell the MPI workers to stop (no-op on one rank); after a lost rank it exits at once.
     cleanups.append(getattr(worker, "close", None) or (lambda: mpi.shutdown(eng)))
     app = build_app(state, on_shutdown=cleanups)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5,
+                            timeout_keep_alive=timeouts.idle_s, http=httpconn.protocol(timeouts))
+    server = uvicorn.Server(config)
     print(f"llmctl serve: {art.name} on http://{settings.host}:{port}/v1 "
           f"(scheduler {settings.scheduler})", flush=True)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    if restarter is not None:
+        restarter.start()
+    server.run(sockets=[sock])
+    if restarter is not None and restarter.gave_up:
+        raise LlmctlError(f"the server stopped: {restarter.gave_up}",
+                          hint="check the GPU and the artifact, then start the server again")

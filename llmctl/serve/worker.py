@@ -2,9 +2,11 @@
 
 HTTP handlers live on the event loop; the engine is single-threaded. A handler
 registers an asyncio.Queue for its sequence and is woken (thread-safely) after
-every step that touched it. If the engine dies (an exception, or a lost MPI
-rank) every listener is woken with the error and `healthy` turns False: no
-request waits forever.
+every step that touched it. A request that fails alone comes back finished with
+reason "error" (llmctl.serve.engine). If the engine itself fails (EngineFailure,
+any other exception from a step, or a lost MPI rank) every listener is woken
+with the error and `healthy` turns False: no request waits forever, and
+llmctl.serve.restart may build a new engine.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class EngineThread:
         self.step_hook = step_hook  # extra health check run between steps (MPI ranks alive)
         self.thread = threading.Thread(target=self._run, name="llmctl-engine", daemon=True)
         self.tokens_window: list[tuple[float, int]] = []
+        self.died = threading.Event()  # set once the engine has failed (for the restarter)
 
     @property
     def healthy(self) -> bool:
@@ -75,8 +78,9 @@ class EngineThread:
             targets = list(self.listeners.values())
         for seq, loop, q, _ in targets:
             if not seq.finished:
-                seq.finish_reason = "error"
+                seq.error, seq.finish_reason = message, "error"
             loop.call_soon_threadsafe(q.put_nowait, seq)
+        self.died.set()
 
     def _run(self) -> None:
         eng = self.engine

@@ -84,3 +84,79 @@ def test_kv_blocks_are_reserved_and_returned():
     assert cache.slots(a, 3, 6) == [a.blocks[0] * 4 + 3, a.blocks[1] * 4, a.blocks[1] * 4 + 1]
     cache.release(a)
     assert len(cache.free) == 3 and a.blocks == []
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"temperature": float("nan")}, "temperature"), ({"temperature": float("inf")}, "temperature"),
+    ({"top_p": float("nan")}, "top_p"), ({"presence_penalty": float("-inf")}, "presence_penalty"),
+    ({"seed": 2**64}, "seed"), ({"seed": -(2**63) - 1}, "seed"), ({"seed": 10**400}, "seed"),
+    ({"max_tokens": 10**400}, "max_tokens"), ({"top_k": -1}, "top_k"), ({"n": True}, "n"),
+    ({"stream": 1}, "stream"), ({"ignore_eos": "yes"}, "ignore_eos"), ({"echo": 0}, "echo"),
+    ({"stop": 5}, "stop"), ({"stop": ""}, "stop"), ({"stream_options": "x"}, "stream_options"),
+    ({"stream_options": {"include_usage": 1}}, "include_usage"), ({"model": ["m"]}, "model"),
+    ({"best_of": 2}, "best_of"), ({"logit_bias": []}, "logit_bias"),
+    ({"llmctl_test": "hold"}, None),  # ignored without test hooks: no error at all
+])
+def test_every_field_is_checked(body, param):
+    if param is None:
+        assert P.sampling_params(body, 100).test_hook is None
+        return
+    with pytest.raises(P.ApiError) as e:
+        P.sampling_params(body, max_tokens_limit=100)
+    assert e.value.status == 400 and e.value.param == param, e.value.message
+
+
+def test_seeds_cover_64_bits_and_negatives_wrap():
+    assert P.sampling_params({"seed": 2**64 - 1}, 100).seed == 2**64 - 1
+    assert P.sampling_params({"seed": -1}, 100).seed == 2**64 - 1
+    assert P.sampling_params({"seed": -(2**63)}, 100).seed == 2**63
+
+
+def test_chat_flags_and_text_parts():
+    assert P.sampling_params({"logprobs": True, "top_logprobs": 3}, 100, chat=True).logprobs is None
+    with pytest.raises(P.ApiError) as e:
+        P.sampling_params({"logprobs": 2}, 100, chat=True)
+    assert e.value.param == "logprobs"
+    for part in ({"type": "image_url", "image_url": {}}, {"type": "text", "text": 5}, "text"):
+        with pytest.raises(P.ApiError) as e:
+            P.prompt_text({"messages": [{"role": "user", "content": [part]}]}, chat=True)
+        assert e.value.param == "messages[0].content[0]"
+
+
+@pytest.mark.parametrize("raw,needle", [
+    (b'{"temperature": NaN}', "NaN"), (b'{"top_p": -Infinity}', "-Infinity"),
+    (b"[" * 100_000, "nests deeper"), (b"\xff\xfe{}", "not valid JSON"), (b"{", "not valid JSON"),
+])
+def test_parse_json_refuses_with_400(raw, needle):
+    from llmctl.serve.validate import parse_json
+
+    with pytest.raises(P.ApiError) as e:
+        parse_json(raw)
+    assert e.value.status == 400 and needle in e.value.message
+
+
+def test_check_tree_names_where():
+    from llmctl.serve.validate import MAX_DEPTH, check_tree
+
+    check_tree({"messages": [{"role": "user", "content": [{"type": "text", "text": "ok \u2028 \U0001F600"}]}]})
+    with pytest.raises(P.ApiError) as e:
+        check_tree({"messages": [{"role": "user", "content": "a\ud800"}]})
+    assert e.value.param == "messages[0].content" and "U+D800" in e.value.message
+    deep: list = []
+    for _ in range(MAX_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(P.ApiError, match="nests deeper"):
+        check_tree({"prompt": deep})
+
+
+def test_batch_file_with_nan_or_bad_url_type_is_one_clean_error(tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"custom_id": "a", "url": "/v1/completions", "body": {"temperature": NaN}}\n')
+    with pytest.raises(LlmctlError, match=r"in.jsonl:1: not valid JSON: NaN"):
+        read_requests(f)
+    f.write_text('{"custom_id": "a", "url": ["/v1/completions"], "body": {}}\n')
+    with pytest.raises(LlmctlError, match=r"in.jsonl:1: url:"):
+        read_requests(f)
+    f.write_bytes(b'{"custom_id": "a\xff"}\n')
+    with pytest.raises(LlmctlError, match="not UTF-8"):
+        read_requests(f)
