@@ -99,62 +99,62 @@ def test_64_concurrent_clients_lose_none(server):
     assert "\nllmctl_requests_running 0\n" in text and "\nllmctl_requests_waiting 0\n" in text
 
 
-def test_disconnected_stream_frees_its_slots(server):
-    with httpx.stream("POST", server.url + "/v1/completions", timeout=30,
-                      json={"prompt": "x", "max_tokens": 200, "stream": True, "ignore_eos": True}) as r:
-        for line in r.iter_lines():
-            if line.startswith("data:"):
-                break  # one token, then hang up
-    import time
+@pytest.fixture(scope="module")
+def hooked(artifact):
+    """A server with the test hooks on (llmctl.serve.testhooks): holds the engine on request."""
+    with K.Server(artifact, "--max-batch-tokens", "512", env=K.TEST_HOOKS) as s:
+        yield s
 
-    for _ in range(100):
-        text = httpx.get(server.url + "/metrics").text
-        if "\nllmctl_kv_cache_usage_ratio 0.0\n" in text and "\nllmctl_requests_running 0\n" in text:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the aborted request still holds KV blocks:\n" + text)
+
+def test_disconnected_stream_frees_its_slots(hooked):
+    before = K.metrics(hooked.url)["llmctl_generated_tokens_total"]
+    with httpx.stream("POST", hooked.url + "/v1/completions", timeout=30, json={
+            "prompt": "x", "max_tokens": 200, "stream": True, "ignore_eos": True, "llmctl_test": "hold"}) as r:
+        lines = r.iter_lines()  # kept: a dropped iterator closes the connection (httpcore)
+        K.first_event(lines)
+        # The engine is held after this first token: the request runs and holds its blocks.
+        m = K.metrics(hooked.url)
+        assert m["llmctl_requests_running"] == 1 and m["llmctl_kv_cache_usage_ratio"] > 0, m
+    # Hung up: the abort releases the hold and is drained by the very next step.
+    K.wait_until(lambda: (lambda m: m["llmctl_requests_running"] == 0
+                          and m["llmctl_kv_cache_usage_ratio"] == 0)(K.metrics(hooked.url)),
+                 "the aborted request's KV blocks freed")
+    generated = K.metrics(hooked.url)["llmctl_generated_tokens_total"] - before
+    assert generated == 1, f"{generated} tokens: the request ran on after its client hung up"
 
 
 def test_full_queue_answers_429_and_keys_are_checked(artifact):
     # fcfs: while one static batch runs, later requests wait; one waiting slot only.
     with K.Server(artifact, "--scheduler", "fcfs", "--max-queue", "1", "--api-key-env", "TEST_KEY",
-                  env={"TEST_KEY": "sekret"}) as s:
+                  env={"TEST_KEY": "sekret", **K.TEST_HOOKS}) as s:
         assert httpx.get(s.url + "/v1/models").status_code == 401
         with pytest.raises(openai.AuthenticationError):
             client(s, "wrong").models.list()
         c = client(s, "sekret")
-        body = {"prompt": "x", "max_tokens": 240, "ignore_eos": True}
-        started = threading.Event()
+        auth = {"Authorization": "Bearer sekret"}
         codes = []
 
-        def long_one():
-            started.set()
-            codes.append(httpx.post(s.url + "/v1/completions", json=body, timeout=120,
-                                    headers={"Authorization": "Bearer sekret"}).status_code)
+        def second():
+            codes.append(httpx.post(s.url + "/v1/completions", headers=auth, timeout=120,
+                                    json={"prompt": "x", "max_tokens": 4}).status_code)
 
-        import time
-
-        def wait_for(*lines: str) -> None:
-            for _ in range(400):
-                m = httpx.get(s.url + "/metrics").text
-                if all(f"\n{line}\n" in m for line in lines):
-                    return
-                time.sleep(0.05)
-            raise AssertionError(f"server never reached {lines}:\n{m}")
-
-        # One request runs (a static batch of one), the next waits in the one queue slot;
-        # started one after the other so that fcfs cannot batch them together.
-        threads = [threading.Thread(target=long_one) for _ in range(2)]
-        threads[0].start()
-        wait_for("llmctl_requests_running 1")
-        threads[1].start()
-        wait_for("llmctl_requests_running 1", "llmctl_requests_waiting 1")
-        # ... so the next one is refused at once
-        with pytest.raises(openai.RateLimitError) as e:
-            c.completions.create(model="tiny", prompt="y", max_tokens=4)
-        assert e.value.response.headers["retry-after"] == "1"
-        assert e.value.body["code"] == "queue_full"
-        for t in threads:
-            t.join(120)
-        assert codes == [200, 200]
+        # The first request holds the engine after its first token (test hooks): it stays
+        # running, however fast the machine, until its client hangs up.
+        with httpx.stream("POST", s.url + "/v1/completions", headers=auth, timeout=60, json={
+                "prompt": "x", "max_tokens": 200, "ignore_eos": True, "stream": True,
+                "llmctl_test": "hold"}) as held:
+            lines = held.iter_lines()  # kept: a dropped iterator closes the connection (httpcore)
+            K.first_event(lines)
+            assert K.metrics(s.url)["llmctl_requests_running"] == 1
+            t = threading.Thread(target=second)
+            t.start()
+            # the second request takes the one queue slot (it waits as long as the hold lasts) ...
+            K.wait_until(lambda: K.metrics(s.url)["llmctl_requests_waiting"] == 1, "a waiting request")
+            # ... so the next one is refused at once
+            with pytest.raises(openai.RateLimitError) as e:
+                c.completions.create(model="tiny", prompt="y", max_tokens=4)
+            assert e.value.response.headers["retry-after"] == "1"
+            assert e.value.body["code"] == "queue_full"
+            assert K.metrics(s.url)["llmctl_requests_rejected_total"] == 1
+        t.join(120)
+        assert codes == [200]  # the hang-up released the engine, and the waiting request ran

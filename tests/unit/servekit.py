@@ -113,3 +113,45 @@ class Server:
 
 def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# The server's test hooks (llmctl.serve.testhooks): a request with "llmctl_test": "hold"
+# keeps the engine at a known point (after its first token) until it is aborted or
+# POST /_test/release, so tests never race the engine; "fail-*" inject faults.
+TEST_HOOKS = {"LLMCTL_SERVE_TEST_HOOKS": "1"}
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The unlabelled samples of /metrics, by name."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
+def wait_until(check, what: str, timeout: float = 60):
+    """Poll `check()` until it returns something truthy. The state waited for must last
+    until the test acts (hold the engine for a state that lasts only while work runs);
+    the timeout only keeps a broken server from hanging the suite."""
+    end = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > end:
+            raise AssertionError(f"never reached: {what} (last: {got!r})")
+        time.sleep(0.05)
+
+
+def first_event(lines) -> dict:
+    """The first `data:` event of an SSE line iterator, parsed. Keep a reference to the
+    iterator while the stream should stay open: httpcore closes the connection when an
+    unfinished response iterator is garbage-collected."""
+    for line in lines:
+        if line.startswith("data:"):
+            return json.loads(line[5:])
+    raise AssertionError("the stream ended without an event")
