@@ -1,0 +1,135 @@
+"""Published runs, split into the fit set (what the constants were fitted on) and a check set.
+
+fit:   ../shared/planner/calibration.csv (Narayanan et al. 2021 Table 1, Megatron-Core 2024 H100 table)
+check: tests/data/korthikanti2022.csv (selective + sequence parallel, and full recomputation) and
+       tests/data/published_runs.csv (Narayanan et al. 2021 Table 2, MT-NLG, Llama 3 405B)
+
+Each run is costed with its published layout pinned; what the source leaves blank the solver
+picks. `python tests/unit/test_plan_published.py` prints the table docs/planner.md shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from llmctl.config.model import ModelConfig  # noqa: E402
+from llmctl.plan.api import predicted  # noqa: E402
+from llmctl.plan.cluster import DEFAULT_SUSTAINED, Cluster, lookup_accelerator  # noqa: E402
+from llmctl.plan.cost import Workload  # noqa: E402
+from llmctl.plan.model_costs import LayerShape  # noqa: E402
+from llmctl.plan.search import Fixed, search  # noqa: E402
+
+DATA = Path(__file__).parents[1] / "data"
+SHARED_CSV = Path(__file__).parents[3] / "shared" / "planner" / "calibration.csv"
+
+
+def _cluster(gpu: str, gpus: int) -> Cluster:
+    a100 = "A100" in gpu
+    peak, mem, hbm, intra = lookup_accelerator("NVIDIA A100-SXM4-80GB" if a100 else "NVIDIA H100 80GB HBM3")
+    g = min(8, gpus)
+    # Selene and the H100 systems: one 200 / 400 Gb/s HCA per GPU
+    return Cluster(nodes=max(1, gpus // g), gpus_per_node=g, memory_gb=mem, peak_flops=peak * 1e12,
+                   sustained=DEFAULT_SUSTAINED, hbm_bw=hbm * 1e9, intra_bw=intra * 1e9,
+                   inter_bw=25e9 if a100 else 50e9)
+
+
+def _int(x):
+    return int(x) if x not in (None, "") else None
+
+
+def runs() -> list[dict]:
+    out = []
+    if SHARED_CSV.exists():
+        for r in csv.DictReader(SHARED_CSV.open()):
+            h = int(r["hidden"])
+            nar = "A100" in r["gpu_type"]
+            out.append(dict(set="fit", source=r["source"].split(";")[0].split("(")[0].strip(), name=r["model"],
+                            template="gpt", layers=int(r["layers"]), hidden=h, heads=int(r["heads"]), kv_heads=None,
+                            ffn=_int(r["ffn"]) or 4 * h, vocab=int(r["vocab"]), seq=int(r["seq_len"]),
+                            gpus=int(r["gpus"]), gpu=r["gpu_type"], tp=int(r["tp"]), pp=int(r["pp"]),
+                            dp=int(r["dp"]), cp=1, vpp=None, mb=None, gb=int(r["global_batch"]),
+                            recompute="full" if nar else None, zero=0 if nar else None,
+                            attention="eager" if nar else "flash", metric="hw" if nar else "model",
+                            published=float(r["achieved_tflops_per_gpu"])))
+    for r in csv.DictReader((DATA / "korthikanti2022.csv").open()):
+        pub_sel = float(r["mfu_percent"]) / 100 * 312
+        for mode, iter_key in (("selective", "iter_s_selective_sp"), ("full", "iter_s_full_recompute")):
+            pub = pub_sel * float(r["iter_s_selective_sp"]) / float(r[iter_key])
+            n, pp = int(r["gpus"]), int(r["pp"])
+            out.append(dict(set="check", source="Korthikanti et al. 2022 Table 5", name=f"GPT {r['model']} {mode}",
+                            template="gpt", layers=int(r["layers"]), hidden=int(r["hidden"]), heads=int(r["heads"]),
+                            kv_heads=None, ffn=4 * int(r["hidden"]), vocab=int(r["vocab"]), seq=int(r["seq_len"]),
+                            gpus=n, gpu="A100", tp=8, pp=pp, dp=n // (8 * pp), cp=1, vpp=None,
+                            mb=int(r["micro_batch"]), gb=int(r["global_batch"]), recompute=mode, zero=0,
+                            attention="eager", metric="model", published=pub))
+    for r in csv.DictReader((DATA / "published_runs.csv").open()):
+        heads = int(r["heads"])
+        out.append(dict(set="check", source=r["source"].split("(")[0].strip() + " " + r["source"].split(")")[-1].strip(),
+                        name=r["model"], template="llama" if "Llama" in r["model"] else "gpt",
+                        layers=int(r["layers"]), hidden=int(r["hidden"]), heads=heads, kv_heads=_int(r["kv_heads"]),
+                        ffn=int(r["ffn"]), vocab=int(r["vocab"]), seq=int(r["seq_len"]), gpus=int(r["gpus"]),
+                        gpu=r["gpu"], tp=int(r["tp"]), pp=int(r["pp"]), dp=int(r["dp"]), cp=int(r["cp"]),
+                        vpp=_int(r["vpp"]), mb=_int(r["micro_batch"]), gb=int(r["global_batch"]),
+                        recompute=r["recompute"] or None, zero=_int(r["zero"]), attention=r["attention"],
+                        metric=r["metric"], published=float(r["published_tflops"])))
+    return out
+
+
+def cost(run: dict) -> tuple[float, object]:
+    """Predicted TFLOP/s per GPU (in the source's accounting) and the plan."""
+    kw = dict(name="m", template=run["template"], layers=run["layers"], hidden=run["hidden"], heads=run["heads"],
+              ffn=run["ffn"], vocab_size=run["vocab"], max_seq_len=run["seq"])
+    if run["kv_heads"]:
+        kw["kv_heads"] = run["kv_heads"]
+    model = ModelConfig(**kw)
+    cl = _cluster(run["gpu"], run["gpus"])
+    w = Workload(LayerShape.of(model), run["seq"], run["gb"], run["attention"])
+    fx = Fixed(tp=run["tp"], pp=run["pp"], dp=run["dp"], cp=run["cp"], vpp=run["vpp"], mb=run["mb"],
+               zero=run["zero"], recompute=run["recompute"])
+    out = search(w, cl, fx, top=0, time_limit=60)
+    if not out.plans:
+        return float("nan"), None
+    pr = predicted(out.plans[0], w, cl)
+    return (pr["hw_tflops_per_gpu"] if run["metric"] == "hw" else pr["tflops_per_gpu"]), out.plans[0]
+
+
+RUNS = runs()
+
+
+@pytest.mark.parametrize("run", RUNS, ids=[f"{r['set']}-{r['name']}" for r in RUNS])
+def test_published_layout_is_costed(run):
+    """Every published layout fits and is costed; the fit set within 10 %."""
+    got, plan = cost(run)
+    assert plan is not None, "the published layout must fit"
+    if run["set"] == "fit":
+        assert abs(got / run["published"] - 1) <= 0.10, (got, run["published"])
+
+
+def table() -> str:
+    lines = ["| set | run | source | layout (tp·pp·dp, recompute) | published | predicted | error |",
+             "|---|---|---|---|---|---|---|"]
+    errs: dict[str, list[float]] = {"fit": [], "check": []}
+    for r in RUNS:
+        got, plan = cost(r)
+        err = got / r["published"] - 1
+        errs[r["set"]].append(err)
+        lay = f"{r['tp']}·{r['pp']}·{r['dp']}, {plan.cfg.recompute if plan else '?'}"
+        lines.append(f"| {r['set']} | {r['name']} | {r['source']} | {lay} | {r['published']:.1f} | {got:.1f} | "
+                     f"{err:+.1%} |")
+    lines.append("")
+    for k, e in errs.items():
+        if e:
+            a = [abs(x) for x in e]
+            lines.append(f"- {k} set: {len(e)} runs, mean |error| {statistics.mean(a):.1%}, max |error| {max(a):.1%}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
