@@ -3,6 +3,7 @@ corpus, a BPE of 512 tokens, a 2-layer llama, and a run folder that trains it.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -100,13 +101,14 @@ def make_run(root: Path, name: str, steps: int = 30, interval: int = 10, eval_in
     return run
 
 
-def train_cmd(run: Path) -> list[str]:
-    return [sys.executable, "-m", "llmctl.train", "--run-dir", str(run)]
+def train_cmd(run: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "llmctl.train", "--run-dir", str(run), *args]
 
 
-def run_train(run: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(train_cmd(run), cwd=run, env=quiet_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+def run_train(run: Path, timeout: float = 300, args: tuple[str, ...] = (),
+              **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(run, *args), cwd=run, env=quiet_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def records(run: Path, kind: str | None = None, name: str = "metrics.jsonl") -> list[dict]:
@@ -115,3 +117,31 @@ def records(run: Path, kind: str | None = None, name: str = "metrics.jsonl") -> 
         return []
     out = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     return [r for r in out if kind is None or r.get("kind") == kind]
+
+
+def flip_bytes(path: Path, count: int = 16, value: int | None = None) -> None:
+    """Corrupt `count` bytes in the middle of `path`, as a bad disk or a stray write would:
+    each byte inverted, or set to `value` (0xFF makes float32 NaNs)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    for i in range(mid, mid + count):
+        data[i] = data[i] ^ 0xFF if value is None else value
+    path.write_bytes(bytes(data))
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str):
+    """A real, tiny filesystem (tmpfs of `size`, e.g. "600k") mounted at `path` for the block:
+    what a full disk does to a writer. Needs root (or CAP_SYS_ADMIN); the test is skipped
+    where mounting is refused."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {(r.stderr or r.stdout).strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
