@@ -4,7 +4,9 @@ Idempotent: the output's meta.json records a fingerprint of the config, of every
 input file (path, size, mtime) and of the tokenizer file; an unchanged config finds
 it and does nothing. Crash-safe: everything is written into a temporary sibling
 folder that is renamed into place only when complete (meta.json included), so an
-interrupted run leaves no shard that a later run or the trainer would trust.
+interrupted run leaves no shard that a later run or the trainer would trust. A full
+disk is one line (the file, the space left); the temporary folder is removed and the
+data already there stays as it was.
 """
 
 from __future__ import annotations
@@ -147,9 +149,13 @@ def prepare(cfg, config_name: str, base: Path | None = None, workers: Optional[i
     if out.is_dir() and any(out.iterdir()) and not (out / META).is_file():
         raise LlmctlError(f"{config_name}: output.dir {out} exists and holds no prepared data "
                           f"(no {META}); not overwriting it", hint="choose an empty or new output.dir")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from llmctl.fsutil import writing
+
+    with writing(out.parent, "data prepare"):
+        out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    with writing(out.parent, "data prepare"):
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     _umask = os.umask(0)
     os.umask(_umask)
     os.chmod(stage, 0o777 & ~_umask)  # mkdtemp makes 0700; the data is shared like any output
@@ -180,7 +186,10 @@ def _build(cfg, config_name, base, units, stage, fingerprint, workers, progress)
                                  f"{config_name}: tokenizer.path")
     except ValueError as e:  # a malformed JSONL line
         raise LlmctlError(f"{config_name}: {e}") from None
-    tok.save(str(stage / TOKENIZER))
+    from llmctl.fsutil import writing
+
+    with writing(stage / TOKENIZER, "data prepare"):
+        tok.save(str(stage / TOKENIZER))
     vocab = tok.get_vocab_size()
     eos_id = tok.token_to_id(tcfg.eos_token)
     dtype = token_dtype(vocab)

@@ -14,6 +14,7 @@ that names the file, never silently read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -31,12 +32,22 @@ def shard_name(split: str, index: int) -> str:
 
 
 def write_shard(path: Path, tokens, doc_starts, attrs: dict[str, Any]) -> int:
-    """Write one shard (through a temporary name and a rename); returns its size in bytes."""
+    """Write one shard (through a temporary name and a rename); returns its size in bytes.
+
+    HDF5 builds the file in memory and Python writes it out: a write the operating system
+    refuses (a full disk) is then one OSError, which becomes one line naming the file and
+    the space left, and the temporary file is removed. (HDF5 writing to disk itself reports
+    a full disk from object destructors too, as "Exception ignored" tracebacks, and may
+    close a file it could not complete.)"""
+    import io
+
     import h5py
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    from llmctl.fsutil import writing
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
         # Contiguous, uncompressed: the trainer reads random windows, and a slice of a
         # contiguous dataset is one read.
         f.create_dataset("tokens", data=tokens)
@@ -45,9 +56,18 @@ def write_shard(path: Path, tokens, doc_starts, attrs: dict[str, Any]) -> int:
             f.attrs[k] = v
         f.attrs["format"] = FORMAT
         f.attrs["n_tokens"] = int(len(tokens))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with writing(tmp, "data prepare"):
+            with open(tmp, "wb") as fh:
+                fh.write(image.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path.stat().st_size
 
 
