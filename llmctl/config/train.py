@@ -126,6 +126,12 @@ class Training(StrictModel):
     """Metrics line every N steps."""
     compile: bool = False
     """Compile the model with torch.compile (GPU runs; slower start, faster steps)."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or infinite loss or gradient norm: `stop` the run at that step (exit 2, no checkpoint
+    written, `latest` unchanged), or `skip` the step like a loss scaler (weights and optimizer
+    state untouched) up to `max_skipped_steps` times. The step is never applied either way."""
+    max_skipped_steps: int = Field(10, ge=0)
+    """With nonfinite = "skip": steps a run may skip in all (counted across restarts); one more stops it."""
 
 
 class TrainConfig(StrictModel):

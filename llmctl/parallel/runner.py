@@ -5,6 +5,11 @@ sequences) and takes its data-parallel share: dp rank r owns rows
 [r·B/dp, (r+1)·B/dp). The loss is the mean over all micro-batches, so the step
 equals the single-process step with grad_accum x dp micro-batches, up to float
 rounding; this is what the equivalence tests check.
+
+A step whose loss or global gradient norm is not finite is not applied (`finite` is
+then False): both are reduced over all ranks before the optimizer steps, so every
+rank withholds the same steps. DeepSpeed's engine steps by itself: there `finite`
+only reports, and the trainer stops the run.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+from llmctl.train.nonfinite import step_is_finite
 
 
 class Runner:
@@ -28,6 +35,7 @@ class Runner:
         self.pp_rank = mesh["pp"].get_local_rank() if mesh is not None else 0
         self.engine = self.schedule = None
         self.holds_loss = True
+        self.finite = True  # whether the last step's loss and gradient norm were finite
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else None
         if precision == "fp16" and dims.tp > 1:
@@ -97,9 +105,10 @@ class Runner:
                 loss = torch.stack([l.detach().float() for l in losses]).mean()
                 if self.scaler is not None:
                     loss = loss / self.scaler.get_scale()  # the schedule kept the scaled losses
+            mean = self._mean_loss(loss)
             if self.dims.dp > 1:
                 self._all_reduce_grads()
-            norm = self._finish_step()
+            norm = self._finish_step(mean)
         elif self.engine is not None:
             for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
                 out = self.engine(xm, ym)
@@ -107,6 +116,8 @@ class Runner:
                 loss += out.detach().float() / self.grad_accum
                 self.engine.step()
             norm = float(self.engine.get_global_grad_norm() or 0.0)
+            mean = self._mean_loss(loss)
+            self.finite = step_is_finite(mean, norm, scaled=self.engine.fp16_enabled())
         else:
             model = self.modules[0]
             for xm, ym in zip(x.split(self.micro_batch), y.split(self.micro_batch)):
@@ -115,21 +126,26 @@ class Runner:
                     out = model(xm, ym) / self.grad_accum
                 (self.scaler.scale(out) if self.scaler is not None else out).backward()
                 loss += out.detach().float()
-            norm = self._finish_step()
-        return self._mean_loss(loss), norm
+            mean = self._mean_loss(loss)
+            norm = self._finish_step(mean)
+        return mean, norm
 
-    def _finish_step(self) -> float:
-        """Gradients complete on every rank: reduce partials, unscale (fp16), clip, step."""
+    def _finish_step(self, loss: float) -> float:
+        """Gradients complete on every rank: reduce partials, unscale (fp16), clip, and step
+        unless the loss (the mean over all ranks) or the global gradient norm is not finite."""
         self._reduce_partial_grads()
         if self.scaler is not None:
             # Divides the gradients by the scale; ShardedGradScaler also agrees on inf/NaN over
             # all ranks, so that every rank skips the same steps.
             self.scaler.unscale_(self.optimizer)
         norm = self._clip()
+        # Both numbers are the same on every rank (reduced over all of them): the same decision.
+        self.finite = step_is_finite(loss, norm, scaled=self.scaler is not None)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)  # skipped if any rank saw inf/NaN
+            if self.finite:
+                self.scaler.step(self.optimizer)  # skipped if any rank saw inf/NaN in the gradients
             self.scaler.update()
-        else:
+        elif self.finite:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -306,6 +322,16 @@ class Runner:
                 if not place.is_replicate():
                     replicas //= size
         return max(replicas, 1)
+
+    def local_parameters(self):
+        """(name, tensor) of the parameter pieces this rank holds: a DTensor's local shard,
+        a ZeRO-3 partition (for checking them without gathering)."""
+        from torch.distributed.tensor import DTensor
+
+        for m in self.modules:
+            for k, v in m.named_parameters():
+                v = v.to_local() if isinstance(v, DTensor) else getattr(v, "ds_tensor", v)
+                yield _clean(k), v
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """This rank's parameters, unsharded, under the full model's names (for tests and export)."""

@@ -115,6 +115,11 @@ class Router:
     def healthy(self) -> bool:
         return self.error is None and self.local.healthy and self.thread.is_alive()
 
+    @property
+    def died(self):
+        """Rank 0's own engine failed (lost replicas fail their requests in `_lose`)."""
+        return self.local.died
+
     def start(self) -> "Router":
         self.local.start()
         self.thread.start()

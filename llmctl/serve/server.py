@@ -165,7 +165,9 @@ def build_app(state: ServerState, on_shutdown=()):
                 try:
                     return await asyncio.wait_for(q.get(), timeout=1.0)
                 except asyncio.TimeoutError:
-                    if not worker.healthy and not seq.finished:
+                    # `died`, not `healthy`: with dp replicas a lost rank makes the server
+                    # unhealthy while rank 0's own engine still serves its requests.
+                    if worker.died.is_set() and not seq.finished:
                         seq.error = seq.error or worker.error or "the engine stopped"
                         seq.finish_reason = "error"
                         return None

@@ -6,12 +6,13 @@ global batch from the sampler (so the data order, and the sampler position in
 checkpoints, equal the single-process run's) and trains its share through a
 `Runner`. Rank 0 writes metrics; checkpoints are sharded (DCP, or DeepSpeed's
 for ZeRO) in the same step-N/ + `latest` layout as single-process ones, so a run
-can resume with another number of ranks (DCP) or in one process.
+can resume with another number of ranks (DCP) or in one process. Each rank
+hashes its share of the files for state.json and checks its share at load; a
+step that is not finite is withheld on every rank alike (llmctl.train.nonfinite).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -20,43 +21,88 @@ from pathlib import Path
 from llmctl.train.preempt import EXIT_PREEMPTED, Preemption, requeue_slurm_job
 
 
-def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int) -> Path:
-    """Atomic across ranks: shards into a temporary folder, rank 0 renames it and moves `latest`."""
+def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int, world: int = 1) -> Path:
+    """Atomic across ranks: shards into a temporary folder, rank 0 renames it and moves `latest`.
+
+    Every rank hashes its share of the files (state.json records them all). A write the
+    operating system refuses on any rank (a full disk) is the same one-line error on every
+    rank, and the temporary folder is removed."""
     import torch.distributed as dist
-
-    from llmctl.parallel import checkpoint as sharded
-    from llmctl.train.checkpoint import step_name
-
-    final = ckpt.folder / step_name(step)
-    tmp = ckpt.folder / f".tmp-{step_name(step)}-ranks"
-    if rank == 0:
-        ckpt.folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    dist.barrier()
-    if runner.engine is not None:
-        sharded.save_deepspeed(tmp, runner.engine)
-    else:
-        sharded.save_dcp(tmp, runner.state_module, runner.optimizer)
-    dist.barrier()
-    if rank == 0:
-        ckpt.publish(tmp, step, state, sync_all=True)  # every rank's shard files, not only ours
-    dist.barrier()
-    return final
-
-
-def load_checkpoint(ckpt, path: Path, runner, expect: dict) -> dict:
-    import torch
 
     from llmctl.errors import LlmctlError
     from llmctl.parallel import checkpoint as sharded
-    from llmctl.train.checkpoint import RNG, STATE, set_rng_state
+    from llmctl.train.checkpoint import checkpoint_files, digest_files, share, step_name
 
-    state = json.loads((path / STATE).read_text(encoding="utf-8"))
+    final = ckpt.folder / step_name(step)
+    tmp = ckpt.folder / f".tmp-{step_name(step)}-ranks"
+
+    def attempt(fn, path: Path):
+        try:
+            fn()
+        except LlmctlError as e:
+            return e
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            err = ckpt.write_failure(path, step, e)
+            if err is None:
+                raise
+            return err
+        return None
+
+    def together(err) -> None:
+        """Where a barrier stood: every rank learns the first error any rank met, and raises it."""
+        errs = [None] * world
+        dist.all_gather_object(errs, None if err is None else (err.message, err.hint))
+        first = next((e for e in errs if e is not None), None)
+        if first is not None:
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise LlmctlError(*first)
+
+    def start() -> None:
+        ckpt.folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+
+    together(attempt(start, tmp) if rank == 0 else None)
+    if runner.engine is not None:
+        together(attempt(lambda: sharded.save_deepspeed(tmp, runner.engine), tmp / sharded.DS_DIR))
+    else:
+        together(attempt(lambda: sharded.save_dcp(tmp, runner.state_module, runner.optimizer),
+                         tmp / sharded.DCP_DIR))
+    digests = [None] * world
+    dist.all_gather_object(digests, digest_files(tmp, share(checkpoint_files(tmp), rank, world)))
+    merged = {k: v for d in digests for k, v in d.items()}
+    # sync_all: every rank's shard files, not only ours
+    together(attempt(lambda: ckpt.publish(tmp, step, state, sync_all=True, digests=merged), tmp)
+             if rank == 0 else None)
+    return final
+
+
+def load_checkpoint(ckpt, path: Path, runner, expect: dict, verify: bool = True, rank: int = 0,
+                    world: int = 1) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    from llmctl.errors import LlmctlError
+    from llmctl.parallel import checkpoint as sharded
+    from llmctl.train.checkpoint import (FILES, RNG, check_files, read_state, refuse, set_rng_state, share,
+                                         verify_files)
+    from llmctl.train.metrics import warn
+
+    state = read_state(path)
     for key in ("model_hash", "config_hash"):
         if state.get(key) != expect[key]:
             raise LlmctlError(f"{path}: checkpoint of another model or training config ({key} differs); "
                               "refusing to resume from it", hint="use a new run folder")
+    if verify and FILES in state:
+        # Each rank reads its share of the files; all of them see every problem.
+        found = [None] * world
+        dist.all_gather_object(found, verify_files(path, state, share(list(state[FILES]), rank, world)))
+        problems = sorted(p for mine in found for p in mine)
+        if problems:
+            raise refuse(path, problems)
+    else:
+        check_files(path, state, verify, warn=warn if rank == 0 else (lambda _: None))
     kind = sharded.kind(path)
     if runner.engine is not None:
         if kind != "deepspeed":
@@ -74,12 +120,16 @@ def load_checkpoint(ckpt, path: Path, runner, expect: dict) -> dict:
     return state
 
 
-def train_parallel(s) -> int:
+def train_parallel(s, verify: bool = True) -> int:
     """Train the run `s` (a RunSetup) on this rank; returns the exit code."""
     from llmctl.data.shards import TokenStore
+    from llmctl.errors import LlmctlError
     from llmctl.train.loader import WindowSampler, validation_batches
 
     cfg, tcfg = s.cfg, s.cfg.training
+    if tcfg.nonfinite == "skip" and s.dims.dp_mode == "zero":
+        raise LlmctlError('training.nonfinite = "skip" is not supported with DeepSpeed ZeRO: its engine '
+                          "applies every step itself", hint='use "stop" (the default), or fsdp / ddp')
     train_store = TokenStore(s.data_dir, "train")
     val_store = TokenStore(s.data_dir, "val")
     sampler = WindowSampler(train_store, s.seq_len, tcfg.seed)
@@ -94,6 +144,7 @@ def train_parallel(s) -> int:
     from llmctl.parallel.runner import Runner
     from llmctl.train.checkpoint import Checkpointer
     from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops
+    from llmctl.train.nonfinite import HINT, NonFiniteGuard, nonfinite_tensors, weights_error
     from llmctl.train.schedule import lr_at
     from llmctl.train.trainer import _precision, build_optimizer
 
@@ -118,9 +169,11 @@ def train_parallel(s) -> int:
     hashes = s.hashes()
     step = 0
     latest = ckpt.latest()
+    guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_skipped_steps)
     if latest is not None:
-        state = load_checkpoint(ckpt, latest, runner, hashes)
+        state = load_checkpoint(ckpt, latest, runner, hashes, verify, rank, rdv.world_size)
         step = int(state["step"])
+        guard.skipped = int(state.get("skipped_steps", 0))
         sampler.load_state_dict(state["data"])
         if runner.scaler is not None and state.get("scaler"):
             runner.scaler.load_state_dict(state["scaler"])  # fp16: resume with the scale it had
@@ -149,12 +202,32 @@ def train_parallel(s) -> int:
            "predicted_step_time_s": predicted.step_time_s if predicted else None,
            "predicted_mfu": predicted.mfu if predicted else None})
 
+    def latest_name():
+        p = ckpt.latest()
+        return p.name if p is not None else None
+
+    def halt(error) -> None:
+        """Every rank stops at once; rank 0 says why, the others leave with the same code."""
+        write({"kind": "end", "step": step, "reason": "nonfinite"})
+        if rank == 0:
+            log.close()
+        rendezvous.shutdown()
+        if rank == 0:
+            raise error
+        raise SystemExit(error.exit_code)
+
     def save(at: int) -> None:
+        found = [None] * world  # every rank checks the weights it holds
+        dist.all_gather_object(found, nonfinite_tensors(runner.local_parameters()))
+        bad = [(f"{name} (rank {r})", n) for r, mine in enumerate(found) for name, n in mine]
+        if bad:
+            halt(weights_error(at, bad, latest_name()))
         save_checkpoint(ckpt, at, runner, {
             **hashes, "data": sampler.state_dict(), "scheduler": {"type": cfg.schedule.type, "step": at},
             "scaler": runner.scaler.state_dict() if runner.scaler is not None else None,
             "max_steps": tcfg.max_steps, "time": time.time(), "world_size": world,
-            "layout": f"dp{dims.dp} tp{dims.tp} pp{dims.pp} {dims.dp_mode}"}, rank)
+            "layout": f"dp{dims.dp} tp{dims.tp} pp{dims.pp} {dims.dp_mode}",
+            "skipped_steps": guard.skipped}, rank, world)
 
     preempt = Preemption().install()
     saved_at = step
@@ -171,8 +244,13 @@ def train_parallel(s) -> int:
         flag = torch.tensor(1.0 if preempt.requested else 0.0)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         stop = bool(flag > 0)
+        # The runner withheld the update if the loss or gradient norm (both reduced over all
+        # ranks) was not finite; one more all-reduce makes sure every rank saw the same.
+        flags = torch.tensor([0.0 if runner.finite else 1.0, 1.0 if runner.finite else 0.0])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        finite, split = not flags[0] > 0, bool(flags[0] > 0 and flags[1] > 0)
         last = step == tcfg.max_steps
-        if step % tcfg.log_interval == 0 or last or stop:
+        if step % tcfg.log_interval == 0 or last or stop or not finite:
             # Every rank measured the same synchronous step; rank 0's time is the step time.
             tps = s.tokens_per_step * dims.dp / max(step_time, 1e-9)
             write({"kind": "train", "step": step, "max_steps": tcfg.max_steps, "loss": loss, "lr": lr,
@@ -182,7 +260,14 @@ def train_parallel(s) -> int:
                    "predicted_step_time_s": predicted.step_time_s if predicted else None,
                    "predicted_mfu": predicted.mfu if predicted else None,
                    "tokens": step * s.tokens_per_step * dims.dp, "epoch": round(sampler.epoch, 4),
-                   "memory_gb": memory_gb(device), **gpu.read()})
+                   "memory_gb": memory_gb(device), **gpu.read(), **({} if finite else {"skipped": True})})
+        if split:
+            halt(LlmctlError(f"step {step}: the ranks disagree on whether its loss and gradient norm are "
+                             f"finite; stopped without writing a checkpoint", hint=HINT))
+        if not finite:
+            error = guard.after(step, loss, grad_norm, latest_name(), scaled=runner.scaler is not None)
+            if error is not None:
+                halt(error)
         if step % tcfg.eval_interval == 0 or last:
             # Every layout the same way: every rank takes part (FSDP2, ZeRO-3 and pipeline
             # stages need it), rank 0 logs.

@@ -117,7 +117,7 @@ def console_line(r: dict[str, Any]) -> str:
         mfu = f" | mfu {r['mfu'] * 100:.1f}%" if r.get("mfu") is not None else ""
         return (f"step {r['step']:>6}/{r['max_steps']} | loss {r['loss']:.4f} | lr {r['lr']:.2e} | "
                 f"gnorm {r['grad_norm']:.3f} | {r['tokens_per_s']:,.0f} tok/s{mfu} | "
-                f"mem {r['memory_gb']:.2f} GB")
+                f"mem {r['memory_gb']:.2f} GB" + (" | not applied (not finite)" if r.get("skipped") else ""))
     if kind == "eval":
         return f"step {r['step']:>6} | validation loss {r['val_loss']:.4f}"
     if kind == "start":
@@ -126,6 +126,8 @@ def console_line(r: dict[str, Any]) -> str:
                 f"(micro-batch {r['micro_batch']} x {r['grad_accum']} accumulation x seq {r['seq_len']}); "
                 + (f"resuming at step {r['step']}" if r["step"] else "starting at step 0"))
     if kind == "end":
+        if r["reason"] == "nonfinite":
+            return f"llmctl.train: stopped at step {r['step']}: a value that is not finite"
         return f"llmctl.train: {r['reason']} at step {r['step']}"
     return ""
 

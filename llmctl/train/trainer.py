@@ -7,6 +7,8 @@ CPU), clip the gradient norm, step AdamW. Every `log_interval` steps a metrics
 line, every `eval_interval` a validation loss, every `interval_steps` a
 checkpoint; SIGUSR1/SIGTERM finish the step, checkpoint and exit (requeueing a
 SLURM job). At the end: a final validation loss, a checkpoint and the loss curve.
+A step whose loss or gradient norm is not finite is never applied: the run stops
+there, or skips it (`training.nonfinite`, llmctl.train.nonfinite).
 """
 
 from __future__ import annotations
@@ -60,8 +62,11 @@ def evaluate(model, batches, device, autocast) -> float:
     return total / max(sum(len(x) for x, _ in batches), 1)
 
 
-def train(run_dir: str) -> int:
-    """Train the run in `run_dir` to its max_steps (or until preempted); returns the exit code."""
+def train(run_dir: str, verify: bool = True) -> int:
+    """Train the run in `run_dir` to its max_steps (or until preempted); returns the exit code.
+
+    `verify` False (`--skip-verify`) resumes from a checkpoint whose files do not match
+    the digests in its state.json."""
     import contextlib
 
     from llmctl.data.shards import TokenStore
@@ -73,7 +78,7 @@ def train(run_dir: str) -> int:
     if s.dims is not None and s.dims.world > 1:
         from llmctl.train.distributed import train_parallel
 
-        return train_parallel(s)
+        return train_parallel(s, verify)
     cfg, tcfg = s.cfg, s.cfg.training
     train_store = TokenStore(s.data_dir, "train")
     val_store = TokenStore(s.data_dir, "val")
@@ -84,7 +89,8 @@ def train(run_dir: str) -> int:
 
     from llmctl.model.transformer import Transformer
     from llmctl.train.checkpoint import Checkpointer
-    from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops
+    from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops, warn
+    from llmctl.train.nonfinite import NonFiniteGuard, nonfinite_tensors, step_is_finite, weights_error
     from llmctl.train.plot import plot_run
     from llmctl.train.schedule import lr_at
 
@@ -115,9 +121,11 @@ def train(run_dir: str) -> int:
     hashes = s.hashes()
     step = 0
     latest = ckpt.latest()
+    guard = NonFiniteGuard(tcfg.nonfinite, tcfg.max_skipped_steps)
     if latest is not None:
-        state = ckpt.load(latest, model, optimizer, hashes, device)
+        state = ckpt.load(latest, model, optimizer, hashes, device, verify=verify, warn=warn)
         step = int(state["step"])
+        guard.skipped = int(state.get("skipped_steps", 0))
         sampler.load_state_dict(state["data"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -135,11 +143,23 @@ def train(run_dir: str) -> int:
                "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
                "data": str(s.data_dir), "data_position": sampler.position})
 
+    def latest_name():
+        p = ckpt.latest()
+        return p.name if p is not None else None
+
+    def stop(error) -> None:
+        log.write({"kind": "end", "step": step, "reason": "nonfinite"})
+        log.close()
+        raise error
+
     def save(at: int) -> None:
+        bad = nonfinite_tensors(model.named_parameters())  # one pass over the weights
+        if bad:
+            stop(weights_error(at, bad, latest_name()))
         ckpt.save(at, model, optimizer, {
             **hashes, "data": sampler.state_dict(), "scheduler": {"type": cfg.schedule.type, "step": at},
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "max_steps": tcfg.max_steps, "time": time.time()})
+            "max_steps": tcfg.max_steps, "time": time.time(), "skipped_steps": guard.skipped})
 
     predicted = s.plan.predicted if s.plan is not None else None
     preempt = Preemption().install()
@@ -163,29 +183,37 @@ def train(run_dir: str) -> int:
             scaler.unscale_(optimizer)
         clip = cfg.optimizer.grad_clip if cfg.optimizer.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        # The one device sync per step: a NaN or inf must be seen before the update is applied.
+        loss_v, norm_v = torch.stack([loss_sum.float(), grad_norm.float()]).tolist()
+        applied = step_is_finite(loss_v, norm_v, scaled=scaler is not None)
         if scaler is not None:
-            scaler.step(optimizer)
+            if applied:
+                scaler.step(optimizer)  # itself skips a step whose gradients overflowed
             scaler.update()
-        else:
+        elif applied:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         window_tokens += s.tokens_per_step
 
         last = step == tcfg.max_steps
-        if step % tcfg.log_interval == 0 or last or preempt.requested:
-            loss_v = float(loss_sum)  # the one device sync per logged step
+        if step % tcfg.log_interval == 0 or last or preempt.requested or not applied:
             elapsed = time.perf_counter() - window_t0
             tps = window_tokens / max(elapsed, 1e-9)
             log.write({"kind": "train", "step": step, "max_steps": tcfg.max_steps, "loss": loss_v,
-                       "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tps,
+                       "lr": lr, "grad_norm": norm_v, "tokens_per_s": tps,
                        "step_time_s": elapsed / max(window_tokens / s.tokens_per_step, 1),
                        "mfu": (fpt * tps / peak) if peak else None, "tokens": step * s.tokens_per_step,
                        "epoch": round(sampler.epoch, 4), "memory_gb": memory_gb(device), **gpu.read(),
                        # the plan's prediction beside the measurement (`llmctl plan calibrate` fits them)
                        "predicted_step_time_s": predicted.step_time_s if predicted else None,
-                       "predicted_mfu": predicted.mfu if predicted else None})
+                       "predicted_mfu": predicted.mfu if predicted else None,
+                       **({} if applied else {"skipped": True})})
             window_t0, window_tokens = time.perf_counter(), 0
+        if not applied:
+            error = guard.after(step, loss_v, norm_v, latest_name(), scaled=scaler is not None)
+            if error is not None:
+                stop(error)
         paused = time.perf_counter()
         if step % tcfg.eval_interval == 0 or last:
             log.write({"kind": "eval", "step": step, "val_loss": evaluate(model, val, device, autocast)})

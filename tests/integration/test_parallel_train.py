@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jobsupport import VENV_BIN, slurm_up, wait_state  # noqa: E402
-from trainkit import TINY_MODEL, make_project, make_run, prepare_data, records, run_train  # noqa: E402
+from trainkit import TINY_MODEL, flip_bytes, make_project, make_run, prepare_data, records, run_train  # noqa: E402,E501
 
 STEPS = 6
 LOSS_TOL = 1e-4  # float32 sums in another order; the loss is ~6, so ~2e-5 relative
@@ -72,12 +72,14 @@ def losses(run: Path) -> dict[int, float]:
 
 
 def launch(root: Path, name: str, layout: str, scheduler: str, launcher: str, backend: str,
-           extra: str = "") -> Path:
+           extra: str = "", edit=None) -> Path:
     site = root / f"{name}-site.toml"
     site.write_text(SITE.format(name=name, scheduler=scheduler, launcher=launcher, python=sys.executable,
                                 extra=extra))
     (root / f"{name}-plan.toml").write_text(PLAN.format(layout=layout))
     cfg = make_run(root, f"{name}-cfg", steps=STEPS, interval=3, eval_interval=3) / "config.toml"
+    if edit is not None:
+        cfg.write_text(edit(cfg.read_text()))
     run = root / "runs" / name
     r = run_cli("train", "launch", "--plan", f"{name}-plan.toml", "--config", str(cfg), "--launcher", backend,
                 "--site", str(site), "--run-dir", str(run), "--name", f"llmctl-par-{name}", cwd=root,
@@ -133,6 +135,51 @@ def test_torchrun_dp2_follows_single_process_and_resumes_at_dp1(project):
     assert_follows_single(project, run, 2)
     assert "torch.distributed.run" in (run / "job.sh").read_text()
     resume_in_one_process(project, run, "ddp-to-dp1")
+    a_damaged_shard_is_refused(project, run, "ddp-flip")
+
+
+def a_damaged_shard_is_refused(root: Path, src: Path, name: str) -> None:
+    """state.json of a sharded checkpoint covers every rank's shard; one flipped byte in one of
+    them and the resume (here in one process) refuses, naming that shard."""
+    ck = src / "checkpoints" / "step-00000003"
+    files = json.loads((ck / "state.json").read_text())["files"]
+    assert {"dcp/.metadata", "dcp/__0_0.distcp", "dcp/__1_0.distcp", "rng.pt"} <= set(files)
+    run = make_run(root, name, steps=STEPS, interval=3, eval_interval=3)
+    shutil.copytree(ck, run / "checkpoints" / ck.name)
+    (run / "checkpoints" / "latest").write_text(ck.name + "\n")
+    flip_bytes(run / "checkpoints" / ck.name / "dcp" / "__1_0.distcp", count=1)
+    r = run_train(run)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "step-00000003/dcp/__1_0.distcp: contents differ from the sha256" in r.stderr
+    assert not records(run, "train")
+
+
+def _diverging(text: str, extra: str = "") -> str:
+    """lr 1e30 without warm-up: step 1 blows the weights up, step 2's gradient norm is NaN."""
+    text = text.replace("lr = 0.003", "lr = 1e30").replace("warmup_steps = 5", "warmup_steps = 0")
+    return text.replace("interval_steps = 3", "interval_steps = 1").replace("[training]\n", "[training]\n" + extra)
+
+
+def test_torchrun_dp2_skips_nonfinite_steps_together_then_stops(project):
+    """Both ranks withhold the same updates, count them the same, and stop at the same step
+    with one line (rank 0's), exit 2; no checkpoint of a non-finite step, `latest` stays."""
+    run = launch(project, "nan", "dp = 2\nmicro_batch = 4\ngrad_accum = 1", "local", "torchrun", "local",
+                 edit=lambda t: _diverging(t, 'nonfinite = "skip"\nmax_skipped_steps = 2\n'))
+    st = wait_state(lambda *a, **k: run_cli(*a, cwd=project, env={"LLMCTL_STATE_DIR": str(project / "state")},
+                                            **k), run, timeout=240)
+    logs = "\n".join(p.read_text(errors="replace") for p in (run / "logs").glob("*"))
+    assert st["state"] == "FAILED", (st, logs[-3000:])
+    # torchrun reports a child's non-zero exit with its own traceback; none comes from llmctl.
+    assert not [line for line in logs.splitlines() if line.startswith("  File") and "/llmctl/" in line], logs
+    errors = [line for line in logs.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: step 4: "), logs[-3000:]
+    assert "max_skipped_steps = 2" in errors[0] and "step-00000003" in errors[0]
+    assert [t["step"] for t in records(run, "train") if t.get("skipped")] == [2, 3, 4]
+    end = records(run, "end")[-1]
+    assert end["reason"] == "nonfinite" and end["step"] == 4
+    ck = run / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step-00000002", "step-00000003"]  # keep_last 2
+    assert json.loads((ck / "step-00000003" / "state.json").read_text())["skipped_steps"] == 2
 
 
 def test_torchrun_zero1_follows_single_process_with_val_loss(project):

@@ -1,6 +1,7 @@
 """`llmctl serve batch`: OpenAI batch files in and out, resumable. Locally (a run cut
 short, its output torn mid-line) and as a real job on the local SLURM cluster that
-is killed halfway and completes on resubmission without redoing finished requests."""
+is killed halfway and completes on resubmission without redoing finished requests.
+A request that fails in the engine gets an error line and the others still run."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from jobsupport import slurm_up, wait_state, write_site  # noqa: E402
 pytest.importorskip("torch")
 
 
-def write_requests(path: Path, n: int, step: int = 1) -> list[str]:
+def write_requests(path: Path, n: int, step: int = 1, hold: int | None = None) -> list[str]:
+    """`n` requests; with `hold`, that one holds the engine after its first token (test
+    hooks: only where LLMCTL_SERVE_TEST_HOOKS=1, ignored elsewhere)."""
     ids = []
     with open(path, "w") as f:
         for i in range(n):
@@ -33,6 +36,8 @@ def write_requests(path: Path, n: int, step: int = 1) -> list[str]:
             else:
                 url, body = "/v1/completions", {"prompt": f"def f{i}(x):"}
             body.update(max_tokens=step * (i + 1), temperature=0, ignore_eos=True)
+            if i == hold:
+                body["llmctl_test"] = "hold"
             f.write(json.dumps({"custom_id": cid, "method": "POST", "url": url, "body": body}) + "\n")
     return ids
 
@@ -71,6 +76,21 @@ def test_batch_answers_and_resumes(tmp_path, artifact):
             assert x["response"]["body"]["choices"][0] == old
 
 
+def test_a_request_failing_in_the_engine_gets_an_error_line(tmp_path, artifact):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_requests(inp, 6)
+    with open(inp, "a") as f:  # its step raises (test hooks) after 2 tokens, among the others
+        f.write(json.dumps({"custom_id": "boom", "url": "/v1/completions", "body": {
+            "prompt": "x", "max_tokens": 20, "ignore_eos": True, "llmctl_test": "fail-step"}}) + "\n")
+    r = run_cli("serve", "batch", "--artifact", str(artifact), "--input", str(inp), "--output", str(out),
+                env={"LLMCTL_SERVE_TEST_HOOKS": "1"})
+    assert r.returncode == 0, r.stderr
+    rows = {x["custom_id"]: x for x in K.jsonl(out)}
+    assert set(rows) == {*ids, "boom"} and "1 errors" in r.stdout
+    assert rows["boom"]["response"] is None and "injected fault" in rows["boom"]["error"]["message"]
+    assert all(rows[i]["response"]["status_code"] == 200 for i in ids)
+
+
 def test_bad_batch_file_is_one_clean_error(tmp_path, artifact):
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"custom_id": "a", "url": "/v1/embeddings", "body": {}}\n')
@@ -86,19 +106,23 @@ def test_slurm_batch_killed_halfway_completes_on_resubmission(tmp_path, artifact
     from llmctl.jobs.launch import prepare_serve_job, submit_run
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    ids = write_requests(inp, 40, step=5)
-    site = write_site(tmp_path, env={"TOKENIZERS_PARALLELISM": "false"})
+    # req-020 holds the first job's engine for good (test hooks on in its site only): the
+    # kill always lands halfway, however fast the machine answers the others.
+    ids = write_requests(inp, 40, step=5, hold=20)
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    held = write_site(tmp_path, name="testslurm-held", env={**env, "LLMCTL_SERVE_TEST_HOOKS": "1"})
+    site = write_site(tmp_path, env=env)
     cfg = tmp_path / "serve.toml"
-    cfg.write_text("max_batch_tokens = 4\n")  # a few tokens a step: answers trickle out over seconds
+    cfg.write_text("max_batch_tokens = 4\n")  # a few tokens a step: answers trickle out
 
-    def submit(name):
+    def submit(name, site):
         run, _ = prepare_serve_job(kind="serve-batch", artifact=str(artifact), input_path=str(inp),
                                    output_path=str(out), config_path=str(cfg), launcher="slurm",
                                    site=str(site), run_dir=str(tmp_path / name), name=f"llmctl-{name}")
         _, job = submit_run(run.path)
         return run.path, job
 
-    run1, job1 = submit("batch1")
+    run1, job1 = submit("batch1", held)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -110,9 +134,9 @@ def test_slurm_batch_killed_halfway_completes_on_resubmission(tmp_path, artifact
     finally:
         subprocess.run(["scancel", job1], capture_output=True, timeout=30)
     done_first = {json.loads(x)["custom_id"] for x in out.read_text().splitlines() if x.endswith("}")}
-    assert 5 <= len(done_first) < 40, "the job was not killed halfway"
+    assert 5 <= len(done_first) < 40 and "req-020" not in done_first
 
-    run2, job2 = submit("batch2")
+    run2, job2 = submit("batch2", site)
     try:
         st = wait_state(run_cli, run2, timeout=180)
     finally:

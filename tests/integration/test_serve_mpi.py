@@ -1,7 +1,9 @@
 """The server on two MPI ranks (mpiexec from the venv's MPICH): tensor parallel
 greedy outputs equal one rank's; a worker rank that stops answering (SIGSTOP) or
 is killed (SIGKILL) turns /health unhealthy and fails the in-flight request
-within seconds, while rank 0's HTTP server stays up to say so."""
+within seconds, while rank 0's HTTP server stays up to say so. The in-flight
+request holds the engine after its first token (test hooks), so it cannot finish
+before the rank is lost, however fast the machine."""
 
 from __future__ import annotations
 
@@ -62,11 +64,13 @@ def answers(url):
 
 
 def stream_in_background(url: str, events: list, first: threading.Event) -> threading.Thread:
-    """A long streamed request in a thread: its `data:` lines (or a transport error) go to `events`."""
+    """A streamed request in a thread that holds its engine after its first token (until
+    POST /_test/release): its `data:` lines (or a transport error) go to `events`."""
     def stream():
         try:
             with httpx.stream("POST", url + "/v1/completions", timeout=60, json={
-                    "prompt": "x", "max_tokens": 240, "ignore_eos": True, "stream": True}) as r:
+                    "prompt": "x", "max_tokens": 240, "ignore_eos": True, "stream": True,
+                    "llmctl_test": "hold"}) as r:
                 for line in r.iter_lines():
                     if line.startswith("data:"):
                         events.append(line)
@@ -85,7 +89,7 @@ def test_two_tensor_parallel_ranks_match_one_and_a_lost_rank_fails_fast(artifact
     needs("mpi", MPIEXEC.exists(), "pip install mpi4py mpich")
     with K.Server(artifact) as one:
         want = answers(one.url)
-    two = K.Server(artifact, cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "2"})
+    two = K.Server(artifact, cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "2", **K.TEST_HOOKS})
     stopped = None
     try:
         two.wait(90)
@@ -104,7 +108,7 @@ def test_two_tensor_parallel_ranks_match_one_and_a_lost_rank_fails_fast(artifact
         t.join(30)
         assert not t.is_alive(), "the in-flight request hung"
         assert time.monotonic() - t0 < 15
-        assert events[-1] != "data: [DONE]", "the request finished before the rank was stopped"
+        assert events[-1] != "data: [DONE]", "the held request finished"
         last = json.loads(events[-1][5:])
         assert "error" in last and "rank" in last["error"]["message"]
         h = httpx.get(two.url + "/health")
@@ -120,7 +124,8 @@ def test_two_tensor_parallel_ranks_match_one_and_a_lost_rank_fails_fast(artifact
 @pytest.mark.mpi
 def test_a_killed_worker_rank_fails_requests_and_health_while_rank0_stays_up(artifact, tmp_path):
     needs("mpi", MPIEXEC.exists(), "pip install mpi4py mpich")
-    two = K.Server(artifact, cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "2", "LLMCTL_RUN_DIR": str(tmp_path)})
+    two = K.Server(artifact, cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "2", "LLMCTL_RUN_DIR": str(tmp_path),
+                                               **K.TEST_HOOKS})
     killed = None
     try:
         two.wait(90)
@@ -137,7 +142,7 @@ def test_a_killed_worker_rank_fails_requests_and_health_while_rank0_stays_up(art
         assert not t.is_alive(), "the in-flight request hung"
         assert time.monotonic() - t0 < 15
         assert not events[-1].startswith("transport error"), f"rank 0 went down with rank 1: {events[-1]}"
-        assert events[-1] != "data: [DONE]", "the request finished before the rank was killed"
+        assert events[-1] != "data: [DONE]", "the held request finished"
         last = json.loads(events[-1][5:])
         assert "error" in last and "rank" in last["error"]["message"], last
         # rank 0 is still serving HTTP, and says it is unhealthy
@@ -160,7 +165,7 @@ def test_two_data_parallel_replicas_match_one_rank_and_share_the_load(artifact):
     prompts = PROMPTS + ["for i in range(3):", "return None", "with open(p) as f:", "# comment"]
     with K.Server(artifact) as one:
         want = concurrent_answers(one.url, prompts)
-    two = K.Server(artifact, "--mpi-mode", "dp", cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "2"})
+    two = K.Server(artifact, "--mpi-mode", "dp", cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "2", **K.TEST_HOOKS})
     try:
         two.wait(90)
         assert httpx.get(two.url + "/health").json()["ranks"] == 2
@@ -169,8 +174,7 @@ def test_two_data_parallel_replicas_match_one_rank_and_share_the_load(artifact):
         assert set(served) == {"0", "1"} and sum(served.values()) == len(prompts)
         assert served["0"] > 0 and served["1"] > 0, served
 
-        # Two long streams: the router puts one on each replica; then rank 1 is killed
-        # as soon as its stream has started.
+        # Two held streams: the router puts one on each replica; then rank 1 is killed.
         rank1 = httpx.get(two.url + "/health").json()["rank_pids"][1]
         streams = [([], threading.Event()) for _ in range(2)]
         threads = []
@@ -179,13 +183,16 @@ def test_two_data_parallel_replicas_match_one_rank_and_share_the_load(artifact):
             assert first.wait(30)
         os.kill(rank1, signal.SIGKILL)
         assert replica_counts(two.url)["1"] == served["1"] + 1
+        K.wait_until(lambda: httpx.get(two.url + "/health", timeout=5).status_code == 503, "rank 1 lost")
+        httpx.post(two.url + "/_test/release", timeout=5)  # rank 0's stream may finish now
         for t in threads:
             t.join(30)
             assert not t.is_alive(), "an in-flight request hung"
         lasts = [events[-1] for events, _ in streams]
         assert not any(e.startswith("transport error") for e in lasts), lasts
+        # rank 1's stream failed; rank 0's, released, finished
         failed = [json.loads(e[5:]) for e in lasts if e != "data: [DONE]"]
-        assert failed and all("rank" in f["error"]["message"] for f in failed), lasts
+        assert len(failed) == 1 and "rank" in failed[0]["error"]["message"], lasts
         h = httpx.get(two.url + "/health", timeout=5)
         assert h.status_code == 503 and "rank 1" in h.json()["error"]
     finally:

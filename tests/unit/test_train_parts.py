@@ -139,9 +139,103 @@ def test_loading_never_runs_pickled_code(tmp_path, capsys):
     ck = Checkpointer(tmp_path / "ck")
     path = ck.save(1, m, opt, dict(HASHES))
     torch.save({"state": {}, "param_groups": [], "x": Evil()}, path / "optimizer.pt")
+    with pytest.raises(LlmctlError, match="optimizer.pt: .* bytes, state.json records"):
+        ck.load(path, m, opt, HASHES, "cpu")  # the digests catch it first
     with pytest.raises(LlmctlError, match="cannot load optimizer"):
-        ck.load(path, m, opt, HASHES, "cpu")
+        ck.load(path, m, opt, HASHES, "cpu", verify=False, warn=lambda _: None)
     assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_every_file_is_verified_at_load_and_named_when_it_changed(tmp_path):
+    from llmctl.train.checkpoint import verify_files
+
+    m, opt = _model()
+    ck = Checkpointer(tmp_path / "ck")
+    path = ck.save(1, m, opt, dict(HASHES))
+    files = json.loads((path / "state.json").read_text())["files"]
+    assert sorted(files) == ["model.safetensors", "optimizer.pt", "rng.pt"]
+    assert verify_files(path) == []
+    original = (path / "rng.pt").read_bytes()
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01  # one bit, same size: only the sha256 sees it
+    (path / "rng.pt").write_bytes(bytes(damaged))
+    with pytest.raises(LlmctlError, match=r"step-00000001/rng.pt: contents differ from the sha256") as e:
+        ck.load(path, m, opt, HASHES, "cpu")
+    assert "--skip-verify" in e.value.hint
+    warned = []
+    ck.load(path, m, opt, HASHES, "cpu", verify=False, warn=warned.append)
+    assert warned == [f"{path}: files not verified (--skip-verify)"]
+    (path / "rng.pt").write_bytes(original[:-10])
+    assert verify_files(path) == [f"{path / 'rng.pt'}: {len(original) - 10} bytes, state.json records "
+                                  f"{len(original)}"]
+    (path / "rng.pt").unlink()
+    assert verify_files(path) == [f"{path / 'rng.pt'}: missing (state.json lists it)"]
+
+
+def test_a_checkpoint_from_before_digests_loads_with_a_warning(tmp_path):
+    m, opt = _model()
+    ck = Checkpointer(tmp_path / "ck")
+    path = ck.save(1, m, opt, dict(HASHES))
+    state = json.loads((path / "state.json").read_text())
+    del state["files"]
+    (path / "state.json").write_text(json.dumps(state))
+    warned = []
+    assert ck.load(path, m, opt, HASHES, "cpu", warn=warned.append)["step"] == 1
+    assert len(warned) == 1 and "no file digests" in warned[0]
+
+
+def test_nonfinite_tensors_are_named_and_large_finite_ones_are_not():
+    from llmctl.train.nonfinite import nonfinite_tensors
+
+    big = torch.full((4, 4), 1e30)  # its sum of squares overflows float32; it is finite all the same
+    nan, inf = torch.zeros(3), torch.zeros(2, 2)
+    nan[1] = float("nan")
+    inf[0, 0], inf[1, 1] = float("inf"), -float("inf")
+    ids = torch.tensor([1, 2])  # not floating point: never counted
+    assert nonfinite_tensors([("big", big), ("nan", nan), ("ids", ids), ("inf", inf)]) == [("nan", 1),
+                                                                                           ("inf", 2)]
+    assert nonfinite_tensors([("a", torch.ones(3, dtype=torch.bfloat16))]) == []
+
+
+def test_nonfinite_policies():
+    import math
+
+    from llmctl.train.nonfinite import NonFiniteGuard, step_is_finite
+
+    nan = float("nan")
+    assert step_is_finite(1.0, 2.0) and not step_is_finite(nan, 2.0) and not step_is_finite(1.0, math.inf)
+    assert step_is_finite(1.0, math.inf, scaled=True)  # the loss scaler's business
+    stop = NonFiniteGuard("stop", 10)
+    e = stop.after(7, 1.5, nan, "step-00000005")
+    assert e.message.startswith("step 7: the gradient norm is not finite (loss 1.5, gradient norm nan)")
+    assert "`latest` still points at step-00000005" in e.message
+    skip = NonFiniteGuard("skip", 2, skipped=1)
+    assert skip.after(8, nan, nan, None) is None
+    e = skip.after(9, nan, 1.0, None)
+    assert "step 9: the loss is not finite" in e.message and "3 steps so far" in e.message
+    assert "max_skipped_steps = 2" in e.message and "no checkpoint was written" in e.message
+
+
+def test_the_nonfinite_policy_is_checked_in_the_config(tmp_path):
+    from llmctl.config.base import load_config
+    from llmctl.config.train import TrainConfig
+    from llmctl.errors import ConfigError
+
+    base = '[model]\nname = "m"\nconfig_file = "m.json"\n[training]\n'
+    good = tmp_path / "good.toml"
+    good.write_text(base + 'nonfinite = "skip"\nmax_skipped_steps = 3\n')
+    t = load_config(good, TrainConfig).training
+    assert (t.nonfinite, t.max_skipped_steps) == ("skip", 3)
+    assert load_config(_write(tmp_path / "d.toml", base), TrainConfig).training.nonfinite == "stop"
+    for bad, key in (('nonfinite = "ignore"', "training.nonfinite"),
+                     ("max_skipped_steps = -1", "training.max_skipped_steps")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(_write(tmp_path / "bad.toml", base + bad + "\n"), TrainConfig)
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
 
 
 def test_a_broken_latest_pointer_is_an_error_and_partial_writes_are_cleaned(tmp_path):
