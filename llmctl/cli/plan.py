@@ -53,10 +53,14 @@ def group() -> None:
 @click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds the solver may take.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the plan (TOML) here.")
+@click.option("--explain-error", is_flag=True,
+              help="Also say which terms dominate the step time and how much a 1% error in each constant "
+                   "of the cost model moves the prediction.")
 @json_option
 def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, train_path, target_flops,
             max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
-            zero_stage, recompute, tp_across_nodes, precision, attention, top, time_limit, out, as_json) -> None:
+            zero_stage, recompute, tp_across_nodes, precision, attention, top, time_limit, out, explain_error,
+            as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
     from llmctl.plan.api import Request, compute_plan
     from llmctl.plan.report import print_plan, write_plan
@@ -69,15 +73,28 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
                   max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
                   strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path,
                   attention=attention, precision=precision)
-    plan, _ = compute_plan(req)
+    plan, outcome = compute_plan(req)
+    sens = None
+    if explain_error:
+        from llmctl.plan.api import load_inputs
+        from llmctl.plan.sensitivity import sensitivity
+
+        _, cl, w = load_inputs(req)
+        sens = sensitivity(w, cl, outcome.plans[0])
     if out:
         write_plan(plan, out)
     if as_json:
         from llmctl.cli.common import print_json
 
-        print_json(plan.to_data())
+        print_json({**plan.to_data(), **({"explain_error": sens} if sens else {})})
     else:
         print_plan(plan)
+        if sens:
+            click.echo("\nwhat the prediction rests on (chosen layout)")
+            click.echo("  dominant terms: " + ", ".join(f"{k} {v:.0%}" for k, v in sens["dominant"][:4]))
+            click.echo("  step-time change per +1% in each constant (elasticity):")
+            for k, v in sens["elasticity"].items():
+                click.echo(f"    {k:32s} {v:+.3f}")
         if out:
             click.echo(f"wrote {out}")
 

@@ -272,3 +272,18 @@ def test_groups_that_do_not_divide_a_node_straddle_two():
     assert comm.group_bw(1, 3, 8, 100.0, 1.0) == 1.0 and comm.group_bw(1, 4, 8, 100.0, 1.0) == 100.0
     tuples, _ = degree_tuples(Workload(LayerShape.of(GPT175), 2048, 1536), a100s(384), Fixed())
     assert {t for t, *_ in tuples} == {1, 2, 4, 8}
+
+
+def test_explain_error_names_dominant_terms_and_sensitivities(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    r = run_cli("plan", "compute", "--model", _cli_model(tmp_path, GPT175), "--site", "slurm-a100-ib", "--nodes", "48",
+                "--global-batch", "1536", "--seq-len", "2048", "--top", "0", "--explain-error", "--json")
+    assert r.returncode == 0, r.stderr
+    e = json.loads(r.stdout)["explain_error"]
+    assert e["dominant"][0][0] == "compute"
+    el = e["elasticity"]
+    assert -1.0 <= el["sustained fraction of peak"] < -0.5 and abs(el["CP exposure"]) < 1e-9
+    assert list(el)[0] == "sustained fraction of peak"  # sorted by magnitude
