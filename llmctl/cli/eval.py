@@ -28,8 +28,10 @@ def group() -> None:
               "(needs `pip install lm-eval`).")
 @click.option("--harness-include", type=click.Path(file_okay=False),
               help="With --harness-tasks: a folder of local harness task YAMLs.")
+@click.option("--skip-verify", is_flag=True,
+              help="With --checkpoint: load it even if its files do not match the digests in its state.json.")
 def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, suite, tasks, output, limit,
-        batch_size, log_samples, harness_tasks, harness_include) -> None:
+        batch_size, log_samples, harness_tasks, harness_include, skip_verify) -> None:
     """Evaluate one checkpoint, exported artifact or served endpoint.
 
     Exactly one of --checkpoint, --artifact, --endpoint. Without --suite, the
@@ -46,12 +48,13 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
     if harness_tasks or harness_include:
         return _run_harness(harness_tasks, harness_include, suite, tasks, output, limit, log_samples,
                             lambda size: open_model(checkpoint, artifact, endpoint, tokenizer, served_model,
-                                                    api_key_env, batch_size or size))
+                                                    api_key_env, batch_size or size, verify=not skip_verify))
 
     suite_cfg, task_list = load_suite(suite, tasks)  # bad task files fail before the model loads
     lm = open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env,
                     batch_size or suite_cfg.batch_size,
-                    need_logprobs=any(t.cfg.output_type != "generate_until" for t in task_list))
+                    need_logprobs=any(t.cfg.output_type != "generate_until" for t in task_list),
+                    verify=not skip_verify)
     results = evaluate(lm, suite_cfg, task_list, limit=limit, log_samples=log_samples)
     if output:
         for p in write_results(results, Path(output)):
@@ -84,7 +87,7 @@ def _run_harness(names, include, suite, tasks, output, limit, log_samples, open_
 
 
 def open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, batch_size,
-               need_logprobs=True):
+               need_logprobs=True, verify=True):
     """The LM backend the options name (exactly one of checkpoint, artifact, endpoint)."""
     from llmctl.errors import LlmctlError
 
@@ -97,10 +100,12 @@ def open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_
                                     ("--api-key-env", api_key_env)) if v]
     if endpoint_only and not endpoint:
         raise LlmctlError(f"{', '.join(endpoint_only)}: only with --endpoint")
+    if not verify and not checkpoint:
+        raise LlmctlError("--skip-verify: only with --checkpoint")
     if checkpoint:
         from llmctl.eval.lm import CheckpointLM
 
-        return CheckpointLM(checkpoint, batch_size=batch_size)
+        return CheckpointLM(checkpoint, batch_size=batch_size, verify=verify)
     if artifact:
         from llmctl.eval.artifact import ArtifactLM
 

@@ -15,7 +15,9 @@ from llmctl.errors import LlmctlError
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="Weight-only int8 (per-channel scales), read by `llmctl serve`.")
-def command(checkpoint, artifact, out, fmt, dtype, quantize) -> None:
+@click.option("--skip-verify", is_flag=True,
+              help="Export even a checkpoint whose files do not match the digests in its state.json.")
+def command(checkpoint, artifact, out, fmt, dtype, quantize, skip_verify) -> None:
     """Export a checkpoint as safetensors + config.json + tokenizer.
 
     With --artifact instead, read a Hugging Face folder (Llama or GPT-2) into
@@ -30,7 +32,7 @@ def command(checkpoint, artifact, out, fmt, dtype, quantize) -> None:
     from llmctl.export.hf import export_checkpoint, import_artifact
 
     if checkpoint:
-        path = export_checkpoint(checkpoint, out, dtype, quantize)
+        path = export_checkpoint(checkpoint, out, dtype, quantize, verify=not skip_verify)
         click.echo(f"exported {checkpoint} -> {path} ({fmt}, {dtype}"
                    f"{', int8 weights (for llmctl serve; transformers cannot load them)' if quantize else ''})")
     else:

@@ -227,9 +227,10 @@ def cut_at_stops(text: str, until: list[str]) -> str:
 class CheckpointLM(TorchLM):
     """A loaded checkpoint with its tokenizer, scoring on the CPU or the first GPU."""
 
-    def __init__(self, checkpoint: str | Path, batch_size: int = 8, device: Optional[str] = None):
+    def __init__(self, checkpoint: str | Path, batch_size: int = 8, device: Optional[str] = None,
+                 verify: bool = True):
         from llmctl.data.tokenizer import load_tokenizer
-        from llmctl.train.checkpoint import MODEL, STATE
+        from llmctl.train.checkpoint import MODEL, STATE, check_files
         from llmctl.train.setup import load_run, short_hash
 
         self.path = resolve_checkpoint(checkpoint)
@@ -246,6 +247,7 @@ class CheckpointLM(TorchLM):
             raise LlmctlError(f"{self.path}: checkpoint of another model ({state.get('model_shape')}) than "
                               f"the run's model config {setup.model_path} ({mc.template}, {mc.layers} layers, "
                               f"vocab {mc.vocab_size})", hint="restore the model config the run trained with")
+        check_files(self.path, state, verify)  # the digests in state.json (`--skip-verify`: not)
         meta = setup.data_meta["tokenizer"]
         tok_path = setup.data_dir / meta.get("file", "tokenizer.json")
         tokenizer = load_tokenizer(str(tok_path), meta["eos_token"], str(setup.data_dir / "meta.json"))

@@ -8,6 +8,12 @@ names, `tokenizer.json` + `tokenizer_config.json`, and our `llmctl-manifest.json
 reader loads a Llama folder that transformers itself saved, so `serve` and
 `export --artifact` accept both.
 
+An export first checks the checkpoint's files against the digests in its state.json
+(`verify=False`: `--skip-verify`), and refuses weights that hold NaN or infinity, or
+that overflow the export dtype, naming the tensor. The folder is written beside its
+destination and renamed into place: a full disk is one line (the file, the space
+left) and leaves nothing behind.
+
 Both directions are one table of names; GPT-2 stores its linear layers as Conv1D
 ((in, out), q/k/v fused), hence the transposes and the split.
 """
@@ -21,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
-from llmctl.fsutil import atomic_write_text
+from llmctl.fsutil import atomic_write_text, writing
 
 MANIFEST = "llmctl-manifest.json"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -220,8 +226,32 @@ def _stage(out: Path) -> Path:
         raise LlmctlError(f"{out}: exists and is not empty", hint="choose a new --out folder")
     tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with _writing(tmp):
+        tmp.mkdir(parents=True)
     return tmp
+
+
+def _writing(path: Path):
+    """A write the operating system refuses (a full disk): one line naming the file."""
+    return writing(path, "export", "; nothing was exported")
+
+
+def _refuse_nonfinite(tensors: dict, where: str, dtype: Optional[str] = None) -> None:
+    """An error naming the first tensor that holds NaN or infinity (after conversion to
+    `dtype`, when given: fp16 overflows beyond 65504)."""
+    from llmctl.train.nonfinite import nonfinite_tensors
+
+    bad = nonfinite_tensors(tensors.items())
+    if not bad:
+        return
+    name, count = bad[0]
+    more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+    if dtype is None:
+        raise LlmctlError(f"{where}: tensor {name} holds {count} non-finite values (NaN or inf){more}; "
+                          "refusing to export it",
+                          hint="export an earlier checkpoint (step-* folders beside it)")
+    raise LlmctlError(f"{where}: tensor {name} holds {count} values that overflow {dtype}{more}; "
+                      "refusing to export it", hint="export with --dtype bf16 or fp32")
 
 
 def _finish(tmp: Path, out: Path, manifest: dict) -> None:
@@ -255,16 +285,27 @@ def dequantize_int8(hf: dict, dtype) -> dict:
             for k, v in hf.items() if not k.endswith("_scale")}
 
 
-def export_checkpoint(checkpoint: str, out: str, dtype: str = "bf16", quantize: Optional[str] = None) -> Path:
-    """Write a transformers-loadable folder from an llmctl checkpoint; returns it."""
+def export_checkpoint(checkpoint: str, out: str, dtype: str = "bf16", quantize: Optional[str] = None,
+                      verify: bool = True) -> Path:
+    """Write a transformers-loadable folder from an llmctl checkpoint; returns it.
+
+    `verify` False exports a checkpoint whose files do not match its state.json digests."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from llmctl.train.checkpoint import MODEL, STATE, check_files, read_state
     from llmctl.train.setup import load_run
 
     ckpt, run = find_checkpoint(checkpoint)
     setup = load_run(run)
     cfg = setup.model_cfg
-    state = load_file(str(ckpt / "model.safetensors"))
+    if (ckpt / STATE).is_file():
+        check_files(ckpt, read_state(ckpt), verify)
+    try:
+        state = load_file(str(ckpt / MODEL))
+    except (SafetensorError, OSError) as e:
+        raise LlmctlError(f"{ckpt / MODEL}: cannot load: {e}") from None
+    _refuse_nonfinite(state, str(ckpt / MODEL))
     if cfg.tie_embeddings:  # save_model keeps one name of the shared tensor
         shared = state.get("tok_emb.weight", state.get("head.weight"))
         state["tok_emb.weight"] = state["head.weight"] = shared
@@ -283,6 +324,7 @@ def write_artifact(cfg, state: dict, out: str | Path, dtype: str, tok_file: Opti
     cj = llama_config_json(cfg) if cfg.template == "llama" else gpt2_config_json(cfg)
     tdtype = getattr(torch, DTYPES[dtype])
     hf = {k: v.to(tdtype) for k, v in to_hf_state(cfg, state).items()}
+    _refuse_nonfinite(hf, f"export to {dtype}", dtype)
     cj.update({"torch_dtype": DTYPES[dtype], "eos_token_id": eos_id, "bos_token_id": eos_id})
     if quantize == "int8":
         # Not a transformers quantisation method: such a folder is for `llmctl serve`.
@@ -291,10 +333,13 @@ def write_artifact(cfg, state: dict, out: str | Path, dtype: str, tok_file: Opti
     out_p = Path(out).expanduser().absolute()
     tmp = _stage(out_p)
     try:
-        save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cj, indent=2) + "\n", encoding="utf-8")
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {"eos_token_id": eos_id, "bos_token_id": eos_id}) + "\n", encoding="utf-8")
+        with _writing(tmp / "model.safetensors"):
+            save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        with _writing(tmp / "config.json"):
+            (tmp / "config.json").write_text(json.dumps(cj, indent=2) + "\n", encoding="utf-8")
+        with _writing(tmp / "generation_config.json"):
+            (tmp / "generation_config.json").write_text(json.dumps(
+                {"eos_token_id": eos_id, "bos_token_id": eos_id}) + "\n", encoding="utf-8")
         if tok_file is not None:
             _write_tokenizer(tmp, Path(tok_file), eos_id, cfg.max_seq_len)
         _finish(tmp, out_p, {"format": "hf", "dtype": dtype, "quantize": quantize, **source, "model_config": cfg.to_data()})
@@ -309,11 +354,14 @@ def _write_tokenizer(tmp: Path, tok_file: Path, eos_id: Optional[int], max_len: 
         return
     from tokenizers import Tokenizer
 
-    shutil.copyfile(tok_file, tmp / "tokenizer.json")
+    with _writing(tmp / "tokenizer.json"):
+        shutil.copyfile(tok_file, tmp / "tokenizer.json")
     eos = Tokenizer.from_file(str(tok_file)).id_to_token(eos_id) if eos_id is not None else None
-    (tmp / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
-        "model_max_length": max_len, "chat_template": CHAT_TEMPLATE}, indent=2) + "\n", encoding="utf-8")
+    with _writing(tmp / "tokenizer_config.json"):
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
+            "model_max_length": max_len, "chat_template": CHAT_TEMPLATE}, indent=2) + "\n",
+            encoding="utf-8")
 
 
 # --- loading ---------------------------------------------------------------------
@@ -395,10 +443,13 @@ def import_artifact(artifact: str, out: str) -> Path:
     out_p = Path(out).expanduser().absolute()
     tmp = _stage(out_p)
     try:
-        save_model(art.model, str(tmp / "model.safetensors"))
-        (tmp / "model.json").write_text(json.dumps(art.cfg.to_data(), indent=2) + "\n", encoding="utf-8")
+        with _writing(tmp / "model.safetensors"):
+            save_model(art.model, str(tmp / "model.safetensors"))
+        with _writing(tmp / "model.json"):
+            (tmp / "model.json").write_text(json.dumps(art.cfg.to_data(), indent=2) + "\n", encoding="utf-8")
         if (art.path / "tokenizer.json").is_file():
-            shutil.copyfile(art.path / "tokenizer.json", tmp / "tokenizer.json")
+            with _writing(tmp / "tokenizer.json"):
+                shutil.copyfile(art.path / "tokenizer.json", tmp / "tokenizer.json")
         _finish(tmp, out_p, {"format": "llmctl", "source_artifact": str(art.path)})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
