@@ -99,9 +99,12 @@ class MetricsLog:
         self.console = console
 
     def write(self, record: dict[str, Any]) -> None:
+        from llmctl.fsutil import writing
+
         record = {"time": round(time.time(), 3), **record}
-        self.f.write(json.dumps(record) + "\n")
-        self.f.flush()
+        with writing(self.path, "training metrics"):  # a full disk: one line, not a traceback
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
         if self.console:
             line = console_line(record)
             if line:

@@ -93,3 +93,14 @@ def test_data_prepare_on_a_full_disk_keeps_the_data_there(project, tmp_path):
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
         assert json.loads((out / "meta.json").read_text())["splits"]["train"]["documents"] > 0
     shutil.rmtree(small, ignore_errors=True)
+
+
+def test_metrics_on_a_full_disk(project, tmp_path):
+    # The run folder itself on a full disk: the metrics line that does not fit stops the run.
+    run = tmp_path / "run"
+    with small_filesystem(run, "12k"):
+        (run / "config.toml").write_text((make_run(project, "metrics-full", steps=200, interval=1000,
+                                                   eval_interval=1000) / "config.toml").read_text())
+        r = run_train(run, LLMCTL_PROJECT_DIR=str(project))
+        _one_clean_error(r, f"training metrics: cannot write {run / 'metrics.jsonl'}: No space left on device")
+        assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())
