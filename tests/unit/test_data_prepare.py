@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -176,19 +175,39 @@ def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
     assert keep.read_text() == "mine"
 
 
+# `llmctl data prepare`, held after its 30th input file (tokenizer saved, shards being
+# written) until it is killed: the kill lands mid-way however fast the machine is.
+HELD_PREPARE = """
+import sys, time
+import llmctl.data.prepare as prepare
+from llmctl.cli import main
+
+_update = prepare._Progress.update
+
+def update(self, done, tokens, final=False):
+    _update(self, done, tokens, final)
+    if done == 30 and not final:
+        print("held", flush=True)
+        time.sleep(3600)
+
+prepare._Progress.update = update
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_killed_run_leaves_nothing_a_later_run_trusts(tmp_path):
     from llmctl.data.shards import TokenStore
 
     root = make_project(tmp_path, docs=60)
-    p = subprocess.Popen([sys.executable, "-m", "llmctl", "data", "prepare", "--config",
+    p = subprocess.Popen([sys.executable, "-c", HELD_PREPARE, "data", "prepare", "--config",
                           "configs/data/tiny.toml", "--workers", "1"], cwd=root, env=quiet_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not list((root / "data").glob(".tiny.tmp-*")) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert p.poll() is None, "prepare finished before it could be killed"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait()
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held", "prepare ended before its 30th file"
+        assert list((root / "data").glob(".tiny.tmp-*"))  # the stage exists, half-filled
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
     assert list((root / "data").glob(".tiny.tmp-*"))  # it died mid-way
     with pytest.raises(LlmctlError, match="no prepared data"):
         TokenStore(root / "data" / "tiny", "train")
