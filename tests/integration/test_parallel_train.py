@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jobsupport import VENV_BIN, slurm_up, wait_state  # noqa: E402
-from trainkit import TINY_MODEL, flip_bytes, make_project, make_run, prepare_data, records, run_train  # noqa: E402,E501
+from trainkit import HOLDPOINT, TINY_MODEL, flip_bytes, make_project, make_run, prepare_data, records, run_train  # noqa: E402,E501
 
 STEPS = 6
 LOSS_TOL = 1e-4  # float32 sums in another order; the loss is ~6, so ~2e-5 relative
@@ -229,8 +229,10 @@ def test_preempt_requeue_resume_on_slurm(project, name):
     steps = 60
     env = {"LLMCTL_STATE_DIR": str(project / "state")}
     site = project / f"{name}-rq-site.toml"
+    # Rank 0 holds after step 5 until the signal comes (tests/holdpoint), so the preemption
+    # lands mid-run however fast the machine is.
     site.write_text(SITE.format(name=f"{name}rq", scheduler="slurm", launcher="srun", python=sys.executable,
-                                extra=""))
+                                extra="") + f'PYTHONPATH = "{HOLDPOINT}"\nLLMCTL_TEST_HOLD_AT_STEP = "5"\n')
     (project / f"{name}-rq-plan.toml").write_text(PLAN.format(layout=REQUEUE[name]))
     cfg = make_run(project, f"{name}-rq-cfg", steps=steps, interval=1000, eval_interval=1000) / "config.toml"
     run = project / "runs" / f"{name}-rq"
@@ -242,8 +244,8 @@ def test_preempt_requeue_resume_on_slurm(project, name):
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            t = records(run, "train")
-            if t and t[-1]["step"] >= 5:
+            if any("llmctl-test: held after step 5" in p.read_text(errors="replace")
+                   for p in (run / "logs").glob("*")):
                 break
             time.sleep(0.2)
         else:
@@ -256,7 +258,8 @@ def test_preempt_requeue_resume_on_slurm(project, name):
     starts, ends = records(run, "start"), records(run, "end")
     assert len(starts) == 2 and ends[0]["reason"] == "preempted"
     k = ends[0]["step"]
-    assert 5 <= k < steps and starts[1]["step"] == k and starts[1]["restart"] >= 1
+    # held after step 5; the ranks agree on the stop at the end of that step or the next
+    assert k in (5, 6) and starts[1]["step"] == k and starts[1]["restart"] >= 1
     assert ends[-1]["reason"] == "finished" and ends[-1]["step"] == steps
     assert [t["step"] for t in records(run, "train")] == list(range(1, steps + 1))  # none repeated or lost
     kind = "deepspeed" if name == "zero3" else "dcp"

@@ -17,7 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
-from trainkit import TINY_MODEL, make_project, make_run, prepare_data, quiet_env, records, run_train, train_cmd  # noqa: E402,E501
+from trainkit import (TINY_MODEL, held_env, make_project, make_run, prepare_data, quiet_env, records,  # noqa: E402
+                      run_train, train_cmd)
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +76,18 @@ def test_training_learns_and_records_the_run(project, trained):
     assert "step    150/150" in r.stdout and "validation loss" in r.stdout
 
 
-def _interrupted_run(run: Path, at_least: int) -> subprocess.CompletedProcess:
-    p = subprocess.Popen(train_cmd(run), cwd=run, env=quiet_env(), stdout=subprocess.PIPE,
+def _interrupted_run(run: Path, at: int) -> subprocess.CompletedProcess:
+    """The run, held after step `at` (tests/holdpoint), then sent SIGUSR1."""
+    p = subprocess.Popen(train_cmd(run), cwd=run, env=held_env(at), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        done = records(run, "train")
-        if done and done[-1]["step"] >= at_least:
-            break
-        if p.poll() is not None:
-            break
-        time.sleep(0.01)
-    p.send_signal(signal.SIGUSR1)
-    out, err = p.communicate(timeout=120)
+    try:
+        for line in p.stderr:
+            if line.startswith(f"llmctl-test: held after step {at}"):
+                break
+        p.send_signal(signal.SIGUSR1)
+        out, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
@@ -96,12 +96,12 @@ def test_resume_after_sigusr1_is_bit_exact(project):
     whole = make_run(project, "whole", steps=steps, interval=1000, eval_interval=20)
     assert run_train(whole).returncode == 0
     cut = make_run(project, "cut", steps=steps, interval=1000, eval_interval=20)
-    first = _interrupted_run(cut, at_least=5)
+    first = _interrupted_run(cut, at=5)
     assert first.returncode == 75, first.stderr  # stopped on purpose, resumable
     ends = records(cut, "end")
     assert ends[-1]["reason"] == "preempted"
     k = ends[-1]["step"]
-    assert 5 <= k < steps
+    assert k == 5  # held after step 5, where the signal landed
     assert (cut / "checkpoints" / "latest").read_text().strip() == f"step-{k:08d}"
     second = run_train(cut)
     assert second.returncode == 0, second.stderr

@@ -74,6 +74,18 @@ def quiet_env(**extra: str) -> dict:
     return env
 
 
+HOLDPOINT = Path(__file__).resolve().parent.parent / "holdpoint"
+
+
+def held_env(step: int, env: dict | None = None) -> dict:
+    """Environment in which the trainer holds after logging `step` until a stop signal
+    reaches it (tests/holdpoint/sitecustomize.py): a signal sent then lands mid-run."""
+    env = dict(env if env is not None else quiet_env())
+    env["PYTHONPATH"] = os.pathsep.join(x for x in (str(HOLDPOINT), env.get("PYTHONPATH", "")) if x)
+    env["LLMCTL_TEST_HOLD_AT_STEP"] = str(step)
+    return env
+
+
 def make_project(root: Path, docs: int = 40, shard_tokens: int = 20000, model: dict | None = None) -> Path:
     """Project folder with configs (data not prepared yet)."""
     (root / "configs" / "models").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,39 @@
+"""A test-only hold point for the trainer: put this folder on PYTHONPATH and set
+LLMCTL_TEST_HOLD_AT_STEP=N, and the trainer stops after logging step N until a
+stop signal (SIGUSR1 or SIGTERM) reaches it.
+
+Tests that interrupt a run used to poll for "step >= N" and then signal, racing the
+run's end: on a fast enough machine the run finished first. Held, the signal always
+lands mid-run, however fast the machine is. Only rank 0 writes the metrics log, so
+only rank 0 holds; the other ranks wait for it in the step's next collective, as
+they would for a slow rank. Python imports `sitecustomize` at start-up, which is how
+this reaches ranks that srun, torchrun or mpirun start inside a job.
+"""
+
+import os
+
+_AT = os.environ.get("LLMCTL_TEST_HOLD_AT_STEP")
+
+if _AT:
+    import sys
+    import time
+
+    from llmctl.train import metrics, preempt
+
+    _seen = []
+    _handle = preempt.Preemption._handle
+    _write = metrics.MetricsLog.write
+
+    def _handle_and_note(self, signum, frame):
+        _seen.append(signum)
+        _handle(self, signum, frame)
+
+    def _write_and_hold(self, record):
+        _write(self, record)
+        if record.get("kind") == "train" and record.get("step") == int(_AT):
+            print(f"llmctl-test: held after step {_AT}", file=sys.stderr, flush=True)
+            while not _seen:
+                time.sleep(0.02)
+
+    preempt.Preemption._handle = _handle_and_note
+    metrics.MetricsLog.write = _write_and_hold
