@@ -9,7 +9,10 @@ def sample(logits, params, generator=None) -> int:
 
     if params.temperature <= 0:
         return int(torch.argmax(logits))
-    x = logits.float() / params.temperature
+    # Shift so the best logit is 0, and divide in float64: a tiny temperature (5e-324 is in
+    # range) then sends the others to -inf, never to inf or NaN (inf - inf), which made
+    # torch.multinomial raise ("invalid multinomial distribution").
+    x = (logits.double() - logits.max()) / params.temperature
     if params.top_k and params.top_k < x.numel():
         kth = torch.topk(x, params.top_k).values[-1]
         x = x.masked_fill(x < kth, float("-inf"))

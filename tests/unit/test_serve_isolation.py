@@ -60,6 +60,18 @@ def test_a_request_that_raises_fails_alone(model, alone, params):
     assert eng.generate([PROMPTS[0]], GREEDY)[0].output_ids == alone[0]  # and it carries on
 
 
+@pytest.mark.parametrize("temperature", [5e-324, 1e-300, 1e-40, 1e-8, 2.0])
+@pytest.mark.parametrize("top_p,top_k", [(1.0, 0), (5e-324, 0), (0.5, 3), (1.0, 2**70)])
+def test_extreme_valid_sampling_settings_sample(model, temperature, top_p, top_k):
+    """Once a tiny temperature made the logits inf - inf = NaN: a 500 for a valid request."""
+    eng = Engine(model)
+    [s] = eng.generate([[5, 6, 7]], SamplingParams(max_tokens=4, temperature=temperature, top_p=top_p,
+                                                   top_k=top_k, seed=1, ignore_eos=True))
+    assert s.finish_reason == "length" and s.error is None
+    if temperature < 1e-30:  # as good as greedy
+        assert s.output_ids == eng.generate([[5, 6, 7]], GREEDY)[0].output_ids[:4]
+
+
 def test_a_forward_pass_that_fails_for_one_request_is_rerun_without_it(model, alone):
     eng = Engine(model, block_size=4)
     testhooks.install(eng)
