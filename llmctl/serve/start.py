@@ -129,7 +129,11 @@ def _run_http(settings, art, eng, worker, key, restartable: bool) -> None:
         state.restarter = restarter
         cleanups.append(restarter.stop)  # first: no restart while shutting down
     cleanups.append(lambda: state.worker.shutdown())
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets whose proto
+    # says TCP, and without it every response on a kept-alive connection waited 40 ms for
+    # the client's delayed ACK (Nagle: uvicorn writes the head and the body separately).
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((settings.host, settings.port))
