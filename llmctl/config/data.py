@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import Name, StrictModel
 
 
 class Source(StrictModel):
@@ -60,7 +60,7 @@ class Output(StrictModel):
 class DataConfig(StrictModel):
     """A data config (TOML)."""
 
-    name: str = "data"
+    name: Name = "data"
     """Dataset name."""
     sources: list[Source] = Field(min_length=1)
     """Document sources."""

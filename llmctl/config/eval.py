@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import Name, StrictModel
 
 
 # Metrics each output type computes; the first ones are the default.
@@ -20,7 +20,7 @@ METRICS = {
 class EvalTask(StrictModel):
     """One task: a dataset of documents and how to turn each into a prompt and a target."""
 
-    task: str = Field(min_length=1)
+    task: Name = Field(min_length=1)
     """Task name."""
     output_type: Literal["perplexity", "multiple_choice", "generate_until"]
     """What the model is asked to do."""
@@ -71,7 +71,7 @@ class EvalTask(StrictModel):
 class TaskRef(StrictModel):
     """A task in a suite: a task file, or a built-in task by name."""
 
-    name: str
+    name: Name
     """Task name (a built-in, or the name given in `path`)."""
     path: Optional[str] = None
     """Task file (TOML/YAML), relative to the suite file."""
@@ -84,7 +84,7 @@ class TaskRef(StrictModel):
 class EvalSuite(StrictModel):
     """An eval suite (TOML): a list of tasks and defaults."""
 
-    name: str
+    name: Name
     """Suite name."""
     description: str = ""
     """What the suite measures."""

@@ -18,7 +18,7 @@ from typing import Optional
 
 from pydantic import Field, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import Name, StrictModel
 
 
 class NvLink(StrictModel):
@@ -225,7 +225,7 @@ class ClusterInfo(StrictModel):
 
     nodes: int = Field(1, gt=0)
     """Number of identical nodes."""
-    site: Optional[str] = None
+    site: Optional[Name] = None
     """Site-config the node shape came from."""
     partition: Optional[str] = None
     """Partition the node shape came from."""

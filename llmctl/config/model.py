@@ -12,7 +12,20 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import Name, StrictModel
+
+# Upper bounds on sizes, far above any published model, so that a typo (or `1e30`)
+# is refused here rather than reaching the planner. The largest published dense
+# models: Llama 3.1 405B (126 layers, width 16384, ffn 53248, 128 heads, 128k
+# context), PaLM 540B (118 layers, width 18432, 48 heads, head_dim 256), Megatron's
+# 1T (128 layers, width 25600, 160 heads); vocabularies reach 256k (Gemma) and
+# contexts 10M tokens (Llama 4 Scout).
+MAX_LAYERS = 10_000
+MAX_HIDDEN = 2**20          # 1,048,576: 40x the widest
+MAX_FFN = 2**22             # 4,194,304: 4x MAX_HIDDEN, the gelu default at the largest width
+MAX_HEADS = 2**14           # 16,384 (also kv_heads and head_dim)
+MAX_VOCAB = 2**24           # 16,777,216: 64x the largest vocabulary
+MAX_SEQ_LEN = 2**27         # 134,217,728: 13x the longest context
 
 # Defaults each template implies, following the reference implementations:
 # GPT-2/3 (learned positions, LayerNorm, GELU, biases, tied head) and
@@ -39,29 +52,29 @@ class RopeConfig(StrictModel):
 class ModelConfig(StrictModel):
     """A decoder-only transformer architecture."""
 
-    name: str = Field(min_length=1)
+    name: Name = Field(min_length=1)
     """Model name, e.g. `llama-7b`."""
     arch: Literal["decoder-only"] = "decoder-only"
     """Architecture family; only decoder-only transformers are supported."""
     template: Optional[Literal["gpt", "llama"]] = None
     """gpt (learned positions, LayerNorm, GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA).
     When omitted: llama if `rope` is given, gpt otherwise."""
-    layers: int = Field(gt=0)
+    layers: int = Field(gt=0, le=MAX_LAYERS)
     """Number of transformer blocks."""
-    hidden: int = Field(gt=0)
+    hidden: int = Field(gt=0, le=MAX_HIDDEN)
     """Model (residual stream) width."""
-    ffn: Optional[int] = Field(None, gt=0)
+    ffn: Optional[int] = Field(None, gt=0, le=MAX_FFN)
     """Feed-forward inner width. Default: 4×hidden for gelu; for swiglu, 8/3×hidden
     rounded up to a multiple of 256 (as in Llama)."""
-    heads: int = Field(gt=0)
+    heads: int = Field(gt=0, le=MAX_HEADS)
     """Attention (query) heads."""
-    kv_heads: Optional[int] = Field(None, gt=0)
+    kv_heads: Optional[int] = Field(None, gt=0, le=MAX_HEADS)
     """Key/value heads for grouped-query attention (default: `heads`, i.e. multi-head)."""
-    head_dim: Optional[int] = Field(None, gt=0)
+    head_dim: Optional[int] = Field(None, gt=0, le=MAX_HEADS)
     """Width of one attention head (default: hidden / heads)."""
-    vocab_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0, le=MAX_VOCAB)
     """Vocabulary size (rows of the embedding table)."""
-    max_seq_len: int = Field(2048, gt=0)
+    max_seq_len: int = Field(2048, gt=0, le=MAX_SEQ_LEN)
     """Longest sequence the model is trained for (learned position table size for gpt)."""
     rope: Optional[RopeConfig] = None
     """Rotary embedding settings (llama template; default base 10000, no scaling)."""

@@ -10,7 +10,8 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import Name, StrictModel
+from llmctl.config.model import MAX_SEQ_LEN
 
 
 class Parallelism(StrictModel):
@@ -86,7 +87,7 @@ class PlanInputs(StrictModel):
     """Model config path."""
     hardware: Optional[str] = None
     """Hardware profile path."""
-    site: Optional[str] = None
+    site: Optional[Name] = None
     """Site-config name."""
     train: Optional[str] = None
     """Training config path (global batch and sequence length came from it)."""
@@ -95,7 +96,7 @@ class PlanInputs(StrictModel):
     train_sha256: Optional[str] = None
     nodes: int = Field(1, gt=0)
     gpus_per_node: int = Field(1, gt=0)
-    seq_len: int = Field(2048, gt=0)
+    seq_len: int = Field(2048, gt=0, le=MAX_SEQ_LEN)
     global_batch: int = Field(1, gt=0)
     """Sequences per optimizer step."""
     memory_gb: Optional[float] = Field(None, gt=0)

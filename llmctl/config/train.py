@@ -11,13 +11,14 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from llmctl.config.base import StrictModel
+from llmctl.config.base import Name, StrictModel
+from llmctl.config.model import MAX_SEQ_LEN
 
 
 class ModelRef(StrictModel):
     """Which model to train."""
 
-    name: str
+    name: Name
     """Model name (matches the model config's `name`)."""
     config_file: str
     """Path to the model config JSON, relative to the project folder."""
@@ -74,7 +75,7 @@ class DataRef(StrictModel):
 
     config_file: Optional[str] = None
     """Data config TOML (what `llmctl data prepare` reads)."""
-    seq_len: int = Field(2048, gt=0)
+    seq_len: int = Field(2048, gt=0, le=MAX_SEQ_LEN)
     """Tokens per training sequence."""
 
 
