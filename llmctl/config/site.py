@@ -15,6 +15,58 @@ from pydantic import Field, field_validator, model_validator
 
 from llmctl.config.base import StrictModel, check_env_names
 
+# A site's name names its file (`--site NAME` finds NAME.toml): a plain file name.
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+# Kubernetes object names, as apimachinery validates them (k8s.io/apimachinery/pkg/util/validation):
+# a DNS-1123 label for namespaces, a DNS-1123 subdomain for service accounts, secrets and
+# PersistentVolumeClaims, a qualified name for label keys and extended resources.
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def dns1123_label(value: str) -> str:
+    """A namespace name: at most 63 lowercase letters, digits and '-', alphanumeric at both ends."""
+    if len(value) > 63 or not _DNS1123_LABEL.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DNS-1123 label: at most 63 lowercase letters, digits "
+                         "and '-', starting and ending with a letter or digit (e.g. 'llm-training')")
+    return value
+
+
+def dns1123_subdomain(value: str) -> str:
+    """A service account, secret or PVC name: DNS-1123 labels joined by '.', at most 253 characters."""
+    if len(value) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a DNS-1123 subdomain: at most 253 lowercase letters, digits, "
+                         "'-' and '.', starting and ending with a letter or digit (e.g. 'llm-shared')")
+    return value
+
+
+def qualified_name(value: str, need_prefix: bool = False) -> str:
+    """A label key or resource name: [PREFIX/]NAME, PREFIX a DNS-1123 subdomain, NAME at most 63."""
+    prefix, slash, name = value.partition("/") if "/" in value else ("", "", value)
+    ok = len(name) <= 63 and bool(_QUALIFIED_NAME.fullmatch(name))
+    if slash:
+        ok = ok and len(prefix) <= 253 and bool(_DNS1123_SUBDOMAIN.fullmatch(prefix))
+    elif need_prefix:
+        ok = False
+    if not ok:
+        form = "PREFIX/NAME" if need_prefix else "[PREFIX/]NAME"
+        raise ValueError(f"{value!r} is not a Kubernetes qualified name ({form}: PREFIX a DNS-1123 subdomain, "
+                         "NAME at most 63 letters, digits, '-', '_' and '.', alphanumeric at both ends, "
+                         "e.g. 'nvidia.com/gpu')")
+    return value
+
+
+def label_value(value: str) -> str:
+    """A label value: empty, or at most 63 letters, digits, '-', '_' and '.', alphanumeric at both ends."""
+    if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a Kubernetes label value: at most 63 letters, digits, '-', '_' "
+                         "and '.', starting and ending with a letter or digit")
+    return value
+
+
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
 
 
@@ -156,6 +208,29 @@ class Kubernetes(StrictModel):
     node_selector: dict[str, str] = {}
     """Node labels the pods must match."""
 
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        return dns1123_label(v)
+
+    @field_validator("service_account", "image_pull_secret", "pvc")
+    @classmethod
+    def _object_names(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else dns1123_subdomain(v)
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _resource(cls, v: str) -> str:
+        return qualified_name(v, need_prefix=True)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            qualified_name(key)
+            label_value(value)
+        return v
+
 
 class SiteConfig(StrictModel):
     """A cluster: how to ask it for resources and what to run on it."""
@@ -210,6 +285,14 @@ class SiteConfig(StrictModel):
     """Seconds between the preemption signal and the kill: the time to checkpoint."""
     kubernetes: Optional[Kubernetes] = None
     """Kubernetes settings (scheduler = 'k8s')."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _SITE_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a site name: it names the file NAME.toml, so use at most 64 "
+                             "letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return v
 
     @field_validator("env", "debug_env")
     @classmethod
