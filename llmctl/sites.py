@@ -47,15 +47,20 @@ def _is_path(ref: str) -> bool:
 
 def find_site(ref: str | None = None) -> Path:
     """Resolve a site NAME or PATH to its file (None means the default site)."""
+    from llmctl.config.base import file_problem
+
     ref = ref or DEFAULT_SITE
     if _is_path(ref):
-        p = Path(ref)
-        if not p.is_file():
-            raise ConfigError(ref, ["site-config file not found"])
-        return p
+        problem = file_problem(ref)
+        if problem:
+            raise ConfigError(ref, [f"site-config {problem}" if problem == "file not found" else problem])
+        return Path(ref)
     for _, d in search_path():
         p = d / f"{ref}.toml"
-        if p.is_file():
+        if os.path.lexists(p):  # there, but maybe a directory, a symlink loop or unreadable: say so
+            problem = file_problem(p)
+            if problem:
+                raise ConfigError(str(p), [problem])
             return p
     known = sorted({e["name"] for e in list_sites()})
     raise LlmctlError(
@@ -75,7 +80,7 @@ def load_site(ref: str | None = None) -> tuple[Any, Path]:
 
 def list_sites() -> list[dict[str, Any]]:
     """Every site-config on the search path, marking shadowed ones."""
-    from llmctl.config.base import read_data
+    from llmctl.config.base import bad_char, describe_char, read_data
 
     entries = []
     seen: set[str] = set()
@@ -90,6 +95,10 @@ def list_sites() -> list[dict[str, Any]]:
                 data = read_data(p)
                 entry["scheduler"] = str(data.get("scheduler", "?"))
                 entry["description"] = str(data.get("description", ""))
+                for key in ("scheduler", "description"):  # printed raw in a table: no escapes
+                    found = bad_char(entry[key], allow="")
+                    if found:
+                        entry[key] = f"(invalid: {key} contains {describe_char(found[1])})"
             except ConfigError as e:
                 entry["description"] = f"(unreadable: {e.problems[0]})"
             if entry["shadowed"]:
