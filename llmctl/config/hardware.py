@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from llmctl.config.base import Name, StrictModel
+from llmctl.config.base import StrictModel, check_name
 
 
 class NvLink(StrictModel):
@@ -225,12 +225,17 @@ class ClusterInfo(StrictModel):
 
     nodes: int = Field(1, gt=0)
     """Number of identical nodes."""
-    site: Optional[Name] = None
+    site: Optional[str] = None
     """Site-config the node shape came from."""
     partition: Optional[str] = None
     """Partition the node shape came from."""
     hostnames: list[str] = []
     """Nodes probed with `--all-nodes`."""
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else check_name(v)
 
 
 class ProbeInfo(StrictModel):

@@ -53,29 +53,29 @@ class ModelConfig(StrictModel):
     """A decoder-only transformer architecture."""
 
     name: Name = Field(min_length=1)
-    """Model name, e.g. `llama-7b`."""
+    """Model name, e.g. `llama-7b`: printable text, no control or bidi characters, at most 200 characters."""
     arch: Literal["decoder-only"] = "decoder-only"
     """Architecture family; only decoder-only transformers are supported."""
     template: Optional[Literal["gpt", "llama"]] = None
     """gpt (learned positions, LayerNorm, GELU) or llama (RoPE, RMSNorm, SwiGLU, GQA).
     When omitted: llama if `rope` is given, gpt otherwise."""
     layers: int = Field(gt=0, le=MAX_LAYERS)
-    """Number of transformer blocks."""
+    """Number of transformer blocks (at most 10,000)."""
     hidden: int = Field(gt=0, le=MAX_HIDDEN)
-    """Model (residual stream) width."""
+    """Model (residual stream) width (at most 2^20)."""
     ffn: Optional[int] = Field(None, gt=0, le=MAX_FFN)
     """Feed-forward inner width. Default: 4×hidden for gelu; for swiglu, 8/3×hidden
-    rounded up to a multiple of 256 (as in Llama)."""
+    rounded up to a multiple of 256 (as in Llama). At most 2^22."""
     heads: int = Field(gt=0, le=MAX_HEADS)
-    """Attention (query) heads."""
+    """Attention (query) heads (at most 2^14)."""
     kv_heads: Optional[int] = Field(None, gt=0, le=MAX_HEADS)
-    """Key/value heads for grouped-query attention (default: `heads`, i.e. multi-head)."""
+    """Key/value heads for grouped-query attention (default: `heads`, i.e. multi-head; at most 2^14)."""
     head_dim: Optional[int] = Field(None, gt=0, le=MAX_HEADS)
-    """Width of one attention head (default: hidden / heads)."""
+    """Width of one attention head (default: hidden / heads; at most 2^14)."""
     vocab_size: int = Field(gt=0, le=MAX_VOCAB)
-    """Vocabulary size (rows of the embedding table)."""
+    """Vocabulary size (rows of the embedding table; at most 2^24)."""
     max_seq_len: int = Field(2048, gt=0, le=MAX_SEQ_LEN)
-    """Longest sequence the model is trained for (learned position table size for gpt)."""
+    """Longest sequence the model is trained for (learned position table size for gpt; at most 2^27)."""
     rope: Optional[RopeConfig] = None
     """Rotary embedding settings (llama template; default base 10000, no scaling)."""
     norm: Optional[Literal["layernorm", "rmsnorm"]] = None

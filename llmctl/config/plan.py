@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from llmctl.config.base import Name, StrictModel
+from llmctl.config.base import StrictModel, check_name
 from llmctl.config.model import MAX_SEQ_LEN
 
 
@@ -87,7 +87,7 @@ class PlanInputs(StrictModel):
     """Model config path."""
     hardware: Optional[str] = None
     """Hardware profile path."""
-    site: Optional[Name] = None
+    site: Optional[str] = None
     """Site-config name."""
     train: Optional[str] = None
     """Training config path (global batch and sequence length came from it)."""
@@ -103,6 +103,11 @@ class PlanInputs(StrictModel):
     """Memory per GPU the plan was made for."""
     strategy: Literal["auto", "manual"] = "auto"
     """auto: chosen by the solver; manual: a given layout, costed."""
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else check_name(v)
     attention: Literal["flash", "eager"] = "flash"
     """Attention kernel the memory model assumed: flash (fused, keeps no s² scores) or eager."""
     precision: Literal["bf16", "fp8"] = "bf16"

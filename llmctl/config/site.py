@@ -194,19 +194,19 @@ class Kubernetes(StrictModel):
     """Kubernetes settings (scheduler = 'k8s')."""
 
     namespace: str = "default"
-    """Namespace the job runs in."""
+    """Namespace the job runs in (a DNS-1123 label)."""
     job_kind: Literal["indexed-job", "pytorchjob", "jobset"] = "indexed-job"
     """An indexed batch/v1 Job (one pod per node), a Kubeflow PyTorchJob, or a JobSet."""
     gpu_resource: str = "nvidia.com/gpu"
-    """Extended resource name for GPUs."""
+    """Extended resource name for GPUs (a qualified name, `DOMAIN/NAME`)."""
     service_account: Optional[str] = None
-    """Service account for the pods."""
+    """Service account for the pods (a DNS-1123 subdomain)."""
     image_pull_secret: Optional[str] = None
-    """Secret to pull the image."""
+    """Secret to pull the image (a DNS-1123 subdomain)."""
     pvc: Optional[str] = None
-    """PersistentVolumeClaim mounted at the shared path."""
+    """PersistentVolumeClaim mounted at the shared path (a DNS-1123 subdomain)."""
     node_selector: dict[str, str] = {}
-    """Node labels the pods must match."""
+    """Node labels the pods must match (Kubernetes label keys and values)."""
 
     @field_validator("namespace")
     @classmethod
@@ -236,7 +236,7 @@ class SiteConfig(StrictModel):
     """A cluster: how to ask it for resources and what to run on it."""
 
     name: str = Field(min_length=1)
-    """Short name, used by `--site NAME`."""
+    """Short name, used by `--site NAME` (and the file's name): letters, digits, `.`, `_` and `-`."""
     description: str = ""
     """One line for `llmctl site list`."""
     scheduler: Literal["slurm", "pbs", "mpi", "local", "k8s"]
