@@ -119,7 +119,8 @@ def test_every_float_field_is_finite(value):
 # --- integers: real integers, and within bounds ---------------------------------
 
 @pytest.mark.parametrize("value,words", [
-    (True, "boolean"), (False, "boolean"), (2.0, "got 2.0"), (1e30, "got 1e+30"), ("32", "got '32'"),
+    (True, "boolean"), (False, "boolean"), (2.0, "got 2.0"), (1e30, "got 1e+30"), (1e5, "got 100000.0"),
+    ("32", "got '32'"),
 ])
 def test_model_layers_must_be_an_integer(tmp_path, value, words):
     (line,) = problems(tmp_path, "model", "m.json", json.dumps({**MODEL, "layers": value}))
