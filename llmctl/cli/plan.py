@@ -49,6 +49,9 @@ def group() -> None:
 @click.option("--attention", type=click.Choice(["flash", "eager"]), default="flash", show_default=True,
               help="Attention kernel of the run: flash (fused, as llmctl's trainer uses through SDPA) keeps no "
                    "s^2 scores for backward; eager materialises them.")
+@click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=False, show_default=True,
+              help="The run overlaps tensor-parallel collectives with the GEMMs (Megatron-Core "
+                   "--tp-comm-overlap, Transformer Engine); off as in Megatron-LM's default and llmctl's trainer.")
 @click.option("--top", type=click.IntRange(min=0), default=3, show_default=True, help="Alternatives to keep.")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds the solver may take.")
@@ -59,8 +62,8 @@ def group() -> None:
 @json_option
 def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, train_path, target_flops,
             max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
-            zero_stage, recompute, tp_across_nodes, precision, attention, top, time_limit, out, explain_error,
-            as_json) -> None:
+            zero_stage, recompute, tp_across_nodes, precision, attention, tp_comm_overlap, top, time_limit, out,
+            explain_error, as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
     from llmctl.plan.api import Request, compute_plan
     from llmctl.plan.report import print_plan, write_plan
@@ -72,7 +75,7 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
                   seq_len=seq_len, global_batch=global_batch, target_flops=target_flops,
                   max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
                   strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path,
-                  attention=attention, precision=precision)
+                  attention=attention, precision=precision, tp_overlap=tp_comm_overlap)
     plan, outcome = compute_plan(req)
     sens = None
     if explain_error:

@@ -38,6 +38,7 @@ class Request:
     train: Optional[str] = None  # a training config: global batch and sequence length
     attention: str = "flash"  # the attention kernel the run uses: flash (fused, SDPA) or eager
     precision: str = "bf16"  # bf16, or fp8 (Transformer Engine: linear layers' GEMMs in FP8)
+    tp_overlap: bool = False  # TP collectives overlapped with GEMMs (Megatron-Core --tp-comm-overlap); default off
 
 
 def _sha(path: Optional[str]) -> Optional[str]:
@@ -77,7 +78,7 @@ def load_inputs(req: Request):
         raise LlmctlError(f"--precision fp8: {cl.gpu_name} has no FP8 tensor rate in llmctl's accelerator table",
                           hint="FP8 training (Transformer Engine) needs Hopper, Ada or Blackwell GPUs; "
                                "use --precision bf16")
-    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention, req.precision)
+    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention, req.precision, req.tp_overlap)
 
 
 def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:

@@ -28,7 +28,7 @@ from llmctl.errors import ConfigError, LlmctlError
 # 2021 Table 1 (Megatron 2021, no NVLS): 150 of 300 GB/s; Hopper on the Megatron-Core 2024 table.
 # Every path to a Cluster (site-config, `hw probe`, `hw probe --site`, a scaffolded or hand-written
 # profile) applies this one rule, so the same machine gives the same plan whichever describes it.
-TP_BUS_EFFICIENCY = {"A100": 0.5}
+TP_BUS_EFFICIENCY = {"A100": 0.47}
 
 
 def nvlink_bus_efficiency(gpu_name: str) -> float:
@@ -91,9 +91,21 @@ class Cluster:
         return replace(self, memory_gb=memory_gb)
 
 
-# Calibrated on ../shared/planner/calibration.csv (docs/planner.md, "Calibration"):
-# the fraction of datasheet peak a transformer GEMM sustains in training.
+# Calibrated on the fit set (docs/planner.md, "Calibration"): the fraction of datasheet peak a
+# transformer GEMM sustains in training, per GPU generation where the fit set has runs of it (A100:
+# Narayanan et al. 2021, DeepSpeed ZeRO-3 rows; H100: Megatron-Core 2024), DEFAULT_SUSTAINED otherwise.
+# A measured matmul rate (`hw benchmark`) replaces it.
 DEFAULT_SUSTAINED = 0.69
+SUSTAINED_BY_GPU = {"A100": 0.66, "H100": 0.61}
+
+
+def sustained_fraction(gpu_name: str) -> float:
+    """The calibrated sustained fraction of peak for this GPU (DEFAULT_SUSTAINED when not fitted)."""
+    from llmctl.hw.accelerators import lookup
+
+    spec = lookup(gpu_name)
+    name = spec.name if spec else gpu_name
+    return next((f for k, f in SUSTAINED_BY_GPU.items() if name.startswith(k)), DEFAULT_SUSTAINED)
 PCIE_BW = 32e9  # PCIe 4.0 x16, one direction: the intra-node link when nothing better is known
 ETHERNET_BW = 12.5e9  # 100 Gb/s Ethernet per node
 HBM_DEFAULT = 2e12  # only the optimizer step reads it; an A100-class figure when unknown
@@ -109,7 +121,7 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
     g = mem = peak = hbm = intra = inter = None
     link = None  # intra-node link rate per GPU per direction, GB/s (NVLink, or PCIe)
     nvlink = False
-    sustained = DEFAULT_SUSTAINED
+    sustained = None  # measured, or the calibrated fraction of the GPU's peak below
     unknown_gpu = None
     if site is not None:
         part = site.partitions.get(site.default_partition) if site.default_partition else None
@@ -171,6 +183,8 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
         if measured and peak:
             # a measured large-GEMM rate is what "sustained" means; keep it below peak
             sustained = min(1.0, measured * 1e12 / peak)
+    if sustained is None:
+        sustained = sustained_fraction(name)
     if intra is None and link:
         intra = link * 1e9 * (nvlink_bus_efficiency(name) if nvlink else 1.0)
     from llmctl.hw.accelerators import lookup as _lookup

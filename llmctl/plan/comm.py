@@ -7,6 +7,12 @@ all-gather or reduce-scatter (n-1)/n, each in 2(n-1) resp. (n-1) latency steps.
 
 from __future__ import annotations
 
+# The fraction of the network link rate (per GPU, one direction) a ring collective across nodes
+# reaches as bus bandwidth: InfiniBand's encoding and headers, NCCL's protocol and the proxy
+# thread leave less than the line rate (calibrated; see docs/planner.md). Inside a node the
+# TP bus efficiency of `llmctl.plan.cluster` plays the same part.
+NET_BUS_EFFICIENCY = 0.65
+
 
 def all_reduce(nbytes: float, n: int, bw: float, latency: float) -> float:
     """Ring all-reduce of `nbytes` over `n` ranks on links of `bw` bytes/s."""
@@ -41,4 +47,4 @@ def group_bw(stride: int, size: int, gpus_per_node: int, intra: float, inter: fl
     if size <= 1:
         return intra
     span = stride * size
-    return intra if span <= gpus_per_node and gpus_per_node % span == 0 else inter
+    return intra if span <= gpus_per_node and gpus_per_node % span == 0 else inter * NET_BUS_EFFICIENCY

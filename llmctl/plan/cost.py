@@ -25,15 +25,24 @@ from llmctl.plan.model_costs import BYTES, FP8_AMAX_HISTORY, FP8_GEMMS_PER_BLOCK
 GB = 1e9
 FRAGMENTATION = 1.05  # allocator fragmentation on top of what tensors need
 OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixed share
-DP_EXPOSED = 0.25  # share of the gradient reduction not hidden behind the backward pass
-TP_EXPOSED = 1.0  # tensor-parallel collectives sit on the critical path
+DP_EXPOSED = 0.15  # share of the gradient reduction not hidden behind the backward pass
+TP_EXPOSED = 1.0  # tensor-parallel collectives without overlap sit on the critical path
+# With overlap (Megatron-Core --tp-comm-overlap, Transformer Engine userbuffers: the all-gathers and
+# reduce-scatters of sequence parallelism split into chunks pipelined with the GEMMs they feed), a
+# collective costs TP_OVERLAP_EXPOSED of itself (the SMs and HBM its kernels take from the GEMMs,
+# the first and last chunk), and all of what exceeds the linear layers' GEMM time (calibrated).
+TP_OVERLAP_EXPOSED = 0.5
+# ZeRO-3's parameter gathers and gradient reduce-scatters run on their own stream beside the
+# compute; what compute covers still costs this fraction of itself (NCCL's SMs and HBM traffic
+# slow the GEMMs beside it; calibrated on the 175B ZeRO-3 rows of Narayanan et al. 2021 Table 2)
+ZERO3_OVERLAP_EXPOSED = 0.3
 CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention blocks
 # none; selective (the attention core, Korthikanti et al. 2022); full (every block of every stage
 # is recomputed, what Megatron's --recompute-granularity full --recompute-method uniform does);
 # partial (the solver's own option: full recomputation of only some blocks per stage, at
 # least one and not all of them, recompute_layers_per_stage says how many)
 RECOMPUTE_MODES = ("none", "selective", "full", "partial")
-GEMM_HALF_WIDTH = 1200.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+GEMM_HALF_WIDTH = 1040.0  # model width at which GEMMs reach half the sustained rate (calibrated)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class Workload:
     global_batch: int
     attention: str = "flash"  # the attention kernel: "flash" (fused, SDPA) or "eager" (materialised scores)
     precision: str = "bf16"  # "fp8": the linear layers' GEMMs in FP8 through Transformer Engine
+    tp_overlap: bool = False  # TP collectives overlapped with the GEMMs (Megatron-Core --tp-comm-overlap); off
+    # by default, as in Megatron-LM and in llmctl's trainer
 
 
 @dataclass
@@ -109,6 +120,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     compute = 3 * f_layer / rate
     fp8 = w.precision == "fp8"
     static_layer = 0.0
+    gemm_fwd = sh.linear_flops(s) * b / (t * c) / rate  # forward time of the linear layers' GEMMs
     if fp8:
         # Transformer Engine runs the linear layers' GEMMs in FP8 (forward, data and weight
         # gradients); attention core and head stay bf16. Casting each GEMM input (forward) and
@@ -120,6 +132,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
         f_lin = sh.linear_flops(s) * b / (t * c)
         compute = 3 * (f_lin / rate8 + (f_layer - f_lin) / rate)
         compute += 3 * sh.fp8_cast_elements(s, b, t, c) / cl.hbm_bw
+        gemm_fwd = f_lin / rate8
         # an FP8 copy of each linear weight and its transpose (Hopper's FP8 GEMMs take one
         # layout), and the scaling state of every FP8 tensor
         static_layer = 2 * sh.linear_params() / t + FP8_GEMMS_PER_BLOCK * 3 * (FP8_AMAX_HISTORY + 2) * 4
@@ -130,7 +143,11 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # tensor (+sequence) parallel: 2 all-gathers + 2 reduce-scatters forward, same backward
     act_msg = BYTES * s / c * b * sh.hidden
     bw_tp = comm.group_bw(1, t, g, cl.intra_bw, cl.inter_bw)
-    tp_fwd = 4 * comm.all_gather(act_msg, t, bw_tp, lat) * TP_EXPOSED
+    tp_fwd = 4 * comm.all_gather(act_msg, t, bw_tp, lat)
+    if w.tp_overlap:  # pipelined with the GEMMs: a share of itself, and what the GEMMs cannot cover
+        tp_fwd = max(TP_OVERLAP_EXPOSED * tp_fwd, tp_fwd - gemm_fwd)
+    else:
+        tp_fwd *= TP_EXPOSED
     # context parallel: ring exchange of this rank's K and V chunk, c-1 steps, 3x for fwd+bwd
     kv_chunk = 2 * BYTES * s / c * b * sh.kv_heads * sh.head_dim / t
     bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw)
@@ -216,8 +233,10 @@ def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: f
     (Rajbhandari et al. 2020 sec. 5-7; FSDP and DeepSpeed alike). With one block of
     prefetch the gather for block i+1 runs during block i's forward, and the gather for
     block i-1 plus block i's reduce-scatter during block i's backward (2x the forward, 3x
-    when the block is recomputed as well). What the compute cannot cover is exposed:
-        per block  max(0, AG - F) + max(0, AG + RS - B)
+    when the block is recomputed as well). What the compute cannot cover is exposed, and
+    what it covers still costs ZERO3_OVERLAP_EXPOSED (e) of itself (NCCL's kernels take SMs
+    and HBM bandwidth from the GEMMs beside them):
+        per block  max(e AG, AG - F) + max(e (AG + RS), AG + RS - B)
     and each rank's first gather of a pass has nothing before it (2 AG per micro-batch).
     The embedding's gathers and reduce-scatter are exposed whole (a lookup hides nothing);
     the head's hide behind the logits' matmul like a block's. So exposure is nil while
@@ -236,7 +255,8 @@ def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: f
 
     def exposed(params: float, f: float, b: float) -> float:
         g = ag(params)
-        return max(0.0, g - f) + max(0.0, 2 * g - b) if params else 0.0  # RS moves what AG moves
+        e = ZERO3_OVERLAP_EXPOSED
+        return max(e * g, g - f) + max(2 * e * g, 2 * g - b) if params else 0.0  # RS moves what AG moves
 
     bwd = (3 if cfg.recompute == "full" else 2) * fwd
     per_block = exposed(sh.params_layer, fwd, bwd)

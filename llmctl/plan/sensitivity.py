@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from llmctl.plan import cost
+from llmctl.plan import comm, cost
 from llmctl.plan.cluster import Cluster
 from llmctl.plan.cost import Workload, coefficients, evaluate
 
@@ -22,9 +22,11 @@ STEP = 0.01
 CLUSTER = (("sustained fraction of peak", "sustained"), ("intra-node bus bandwidth", "intra_bw"),
            ("inter-node bandwidth per GPU", "inter_bw"), ("HBM bandwidth", "hbm_bw"),
            ("collective step latency", "latency_s"))
-# module constants of llmctl.plan.cost
-MODULE = (("GEMM half-width", "GEMM_HALF_WIDTH"), ("TP exposure", "TP_EXPOSED"),
-          ("DP exposure (ZeRO <= 2)", "DP_EXPOSED"), ("CP exposure", "CP_EXPOSED"))
+# module constants of the cost model: (module, name shown, constant)
+MODULE = ((cost, "GEMM half-width", "GEMM_HALF_WIDTH"), (cost, "TP exposure", "TP_EXPOSED"),
+          (cost, "TP exposure under overlap", "TP_OVERLAP_EXPOSED"),
+          (cost, "DP exposure (ZeRO <= 2)", "DP_EXPOSED"), (cost, "ZeRO-3 exposure under overlap", "ZERO3_OVERLAP_EXPOSED"),
+          (cost, "CP exposure", "CP_EXPOSED"), (comm, "network bus efficiency", "NET_BUS_EFFICIENCY"))
 
 
 def _step(w: Workload, cl: Cluster, res) -> float:
@@ -37,13 +39,13 @@ def sensitivity(w: Workload, cl: Cluster, res) -> dict:
     out = {}
     for label, field in CLUSTER:
         out[label] = (_step(w, replace(cl, **{field: getattr(cl, field) * (1 + STEP)}), res) / base - 1) / STEP
-    for label, name in MODULE:
-        old = getattr(cost, name)
+    for mod, label, name in MODULE:
+        old = getattr(mod, name)
         try:
-            setattr(cost, name, old * (1 + STEP))
+            setattr(mod, name, old * (1 + STEP))
             out[label] = (_step(w, cl, res) / base - 1) / STEP
         finally:
-            setattr(cost, name, old)
+            setattr(mod, name, old)
     parts = res.evaluation.parts
     total = sum(parts.values()) or 1.0
     dominant = sorted(((k, v / total) for k, v in parts.items() if v > 0), key=lambda x: -x[1])

@@ -10,7 +10,7 @@ import pytest
 
 from llmctl.config.model import ModelConfig
 from llmctl.plan.api import predicted
-from llmctl.plan.cluster import DEFAULT_SUSTAINED, Cluster, lookup_accelerator
+from llmctl.plan.cluster import DEFAULT_SUSTAINED, Cluster, lookup_accelerator, sustained_fraction
 from llmctl.plan.cost import Workload, coefficients, Config
 from llmctl.plan.model_costs import LayerShape
 from llmctl.plan.params import count_parameters
@@ -29,16 +29,18 @@ def _case(r):
                         ffn=int(r["ffn"]) if r["ffn"] else 4 * h, vocab_size=int(r["vocab"]),
                         max_seq_len=int(r["seq_len"]))
     # the accelerator table's rows (llmctl.hw.accelerators) with the planner's calibrated TP bus rate
-    peak, mem, hbm, intra = lookup_accelerator("NVIDIA A100-SXM4-80GB" if "A100" in r["gpu_type"]
-                                               else "NVIDIA H100 80GB HBM3")
+    gpu = "NVIDIA A100-SXM4-80GB" if "A100" in r["gpu_type"] else "NVIDIA H100 80GB HBM3"
+    peak, mem, hbm, intra = lookup_accelerator(gpu)
     g = int(r["gpus_per_node"])
     # inter-node: Selene and the H100 systems have one 200/400 Gb/s HCA per GPU
     cl = Cluster(nodes=int(r["gpus"]) // g, gpus_per_node=g, memory_gb=mem, peak_flops=peak * 1e12,
-                 sustained=DEFAULT_SUSTAINED, hbm_bw=hbm * 1e9, intra_bw=intra * 1e9,
+                 sustained=sustained_fraction(gpu), hbm_bw=hbm * 1e9, intra_bw=intra * 1e9,
                  inter_bw=(25e9 if "A100" in r["gpu_type"] else 50e9))
     # Megatron 2021 materialised the attention scores; Megatron-Core 2024 runs fused attention
     attention = "eager" if "A100" in r["gpu_type"] else "flash"
-    return model, cl, Workload(LayerShape.of(model), int(r["seq_len"]), int(r["global_batch"]), attention)
+    # TP communication overlap only where the source says the run had it (Megatron-Core's table)
+    return model, cl, Workload(LayerShape.of(model), int(r["seq_len"]), int(r["global_batch"]), attention,
+                               tp_overlap="--tp-comm-overlap" in r["notes"])
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r["model"] for r in ROWS])

@@ -154,3 +154,15 @@ def test_train_config_supplies_batch_and_sequence(tmp_path):
     train.write_text('[model]\nname = "m"\nconfig_file = "m.json"\n\n[parallel]\nglobal_batch_size = 0\n')
     err = _bad(tmp_path, *args[2:])
     assert "parallel.global_batch_size" in err and str(train) in err
+
+
+def test_tp_comm_overlap_flag_shortens_a_tensor_parallel_step(tmp_path):
+    """--tp-comm-overlap costs the TP collectives as overlapped with the GEMMs; off by default."""
+    args = ("plan", "compute", "--model", _model(tmp_path, size="1b"), "--hardware", _profile(tmp_path),
+            "--global-batch", "64", "--strategy", "manual", "--tp", "4", "--pp", "1", "--dp", "2", "--json")
+    off = run_cli(*args)
+    on = run_cli(*args, "--tp-comm-overlap")
+    assert off.returncode == 0 and on.returncode == 0, (off.stderr, on.stderr)
+    t_off = json.loads(off.stdout)["predicted"]["step_time_s"]
+    t_on = json.loads(on.stdout)["predicted"]["step_time_s"]
+    assert t_on < t_off
