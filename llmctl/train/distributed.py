@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from llmctl.train.preempt import EXIT_PREEMPTED, Preemption, requeue_slurm_job
+from llmctl.train.preempt import Preemption, finish, reason
 
 
 def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int, world: int = 1) -> Path:
@@ -241,9 +241,11 @@ def train_parallel(s, verify: bool = True) -> int:
         step_time = time.perf_counter() - t0
         step += 1
         # A signal may reach some ranks only: stop together, or the others hang in a collective.
-        flag = torch.tensor(1.0 if preempt.requested else 0.0)
+        # The largest request wins: a preemption (USR1) on any rank is one for all.
+        flag = torch.tensor(float(preempt.level))
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        stop = bool(flag > 0)
+        level = int(flag.item())
+        stop = level > 0
         # The runner withheld the update if the loss or gradient norm (both reduced over all
         # ranks) was not finite; one more all-reduce makes sure every rank saw the same.
         flags = torch.tensor([0.0 if runner.finite else 1.0, 1.0 if runner.finite else 0.0])
@@ -276,12 +278,12 @@ def train_parallel(s, verify: bool = True) -> int:
             save(step)
             saved_at = step
         if stop:
-            write({"kind": "end", "step": step, "reason": "preempted"})
+            write({"kind": "end", "step": step, "reason": reason(level)})
             if rank == 0:
                 log.close()
-                requeue_slurm_job()
+            code = finish(level, rank0=rank == 0)  # rank 0 requeues on a preemption
             rendezvous.shutdown()
-            return EXIT_PREEMPTED
+            return code
     if saved_at != step:
         save(step)
     write({"kind": "end", "step": step, "reason": "finished"})

@@ -5,8 +5,10 @@ resumes from the checkpoint `latest` points at, then per optimizer step: set the
 learning rate, run `grad_accum` micro-batches (bf16 autocast on a GPU, fp32 on a
 CPU), clip the gradient norm, step AdamW. Every `log_interval` steps a metrics
 line, every `eval_interval` a validation loss, every `interval_steps` a
-checkpoint; SIGUSR1/SIGTERM finish the step, checkpoint and exit (requeueing a
-SLURM job). At the end: a final validation loss, a checkpoint and the loss curve.
+checkpoint; SIGUSR1 (preemption) finishes the step, checkpoints, requeues a SLURM
+job and exits 75; SIGTERM (cancel) finishes the step, checkpoints and exits 143
+without requeueing (llmctl.train.preempt). At the end: a final validation loss, a
+checkpoint and the loss curve.
 A step whose loss or gradient norm is not finite is never applied: the run stops
 there, or skips it (`training.nonfinite`, llmctl.train.nonfinite).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from llmctl.train.preempt import EXIT_PREEMPTED, Preemption, requeue_slurm_job
+from llmctl.train.preempt import Preemption, finish, reason
 
 
 def _device():
@@ -223,10 +225,9 @@ def train(run_dir: str, verify: bool = True) -> int:
         # Time spent on validation and checkpoints is not training throughput.
         window_t0 += time.perf_counter() - paused
         if preempt.requested:
-            log.write({"kind": "end", "step": step, "reason": "preempted"})
+            log.write({"kind": "end", "step": step, "reason": reason(preempt.level)})
             log.close()
-            requeue_slurm_job()
-            return EXIT_PREEMPTED
+            return finish(preempt.level)
     if saved_at != step:
         save(step)
     log.write({"kind": "end", "step": step, "reason": "finished"})
