@@ -22,7 +22,10 @@ def job_options(f):
         click.option("--partition", help="Partition or queue (default: the site's)."),
         click.option("--time", "time_limit", help="Time limit, e.g. 04:00:00."),
         click.option("--name", help="Job name."),
-        click.option("--after", multiple=True, help="Start after this job id completes (afterok); repeatable."),
+        click.option("--after", multiple=True,
+                     help="Start after another job: its id (it must succeed: afterok), or TYPE:ID[:ID...] "
+                          "with TYPE after, afterok, afternotok or afterany; repeatable. Local and MPI jobs "
+                          "wait for a local job; Kubernetes cannot and refuses it."),
         click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME-TIME)."),
         click.option("--dry-run", is_flag=True, help="Write the run folder and print the script; submit nothing."),
     ]

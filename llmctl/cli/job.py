@@ -47,11 +47,21 @@ def status(run, as_json) -> None:
     if as_json:
         print_json(st)
     else:
-        click.echo(f"{st['job_id']} {st['state']} restarts={st['restarts']} "
-                   f"exit={st.get('exit_code') or '-'} {st['run_dir']}")
+        click.echo(f"{_state_words(st)} {st['run_dir']}")
         prog = st.get("progress")
         if prog and prog.get("started"):
             click.echo(_progress_line(prog))
+
+
+def _state_words(st: dict) -> str:
+    """'123 RUNNING restarts=1 (last: NODE_FAIL) exit=-', or '... exit=0 signal=9'."""
+    words = f"{st['job_id']} {st['state']} restarts={st.get('restarts', 0)}"
+    if st.get("last_state"):
+        words += f" (last: {st['last_state']})"
+    words += f" exit={'-' if st.get('exit_code') is None else st['exit_code']}"
+    if st.get("exit_signal"):
+        words += f" signal={st['exit_signal']}"
+    return words
 
 
 def _progress_line(p: dict) -> str:
@@ -88,12 +98,30 @@ def logs(run, follow) -> None:
 
 @group.command("cancel")
 @click.argument("run")
-def cancel(run) -> None:
-    """Cancel a job."""
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=120, show_default=True,
+              help="Seconds to wait for the scheduler to report the job ended.")
+@json_option
+def cancel(run, wait_s, as_json) -> None:
+    """Cancel a job in any state (pending, held, running, requeued); it is not requeued.
+
+    Reports CANCELLED once the scheduler does; exits 1 if it has not within --wait.
+    """
     from llmctl.jobs import track
 
-    st = track.cancel(run)
-    click.echo(f"{st['job_id']} {st['state']}")
+    st = track.cancel(run, wait_s=wait_s)
+    if as_json:
+        print_json(st)
+    elif st["cancel"] == "cancelled":
+        click.echo(f"{st['job_id']} CANCELLED")
+    elif st["cancel"] == "already ended":
+        click.echo(f"{st['job_id']} {st['state']} (already ended; nothing to cancel)")
+    elif st["cancel"] == "ended":
+        click.echo(f"{st['job_id']} {st['state']} (it ended before the cancel took effect)")
+    if st["cancel"] == "unconfirmed":
+        click.echo(f"error: job {st['job_id']}: cancel requested, but after {st['waited_s']:.0f} s the "
+                   f"{st['backend']} scheduler still reports {st['state']}, not CANCELLED\n"
+                   f"hint: check again with `llmctl job status {st['job_id']}`", err=True)
+        raise click.exceptions.Exit(1)
 
 
 @group.command("list")

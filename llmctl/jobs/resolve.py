@@ -9,6 +9,7 @@ of what the site allows.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -21,7 +22,7 @@ HOST_BACKENDS = {"local": ("local", "mpi"), "mpi": ("local", "mpi")}
 
 # Kinds that run many ranks; the others run one process on one node.
 DISTRIBUTED_KINDS = ("train",)
-# Kinds that checkpoint on USR1 and requeue themselves.
+# Kinds that checkpoint on a stop signal (and requeue themselves on USR1).
 REQUEUE_KINDS = ("train", "serve-batch")
 
 
@@ -46,6 +47,76 @@ class JobRequest:
     python: Optional[str] = None
     command: str = ""
     master_port: int = 29500
+
+
+# --after: SLURM's dependency types that every backend can express (PBS spells them alike).
+DEPENDENCY_TYPES = ("after", "afterok", "afternotok", "afterany")
+# What a job id looks like on each backend: SLURM 123 or an array task 123_4; PBS
+# 123.server (arrays 123[].server); local and MPI jobs: the wrapper's process id.
+_JOB_ID = {"slurm": r"[0-9]+(?:_[0-9]+)?",
+           "pbs": r"[0-9]+(?:\[[0-9]*\])?(?:\.[A-Za-z0-9][A-Za-z0-9-]*)*",
+           "local": r"[0-9]+", "mpi": r"[0-9]+"}
+_ID_EXAMPLE = {"slurm": "123 or 123_4", "pbs": "123.server or 123[].server",
+               "local": "12345 (from llmctl job list)", "mpi": "12345 (from llmctl job list)"}
+
+
+def parse_after(values: list[str], backend: str) -> list[str]:
+    """--after values as 'TYPE:ID[:ID...]' (a bare id means afterok); anything else is refused.
+
+    The result lands in a scheduler directive (SLURM --dependency, PBS -W depend=),
+    so only the forms both share pass: a job id of this backend, or one of
+    DEPENDENCY_TYPES followed by colon-separated ids.
+    """
+    if not values:
+        return []
+    if backend == "k8s":
+        raise LlmctlError(f"--after {' '.join(values)}: Kubernetes jobs cannot wait for other jobs "
+                          "(a batch/v1 Job has no dependencies), so --after cannot be honoured",
+                          hint="submit this job once the other has finished, or use --launcher slurm/pbs")
+    id_re = _JOB_ID[backend]
+    ok = re.compile(rf"(?:(?P<type>{'|'.join(DEPENDENCY_TYPES)}):)?(?P<ids>{id_re}(?::{id_re})*)")
+    out = []
+    for raw in values:
+        m = ok.fullmatch(raw.strip())
+        if not m:
+            raise LlmctlError(
+                f"--after {raw!r}: not a {backend} job id or TYPE:ID[:ID...] with TYPE one of "
+                f"{', '.join(DEPENDENCY_TYPES)} ({backend} job ids look like {_ID_EXAMPLE[backend]})",
+                hint="repeat --after for several dependencies, e.g. --after 123 --after afterany:124:125")
+        out.append(f"{m.group('type') or 'afterok'}:{m.group('ids')}")
+    return out
+
+
+def dependency_list(after: list[str]) -> str:
+    """The parsed --after values as SLURM's --dependency / PBS's depend= value (all must hold)."""
+    return ",".join(after)
+
+
+def after_jobs(after: list[str]) -> list[tuple[str, str]]:
+    """The parsed --after values as (type, job id) pairs, in order."""
+    pairs = []
+    for dep in after:
+        kind, *ids = dep.split(":")
+        pairs += [(kind, i) for i in ids]
+    return pairs
+
+
+def local_run_dirs(after: list[str], backend: str) -> dict[str, str]:
+    """Local and MPI: the run folder of each job named in --after, from the index of
+    submitted jobs (its wrapper writes the exit status there); unknown ids are refused."""
+    if backend not in ("local", "mpi") or not after:
+        return {}
+    from llmctl.schedulers.base import read_index
+
+    known = {e.get("job_id"): e.get("run_dir") for e in read_index() if e.get("backend") in ("local", "mpi")}
+    dirs = {}
+    for _, job_id in after_jobs(after):
+        if not known.get(job_id):
+            raise LlmctlError(f"--after {job_id}: not a local or MPI job llmctl started on this machine",
+                              hint="`llmctl job list` shows the jobs llmctl knows about "
+                                   "(their ids are process ids)")
+        dirs[job_id] = known[job_id]
+    return dirs
 
 
 def format_time(seconds: int) -> str:
@@ -96,6 +167,8 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
     from llmctl.jobs.spec import ContainerSpec, JobSpec, KubernetesSpec
 
     check_backend(site, req.backend)
+    after = parse_after(list(req.after), req.backend)
+    after_run_dirs = local_run_dirs(after, req.backend)
     where = f"site {site.name!r}"
     pname = req.partition or site.default_partition
     if pname not in site.partitions:
@@ -164,6 +237,9 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         raise LlmctlError(f"job arrays need a batch scheduler (slurm or pbs), not {req.backend!r}",
                           hint="submit one job per config, or use --launcher slurm/pbs")
     requeue = req.kind in REQUEUE_KINDS and req.backend in ("slurm", "pbs")
+    # The time to checkpoint between the stop signal and the kill: SLURM's USR1 lead
+    # (--signal), Kubernetes' terminationGracePeriodSeconds after SIGTERM.
+    grace = site.requeue_grace_s if (requeue or (req.kind in REQUEUE_KINDS and req.backend == "k8s")) else 0
     k8s = None
     if req.backend == "k8s":
         k = site.kubernetes
@@ -184,8 +260,8 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         mem_gb=mem, time_limit=format_time(secs), time_limit_s=secs, exclusive=part.exclusive,
         constraint=part.constraint, mail_user=site.mail.user if site.mail else None,
         mail_types=list(site.mail.types) if site.mail else [], array=req.array,
-        array_parallel=req.array_parallel, after=list(req.after), requeue=requeue,
-        signal_grace_s=site.requeue_grace_s if requeue else 0, pbs_dialect=site.pbs_dialect,
+        array_parallel=req.array_parallel, after=after, after_run_dirs=after_run_dirs, requeue=requeue,
+        signal_grace_s=grace, pbs_dialect=site.pbs_dialect,
         launcher=launcher, mpirun=site.mpirun, mpirun_args=list(site.mpirun_args),
         master_port=req.master_port, modules=list(site.modules), module_purge=site.module_purge,
         setup=list(site.setup),

@@ -79,10 +79,14 @@ class JobSpec(StrictModel):
     """Array tasks (0: not an array); task i reads configs/<i>.toml."""
     array_parallel: Optional[int] = Field(None, gt=0)
     after: list[str] = []
-    """Job ids this job starts after (afterok)."""
+    """Dependencies, each 'TYPE:ID[:ID...]' with TYPE after, afterok, afternotok or afterany
+    (SLURM's names; a bare id on the command line means afterok). All must hold."""
+    after_run_dirs: dict[str, str] = {}
+    """Local and MPI: the run folder of each job in `after` (where its exit status lands)."""
     requeue: bool = False
     signal_grace_s: int = Field(0, ge=0)
-    """Seconds between USR1 and the kill (0: no preemption signal)."""
+    """Seconds to checkpoint before the kill (0: none asked): SLURM sends USR1 this long
+    before the time limit; Kubernetes waits this long after SIGTERM."""
     pbs_dialect: Literal["pbspro", "torque"] = "pbspro"
     launcher: Literal["srun", "torchrun", "mpirun", "single"]
     """How ranks start: srun task per rank, torchrun per node, mpirun, or one process."""

@@ -75,19 +75,43 @@ def follow(ref: str, poll_s: float = 1.0) -> Iterator[str]:
         time.sleep(poll_s)
 
 
-def cancel(ref: str, wait_s: float = 30.0) -> dict[str, Any]:
-    """Cancel and wait (briefly) until the backend reports a final state."""
+# States in which a job still waits in the queue: a cancel that has not taken yet is
+# asked again (e.g. a job that a program requeued in the same instant).
+_QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SPECIAL_EXIT", "SUSPENDED", "UNKNOWN")
+CANCEL_WAIT_S = 120.0
+
+
+def cancel(ref: str, wait_s: float = CANCEL_WAIT_S, poll_s: float = 1.0) -> dict[str, Any]:
+    """End a job in whatever state it is (pending, held, running, requeued) and wait until
+    its scheduler reports that it has ended.
+
+    The result is the job's status plus `cancel`: "cancelled" (the scheduler says
+    CANCELLED), "already ended" (nothing to cancel), "ended" (it ended otherwise before
+    the cancel took effect) or "unconfirmed" (not ended after `wait_s` seconds: the
+    state is what the scheduler said last).
+    """
     from llmctl.schedulers import get_scheduler
 
     run, spec, job_id = find(ref)
     sched = get_scheduler(spec.backend)
-    sched.cancel(run, job_id)
-    deadline = time.monotonic() + wait_s
     st = sched.status(run, job_id)
-    while not st.done and time.monotonic() < deadline:
-        time.sleep(0.5)
+    base = {"run_dir": str(run.path), "name": spec.name, "backend": spec.backend}
+    if st.done:
+        return {**base, **st.to_data(), "cancel": "already ended", "waited_s": 0.0}
+    t0 = time.monotonic()
+    sched.cancel(run, job_id)
+    asked = time.monotonic()
+    while True:
         st = sched.status(run, job_id)
-    return {"run_dir": str(run.path), "name": spec.name, "backend": spec.backend, **st.to_data()}
+        now = time.monotonic()
+        if st.done or now - t0 >= wait_s:
+            break
+        if st.state in _QUEUED and now - asked >= 5 * poll_s:
+            sched.cancel(run, job_id)
+            asked = now
+        time.sleep(poll_s)
+    outcome = "cancelled" if st.state == "CANCELLED" else "ended" if st.done else "unconfirmed"
+    return {**base, **st.to_data(), "cancel": outcome, "waited_s": round(time.monotonic() - t0, 1)}
 
 
 def list_jobs() -> list[dict[str, Any]]:

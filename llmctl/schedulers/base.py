@@ -71,10 +71,20 @@ class DryRun:
 
 @dataclass
 class JobStatus:
+    """A job's state as its scheduler reports it (SLURM's state names).
+
+    `exit_code` and `exit_signal` are known once the job has ended (a job killed by
+    signal 9 has exit_code 0 and exit_signal 9, as sacct's `0:9`). `restarts` counts
+    requeues; `last_state` is how the run before the current one ended (NODE_FAIL,
+    PREEMPTED, TIMEOUT, REQUEUED), None before any restart.
+    """
+
     job_id: str
     state: str
     restarts: int = 0
-    exit_code: Optional[str] = None
+    exit_code: Optional[int] = None
+    exit_signal: Optional[int] = None
+    last_state: Optional[str] = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -83,7 +93,8 @@ class JobStatus:
 
     def to_data(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "state": self.state, "restarts": self.restarts,
-                "exit_code": self.exit_code, **self.detail}
+                "last_state": self.last_state, "exit_code": self.exit_code,
+                "exit_signal": self.exit_signal, **self.detail}
 
 
 class Scheduler(ABC):
@@ -134,7 +145,10 @@ class Scheduler(ABC):
     def log_files(self, run: Any, job_id: str) -> list[Path]: ...
 
     @abstractmethod
-    def cancel(self, run: Any, job_id: str) -> None: ...
+    def cancel(self, run: Any, job_id: str) -> None:
+        """Ask the scheduler to end the job in whatever state it is (pending, held,
+        running, requeued), so that it never runs again. Idempotent: `llmctl job
+        cancel` calls it again while the job still waits in the queue."""
 
 
 # --- the index of submitted jobs ------------------------------------------------
@@ -170,6 +184,16 @@ def read_index() -> list[dict[str, Any]]:
         except ValueError:
             continue  # a torn line from a crash: skip it, keep the rest
     return out
+
+
+def try_command(argv: list[str], timeout: float = 60) -> Any:
+    """Run a query whose failure is an answer (e.g. 'no such job'); None if it could not run."""
+    import subprocess
+
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def run_command(argv: list[str], what: str, timeout: float = 60) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,16 @@ class K8sScheduler(Scheduler):
 
     def status(self, run: Any, job_id: str) -> JobStatus:
         ns, name = job_id.split("/", 1)
-        out = run_command(["kubectl", "get", "job", name, "-n", ns, "-o",
-                           "jsonpath={.status.active} {.status.succeeded} {.status.failed}"], "kubectl get")
-        active, succeeded, failed = (out.split(" ") + ["", "", ""])[:3]
+        out = run_command(["kubectl", "get", "job", name, "-n", ns, "--ignore-not-found", "-o",
+                           "jsonpath={.metadata.name} {.status.active} {.status.succeeded} {.status.failed}"],
+                          "kubectl get")
+        if not out.strip():
+            # Gone: deleted (by `cancel`, or by someone with kubectl) or never applied.
+            if run.cancelled_file.exists():
+                return JobStatus(job_id, "CANCELLED")
+            return JobStatus(job_id, "UNKNOWN", detail={"reason": "no such Job in the cluster"})
+        fields = [f.strip() for f in out.rstrip("\n").split(" ")] + ["", "", "", ""]
+        _, active, succeeded, failed = fields[:4]
         spec = run.load_spec()
         if failed and failed != "0":
             state = "FAILED"
@@ -69,6 +77,8 @@ class K8sScheduler(Scheduler):
             state = "RUNNING"
         else:
             state = "PENDING"
+        if run.cancelled_file.exists():
+            state = "COMPLETING"  # deleted; its pods are stopping (checkpointing)
         return JobStatus(job_id, state)
 
     def log_files(self, run: Any, job_id: str) -> list[Path]:
@@ -79,8 +89,16 @@ class K8sScheduler(Scheduler):
         return [path]
 
     def cancel(self, run: Any, job_id: str) -> None:
+        # Pods get SIGTERM, then terminationGracePeriodSeconds to checkpoint. Foreground
+        # deletion keeps the Job until its pods are gone, so `status` says CANCELLED only
+        # then. The Job never restarts (backoffLimit 0), so nothing can requeue it.
         ns, name = job_id.split("/", 1)
-        run_command(["kubectl", "delete", "job", name, "-n", ns, "--ignore-not-found"], "kubectl delete")
+        run.cancelled_file.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+        run_command(["kubectl", "delete", "job", name, "-n", ns, "--ignore-not-found",
+                     "--cascade=foreground", "--wait=false"], "kubectl delete")
+        if run.load_spec().nodes > 1:
+            run_command(["kubectl", "delete", "service", name, "-n", ns, "--ignore-not-found",
+                         "--wait=false"], "kubectl delete")
 
 
 SCHEDULER = K8sScheduler()

@@ -12,13 +12,18 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
 from llmctl.schedulers.base import JobStatus, Scheduler
 
-# Runs the script, then records its status; `$1` script, `$2` exit-code file.
-_WRAPPER = 'bash "$1"; echo $? >"$2.tmp" && mv "$2.tmp" "$2"'
+# Runs the script, then records its status; `$1` script, `$2` exit-code file. It
+# outlives the SIGTERM of `cancel` (a trap, not an ignore, which the script would
+# inherit) so that it records how the program ended after checkpointing.
+_WRAPPER = 'trap : TERM; bash "$1"; echo $? >"$2.tmp" && mv "$2.tmp" "$2"'
+# Seconds between SIGTERM and SIGKILL on cancel (SLURM's default KillWait; Kubernetes'
+# default terminationGracePeriodSeconds): the program's time to checkpoint.
+CANCEL_GRACE_S = 30.0
 
 
 def _alive(pid: int, script: Path) -> bool:
@@ -33,8 +38,22 @@ def _alive(pid: int, script: Path) -> bool:
     return str(script).encode() in cmdline
 
 
+def _exit_code(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 class LocalScheduler(Scheduler):
     name = "local"
+
+    def context(self, spec: Any) -> dict[str, Any]:
+        from llmctl.jobs.resolve import after_jobs
+
+        # --after: (type, job id, its run folder), for the script's wait before the program.
+        return {"after_jobs": [(kind, job_id, spec.after_run_dirs[job_id])
+                               for kind, job_id in after_jobs(spec.after)]}
 
     def submit(self, run: Any, spec: Any) -> str:
         script = run.script(self.name)
@@ -50,12 +69,15 @@ class LocalScheduler(Scheduler):
         return str(proc.pid)
 
     def status(self, run: Any, job_id: str) -> JobStatus:
+        alive = _alive(int(job_id), run.script(self.name))
+        code = _exit_code(run.exit_code_file)
         if run.cancelled_file.exists():
-            return JobStatus(job_id, "CANCELLED")
-        if run.exit_code_file.exists():
-            code = run.exit_code_file.read_text().strip()
-            return JobStatus(job_id, "COMPLETED" if code == "0" else "FAILED", exit_code=code)
-        if _alive(int(job_id), run.script(self.name)):
+            # Cancelled, and still stopping (checkpointing) until the wrapper is gone.
+            return JobStatus(job_id, "COMPLETING" if alive else "CANCELLED",
+                             exit_code=None if alive else code)
+        if code is not None:
+            return JobStatus(job_id, "COMPLETED" if code == 0 else "FAILED", exit_code=code)
+        if alive:
             return JobStatus(job_id, "RUNNING")
         return JobStatus(job_id, "FAILED", detail={"reason": "process gone without an exit status"})
 
@@ -69,7 +91,7 @@ class LocalScheduler(Scheduler):
         run.cancelled_file.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
         try:
             os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + CANCEL_GRACE_S
             while _alive(pid, run.script(self.name)) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _alive(pid, run.script(self.name)):

@@ -1,17 +1,24 @@
 """PBS: `#PBS` scripts in the PBS Pro (`-l select=`) or Torque (`-l nodes=:ppn=`) dialect.
 
-Submitted with `qsub`, tracked with `qstat -f`, cancelled with `qdel`. PBS has no
-signal-before-kill directive like SLURM's `--signal`; `-r y` makes the job
-rerunnable, and the program checkpoints on the SIGTERM that precedes a kill.
+Submitted with `qsub`, tracked with `qstat -f` (PBS Pro: `qstat -x -f`, which also
+shows finished jobs and their Exit_status; Torque's `-x` means XML and its `qstat -f`
+keeps completed jobs for `keep_completed` seconds), cancelled with `qdel`. PBS has
+no signal-before-kill directive like SLURM's `--signal`; `-r y` makes the job
+rerunnable, so the server requeues it when it preempts it or loses its node. The
+program sees SIGTERM for a qdel and for a preemption alike: it checkpoints and
+exits without requeueing; whether the job runs again is the server's decision.
+PBS has no CANCELLED state: `cancel` leaves a `cancelled` file in the run folder.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
-from llmctl.schedulers.base import Directive, JobStatus, Scheduler, run_command
+from llmctl.errors import LlmctlError
+from llmctl.schedulers.base import Directive, JobStatus, Scheduler, run_command, try_command
 
 # PBS job names: a letter, then letters, digits, '_', '-', '.'; Torque keeps 15 characters.
 _NAME_BAD = re.compile(r"[^A-Za-z0-9_.-]")
@@ -84,7 +91,9 @@ class PbsScheduler(Scheduler):
             flag = "-t" if spec.pbs_dialect == "torque" else "-J"
             d.append(Directive(flag, f"0-{spec.array - 1}{limit}", sp))
         if spec.after:
-            d.append(Directive("-W", "depend=afterok:" + ":".join(spec.after), sp))
+            from llmctl.jobs.resolve import dependency_list
+
+            d.append(Directive("-W", "depend=" + dependency_list(spec.after), sp))
         for raw in spec.extra_directives:
             flag, _, value = raw.partition(" ")
             d.append(Directive(flag, value or None, sp))
@@ -95,21 +104,67 @@ class PbsScheduler(Scheduler):
         return out.strip().splitlines()[-1].strip()
 
     def status(self, run: Any, job_id: str) -> JobStatus:
-        out = run_command(["qstat", "-f", job_id], "qstat")
-        fields = dict(re.findall(r"^\s*([\w.]+) = (.*)$", out, flags=re.M))
-        code = fields.get("job_state", "?")
-        state = QSTAT_STATES.get(code, code)
-        exit_status = fields.get("exit_status") or fields.get("Exit_status")
-        if state == "COMPLETED" and exit_status not in (None, "0"):
-            state = "FAILED"
-        return JobStatus(job_id, state, exit_code=exit_status,
-                         restarts=int(fields.get("run_count", "1") or 1) - 1 if "run_count" in fields else 0)
+        spec = run.load_spec()
+        # PBS Pro shows a finished job only with -x; Torque's -x is XML output.
+        argv = ["qstat", "-f", job_id] if spec.pbs_dialect == "torque" else ["qstat", "-x", "-f", job_id]
+        r = try_command(argv)
+        if r is None:
+            raise LlmctlError(f"qstat: `{argv[0]}` not found on this machine or did not answer")
+        if r.returncode != 0 or "job_state" not in r.stdout:
+            # The server has forgotten the job (Torque after keep_completed, or it was deleted).
+            if run.cancelled_file.exists():
+                return JobStatus(job_id, "CANCELLED", detail={"reason": "gone from qstat after qdel"})
+            return JobStatus(job_id, "UNKNOWN", detail={"reason": (r.stderr or r.stdout).strip()[:200]})
+        return parse_qstat(job_id, r.stdout, cancelled=run.cancelled_file.exists())
 
     def log_files(self, run: Any, job_id: str) -> list[Path]:
         return sorted(p for p in run.logs.glob("pbs.out*") if p.is_file())
 
     def cancel(self, run: Any, job_id: str) -> None:
-        run_command(["qdel", job_id], "qdel")
+        # qdel ends a queued, held, running or requeued job; the server does not rerun a
+        # deleted job. PBS has no CANCELLED state, so remember that we asked.
+        first = not run.cancelled_file.exists()
+        if first:
+            run.cancelled_file.write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
+        r = try_command(["qdel", job_id])
+        if r is not None and r.returncode == 0:
+            return
+        if r is not None and re.search(r"invalid for state", r.stderr, re.I):
+            return  # already being deleted
+        if first:
+            # Not deleted by us: it had already ended by itself (or qdel failed).
+            run.cancelled_file.unlink(missing_ok=True)
+        if r is None:
+            raise LlmctlError(f"qdel {job_id}: `qdel` is not installed here or did not answer")
+        if not re.search(r"finished|Unknown Job", r.stderr, re.I):
+            raise LlmctlError(f"qdel {job_id} failed: {r.stderr.strip() or r.stdout.strip()}")
+
+
+def parse_qstat(job_id: str, out: str, cancelled: bool = False) -> JobStatus:
+    """`qstat -f` output (PBS Pro or Torque) -> JobStatus.
+
+    Exit_status (PBS Pro) / exit_status (Torque): the script's exit code; 256 + N
+    when signal N killed it; negative for the server's own failures (e.g. -1: the
+    job could not start). run_count (PBS Pro) / start_count (Torque) counts runs.
+    """
+    fields = dict(re.findall(r"^\s*([\w.]+) = (.*)$", out, flags=re.M))
+    code = fields.get("job_state", "?").strip()
+    state = QSTAT_STATES.get(code, code)
+    raw = (fields.get("Exit_status") or fields.get("exit_status") or "").strip()
+    exit_code = signal = None
+    if re.fullmatch(r"-?\d+", raw) and state == "COMPLETED":
+        n = int(raw)
+        if n >= 256:
+            signal = n - 256
+        else:
+            exit_code = n
+        if n != 0:
+            state = "FAILED"
+    if cancelled and state in ("COMPLETED", "FAILED"):
+        state = "CANCELLED"
+    runs = (fields.get("run_count") or fields.get("start_count") or "").strip()
+    restarts = max(0, int(runs) - 1) if runs.isdigit() else 0
+    return JobStatus(job_id, state, restarts=restarts, exit_code=exit_code, exit_signal=signal)
 
 
 SCHEDULER = PbsScheduler()

@@ -1,18 +1,23 @@
-"""SLURM: `#SBATCH` scripts, submitted and tracked through submitit.
+"""SLURM: `#SBATCH` scripts, submitted through submitit, tracked with SLURM's own tools.
 
 submitit writes the file it submits itself; a small executor subclass makes that
-file the rendered script, byte for byte, so submitit's `SlurmJob` tracks state
-(through `sacct`), knows the log paths and cancels. The log names in the script
-follow submitit's `JobPaths` (`%j_0_log.out`) so both agree on where logs are.
+file the rendered script, byte for byte. The log names in the script follow
+submitit's `JobPaths` (`%j_0_log.out`) so both agree on where logs are.
+
+State comes from `scontrol show job` while slurmctld still holds the job (it is
+current; sacct can lag or miss the end of a run that was requeued and then
+cancelled) and from `sacct -D` (one line per run) for the history: how the
+previous run ended, and the exit code once slurmctld has forgotten the job.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
-from llmctl.schedulers.base import Directive, JobStatus, Scheduler, run_command
+from llmctl.schedulers.base import FINAL_STATES, Directive, JobStatus, Scheduler, try_command
 
 MAIL_ORDER = ("BEGIN", "END", "FAIL", "REQUEUE", "TIME_LIMIT", "ALL")
 
@@ -70,7 +75,9 @@ class SlurmScheduler(Scheduler):
             limit = f"%{spec.array_parallel}" if spec.array_parallel else ""
             d.append(Directive("--array", f"0-{spec.array - 1}{limit}"))
         if spec.after:
-            d.append(Directive("--dependency", "afterok:" + ":".join(spec.after)))
+            from llmctl.jobs.resolve import dependency_list
+
+            d.append(Directive("--dependency", dependency_list(spec.after)))
             # A child of a failed parent would wait forever; cancel it instead.
             d.append(Directive("--kill-on-invalid-dep", "yes"))
         if spec.requeue:
@@ -88,9 +95,17 @@ class SlurmScheduler(Scheduler):
         return submitit.SlurmJob(folder=run.logs, job_id=job_id)
 
     def submit(self, run: Any, spec: Any) -> str:
+        import contextlib
+        import io
+        import shutil
+
         import submitit
 
-        script_text = run.script("slurm").read_text(encoding="utf-8")
+        script = run.script("slurm")
+        script_text = script.read_text(encoding="utf-8")
+        if not shutil.which("sbatch"):
+            raise LlmctlError(f"sbatch is not installed here: the script is written at {script}",
+                              hint="submit from a login node of the cluster")
 
         class _RenderedScriptExecutor(submitit.SlurmExecutor):
             """Submits the rendered script instead of a submitit-made one."""
@@ -103,31 +118,25 @@ class SlurmScheduler(Scheduler):
 
         run.logs.mkdir(parents=True, exist_ok=True)
         executor = _RenderedScriptExecutor(folder=run.logs)
+        # submitit prints sbatch's stderr itself before raising it: keep it, say it once.
+        printed = io.StringIO()
         try:
-            job = executor._submit_command("")
+            with contextlib.redirect_stderr(printed):
+                job = executor._submit_command("")
         except Exception as e:  # submitit raises plain errors carrying sbatch's message
-            raise LlmctlError(f"sbatch refused {run.script('slurm')}: {str(e).strip().splitlines()[-1]}") from e
+            message = sbatch_message(str(e) or printed.getvalue())
+            raise LlmctlError(f"sbatch refused {script}: {message}") from e
         return str(job.job_id)
 
     def status(self, run: Any, job_id: str) -> JobStatus:
-        job = self._job(run, job_id)
-        info = job.get_info(mode="force")
-        state = info.get("State") or "UNKNOWN"
-        if state.upper() == "UNKNOWN":
-            # Not in sacct yet (just submitted) or gone: ask squeue.
-            out = run_command(["squeue", "-h", "-j", job_id, "-o", "%T"], "squeue")
-            state = out.split()[0] if out.strip() else "UNKNOWN"
-        restarts = 0
-        try:
-            out = run_command(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "JobID,State"], "sacct")
-            # With -D, sacct lists one line per run of a requeued job.
-            rows = [r for r in out.splitlines() if r.strip()]
-            tops = {r.split("|")[0] for r in rows}
-            restarts = max(0, len(rows) - len(tops))
-        except LlmctlError:
-            pass
-        return JobStatus(job_id=job_id, state=state.split()[0].upper(), restarts=restarts,
-                         exit_code=info.get("ExitCode"), detail={"node_list": info.get("NodeList")})
+        live = _scontrol_jobs(job_id)
+        runs = _sacct_runs(job_id)
+        units = {key: _unit(key, live.get(key), runs.get(key, [])) for key in {*live, *runs}}
+        if not units:
+            return JobStatus(job_id, "UNKNOWN", detail={"reason": "neither scontrol nor sacct knows the job"})
+        if list(units) == [job_id]:
+            return units[job_id]
+        return _aggregate(job_id, units)
 
     def log_files(self, run: Any, job_id: str) -> list[Path]:
         job = self._job(run, job_id)
@@ -137,10 +146,105 @@ class SlurmScheduler(Scheduler):
         return [f for f in files if f.is_file()]
 
     def cancel(self, run: Any, job_id: str) -> None:
-        try:
-            self._job(run, job_id).cancel(check=True)
-        except Exception as e:
-            raise LlmctlError(f"scancel {job_id} failed: {e}") from e
+        # First make the job non-requeueable: whatever still runs `scontrol requeue` on its
+        # way out (a preemption in progress, an older program that took scancel's SIGTERM
+        # for a preemption) is then refused by slurmctld instead of bringing the job back.
+        # It fails harmlessly for a job that has already ended.
+        try_command(["scontrol", "update", f"JobId={job_id}", "Requeue=0"])
+        r = try_command(["scancel", job_id])
+        if r is None:
+            raise LlmctlError(f"scancel {job_id}: `scancel` is not installed here or did not answer")
+        if r.returncode != 0:
+            raise LlmctlError(f"scancel {job_id} failed: {sbatch_message(r.stderr or r.stdout)}")
+
+
+# --- reading SLURM's answers -------------------------------------------------------
+
+_SCONTROL_KEYS = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Restarts|ExitCode|Reason)=(\S*)")
+_RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "RESIZING", "SIGNALING", "SUSPENDED",
+            "STOPPED")
+
+
+def sbatch_message(text: str) -> str:
+    """A SLURM tool's stderr as one line: each distinct message once, without 'sbatch: error:'."""
+    lines = [re.sub(r"^\w+: error: ", "", ln.strip()) for ln in text.splitlines() if ln.strip()]
+    return "; ".join(dict.fromkeys(lines)) or "no message"
+
+
+def parse_exit(code: Optional[str]) -> tuple[Optional[int], Optional[int]]:
+    """SLURM's 'EXIT:SIGNAL' -> (exit code, signal or None): '127:0' -> (127, None)."""
+    m = re.fullmatch(r"(\d+):(\d+)", (code or "").strip())
+    if not m:
+        return None, None
+    signal = int(m.group(2))
+    return int(m.group(1)), signal or None
+
+
+def _key(job_id: str, fields: dict[str, str]) -> str:
+    """'123' or an array task's '123_4' (sacct's spelling; pending tasks '123_[5-9%2]')."""
+    task = fields.get("ArrayTaskId")
+    if not task or task == "N/A":
+        return fields.get("JobId", job_id)
+    return f"{fields.get('ArrayJobId', job_id)}_{task if task.isdigit() else '[' + task + ']'}"
+
+
+def _scontrol_jobs(job_id: str) -> dict[str, dict[str, str]]:
+    """What slurmctld holds now, per job or array task; {} once it has forgotten the job."""
+    r = try_command(["scontrol", "show", "job", "-o", job_id])
+    if r is None or r.returncode != 0:
+        return {}
+    out = {}
+    for line in r.stdout.splitlines():
+        fields = dict(_SCONTROL_KEYS.findall(line))
+        if "JobId" in fields and "JobState" in fields:
+            out[_key(job_id, fields)] = fields
+    return out
+
+
+def _sacct_runs(job_id: str) -> dict[str, list[tuple[str, str]]]:
+    """Every run of the job (or of each array task), oldest first: [(state, 'EXIT:SIGNAL')]."""
+    r = try_command(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "JobID,State,ExitCode"])
+    out: dict[str, list[tuple[str, str]]] = {}
+    if r is None or r.returncode != 0:
+        return out
+    for line in r.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3 and parts[1]:
+            out.setdefault(parts[0], []).append((parts[1].split()[0], parts[2]))
+    return out
+
+
+def _unit(key: str, live: Optional[dict[str, str]], runs: list[tuple[str, str]]) -> JobStatus:
+    """One job (or array task) from scontrol (current) and its sacct runs (history)."""
+    if live is not None:
+        state = live["JobState"].split()[0]
+        restarts = int(live.get("Restarts") or 0) if (live.get("Restarts") or "0").isdigit() else 0
+        code = live.get("ExitCode")
+    else:
+        state, code = runs[-1]
+        restarts = len(runs) - 1
+    # Run i of the job is line i of sacct -D; the current one is line `restarts`.
+    last = runs[restarts - 1][0] if 0 < restarts <= len(runs) else None
+    exit_code, signal = parse_exit(code) if state in FINAL_STATES else (None, None)
+    detail = {"reason": live["Reason"]} if live and live.get("Reason") not in (None, "None") else {}
+    return JobStatus(key, state, restarts=restarts, exit_code=exit_code, exit_signal=signal,
+                     last_state=last, detail=detail)
+
+
+def _aggregate(job_id: str, units: dict[str, JobStatus]) -> JobStatus:
+    """An array job: running while a task runs, pending while one waits; once all have
+    ended, COMPLETED if all did, else the first task's other end (FAILED, CANCELLED...)."""
+    tasks = [units[k] for k in sorted(units, key=lambda k: (len(k), k))]
+    running = [t for t in tasks if t.state in _RUNNING]
+    waiting = [t for t in tasks if not t.done and t.state not in _RUNNING]
+    ended_badly = [t for t in tasks if t.done and t.state != "COMPLETED"]
+    pick = (running or waiting or ended_badly or tasks)[0]
+    restarted = [t for t in tasks if t.restarts]
+    return JobStatus(job_id, pick.state, restarts=sum(t.restarts for t in tasks),
+                     exit_code=pick.exit_code if not (running or waiting) else None,
+                     exit_signal=pick.exit_signal if not (running or waiting) else None,
+                     last_state=restarted[-1].last_state if restarted else None,
+                     detail={"tasks": {t.job_id: t.state for t in tasks}})
 
 
 SCHEDULER = SlurmScheduler()

@@ -69,15 +69,124 @@ def test_submit_twice_is_refused(cli, tmp_path):
     assert again.returncode == 2 and "already submitted" in again.stderr
 
 
+def sacct_runs(job_id: str) -> list[str]:
+    """The state of every run of the job (sacct -D: one line per run), oldest first."""
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-D", "-j", job_id, "-o", "State"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def squeue_state(job_id: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def cancel(cli, run) -> dict:
+    r = cli("job", "cancel", str(run), "--json", timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = json.loads(r.stdout)
+    assert st["state"] == "CANCELLED", st
+    return st
+
+
+def assert_stays_cancelled(jobs: dict, seconds: float = 30.0) -> None:
+    """Each job (id -> run folder) is CANCELLED in sacct and starts no program again for `seconds`."""
+    starts = {j: _starts(run) for j, run in jobs.items()}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for job_id, run in jobs.items():
+            runs = sacct_runs(job_id)
+            assert runs and runs[-1] == "CANCELLED", (job_id, runs)
+            assert squeue_state(job_id) == "", (job_id, squeue_state(job_id))
+            assert _starts(run) == starts[job_id], f"job {job_id} ran again"
+        time.sleep(2)
+
+
+def _starts(run) -> int:
+    return sum(p.read_text(errors="replace").count("standin: start at") for p in (run / "logs").glob("*_log.out"))
+
+
 def test_cancel_reports_cancelled_promptly(cli, tmp_path):
     site = write_site(tmp_path, env={"STANDIN_STEPS": "1000", "STANDIN_STEP_S": "1"})
     run = launch(cli, tmp_path, "cancelme", site=site)
-    submit(cli, run)
+    job_id = submit(cli, run)
     wait_for_text(lambda: (run / "logs").glob("*_log.out"), "standin: ready")
-    r = cli("job", "cancel", str(run), timeout=60)
+    r = cli("job", "cancel", str(run), timeout=180)
     assert r.returncode == 0, r.stderr
-    assert "CANCELLED" in r.stdout
+    assert r.stdout.strip() == f"{job_id} CANCELLED"
     assert wait_state(cli, run, timeout=30)["state"] == "CANCELLED"
+    assert_stays_cancelled({job_id: run})
+
+
+def test_cancel_pending_and_held_jobs(cli, tmp_path):
+    site = write_site(tmp_path, env={"STANDIN_STEPS": "1000", "STANDIN_STEP_S": "1"})
+    blocker = launch(cli, tmp_path, "blocker", site=site)
+    blocker_id = submit(cli, blocker)
+    try:
+        waiting = launch(cli, tmp_path, "waiting", "--after", blocker_id, site=site)
+        waiting_id = submit(cli, waiting)
+        held = launch(cli, tmp_path, "held", "--after", f"afterany:{blocker_id}", site=site)
+        held_id = submit(cli, held)
+        subprocess.run(["scontrol", "hold", held_id], check=True, timeout=30)
+        assert squeue_state(waiting_id) == "PENDING" and squeue_state(held_id) == "PENDING"
+        for run in (waiting, held):
+            cancel(cli, run)
+        # The blocker ending would release them if they were still there.
+        cancel(cli, blocker)
+        assert_stays_cancelled({waiting_id: waiting, held_id: held, blocker_id: blocker})
+        assert _starts(waiting) == 0 and _starts(held) == 0
+    finally:
+        subprocess.run(["scancel", blocker_id], capture_output=True, timeout=30)
+
+
+def test_cancel_a_job_that_was_requeued_once(cli, tmp_path):
+    site = write_site(tmp_path, env={"STANDIN_STEPS": "1000", "STANDIN_STEP_S": "0.5"})
+    run = launch(cli, tmp_path, "requeued", site=site)
+    job_id = submit(cli, run)
+    logs = lambda: (run / "logs").glob("*_log.out")  # noqa: E731
+    wait_for_text(logs, "standin: ready")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=30)
+    wait_for_text(logs, "restart 1", timeout=120)
+    st = json.loads(cli("job", "status", str(run), "--json").stdout)
+    assert st["restarts"] == 1 and st["last_state"] == "REQUEUED", st
+    st = cancel(cli, run)
+    assert st["restarts"] == 1
+    assert_stays_cancelled({job_id: run})
+    assert sacct_runs(job_id) == ["REQUEUED", "CANCELLED"]
+
+
+def test_cancel_of_a_finished_job_says_how_it_ended(cli, tmp_path):
+    run = launch(cli, tmp_path, "finished")
+    job_id = submit(cli, run)
+    assert wait_state(cli, run)["state"] == "COMPLETED"
+    r = cli("job", "cancel", str(run))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{job_id} COMPLETED (already ended; nothing to cancel)"
+
+
+def test_failed_job_shows_its_exit_code(cli, tmp_path):
+    fail = tmp_path / "exit127"
+    fail.write_text("#!/bin/bash\nexit 127\n")
+    fail.chmod(0o755)
+    site = write_site(tmp_path, name="fail127")
+    site.write_text(site.read_text().replace(f'python = "{tmp_path}/standin-python"', f'python = "{fail}"'))
+    run = launch(cli, tmp_path, "fail127", site=site)
+    job_id = submit(cli, run)
+    st = wait_state(cli, run)
+    assert (st["state"], st["exit_code"]) == ("FAILED", 127), st
+    line = cli("job", "status", str(run)).stdout
+    assert line.startswith(f"{job_id} FAILED restarts=0 exit=127 "), line
+
+
+def test_script_sbatch_refuses_prints_its_error_once(cli, tmp_path):
+    site = write_site(tmp_path, name="nosuchpart")
+    site.write_text(site.read_text().replace('"debug"', '"nosuch"').replace("partitions.debug", "partitions.nosuch"))
+    run = launch(cli, tmp_path, "refused", site=site)
+    r = cli("job", "submit", str(run))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("invalid partition specified: nosuch") == 1, r.stderr
+    assert r.stderr.count("Invalid partition name specified") == 1, r.stderr
+    assert not (run / "submission.json").exists()
 
 
 def test_preempted_job_requeues_and_continues(cli, tmp_path):

@@ -19,7 +19,7 @@ echo "llmctl: started on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # One torchrun on this machine; it starts one process per rank (standalone: it picks a free port)
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 python3 -m torch.distributed.run --standalone --nnodes=1 --nproc-per-node=2 --signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 -m llmctl.train --run-dir /project/runs/local-local-train &
 child=$!
 rc=0

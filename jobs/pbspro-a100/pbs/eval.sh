@@ -34,7 +34,7 @@ export MASTER_ADDR=127.0.0.1
 export MASTER_PORT=29500
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 apptainer exec --nv --bind /eagle:/eagle /soft/containers/pytorch-2.5.sif python3 -m llmctl eval run --checkpoint /project/runs/train/checkpoints/step-1000 --output /project/runs/pbspro-a100-pbs-eval/results.json --suite /project/configs/eval/suite.toml &
 child=$!
 rc=0

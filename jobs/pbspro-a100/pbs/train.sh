@@ -49,7 +49,7 @@ export MASTER_ADDR=$(head -n 1 "$HOSTFILE")
 export MASTER_PORT=29500
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 mpirun -np 8 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-0}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank apptainer exec --nv --bind /eagle:/eagle /soft/containers/pytorch-2.5.sif python3 -m llmctl.train --run-dir /project/runs/pbspro-a100-pbs-train &
 child=$!
 rc=0

@@ -56,7 +56,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 # One process
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 srun --ntasks=1 --cpus-per-task=128 python3 -m llmctl serve batch --artifact /project/artifacts/model --input /project/data/requests.jsonl --output /project/runs/slurm-a100-ib-slurm-serve-batch/output.jsonl &
 child=$!
 rc=0

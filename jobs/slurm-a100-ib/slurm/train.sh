@@ -57,7 +57,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 # One srun task per rank (one per GPU)
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=16 --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank python3 -m llmctl.train --run-dir /project/runs/slurm-a100-ib-slurm-train &
 child=$!
 rc=0

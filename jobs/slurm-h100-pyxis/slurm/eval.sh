@@ -41,7 +41,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 # One process
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 srun --ntasks=1 --cpus-per-task=224 --container-image='nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/lustre/project:/workspace,/lustre/datasets:/datasets:ro python3 -m llmctl eval run --checkpoint /project/runs/train/checkpoints/step-1000 --output /project/runs/slurm-h100-pyxis-slurm-eval/results.json --suite /project/configs/eval/suite.toml &
 child=$!
 rc=0

@@ -44,7 +44,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 # One srun task per rank (one per GPU)
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=28 --kill-on-bad-exit=1 --container-image='nvcr.io#nvidia/pytorch:25.01-py3' --container-mounts=/lustre/project:/workspace,/lustre/datasets:/datasets:ro bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank python3 -m llmctl.train --run-dir /project/runs/slurm-h100-pyxis-slurm-train &
 child=$!
 rc=0

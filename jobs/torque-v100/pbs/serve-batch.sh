@@ -32,7 +32,7 @@ export MASTER_ADDR=127.0.0.1
 export MASTER_PORT=29500
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
-trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
+trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
 python3 -m llmctl serve batch --artifact /project/artifacts/model --input /project/data/requests.jsonl --output /project/runs/torque-v100-pbs-serve-batch/output.jsonl &
 child=$!
 rc=0
