@@ -10,7 +10,8 @@ checkpoint (`CheckpointLM`, here), an exported Hugging Face artifact
 first, the same windows), so one model scores the same through each of them.
 
 The checkpoint's run folder says which model and which tokenizer it was trained
-with (the same `load_run` the trainer uses); weights load from safetensors, never
+with (the same `load_run` the trainer uses); weights load from safetensors, or
+from a distributed run's DCP shards (any layout: llmctl.parallel.checkpoint), never
 from a pickle.
 """
 
@@ -230,7 +231,7 @@ class CheckpointLM(TorchLM):
     def __init__(self, checkpoint: str | Path, batch_size: int = 8, device: Optional[str] = None,
                  verify: bool = True):
         from llmctl.data.tokenizer import load_tokenizer
-        from llmctl.train.checkpoint import MODEL, STATE, check_files
+        from llmctl.train.checkpoint import STATE, check_files
         from llmctl.train.setup import load_run, short_hash
 
         self.path = resolve_checkpoint(checkpoint)
@@ -259,20 +260,18 @@ class CheckpointLM(TorchLM):
         self.step = int(state.get("step", 0))
 
         import torch
-        from safetensors import SafetensorError
-        from safetensors.torch import load_model
 
         from llmctl.model.transformer import Transformer
+        from llmctl.parallel.checkpoint import load_weights
 
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = Transformer(mc).to(dev)
-        try:
-            missing, unexpected = load_model(model, str(self.path / MODEL), strict=False, device=str(dev))
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise LlmctlError(f"{self.path / MODEL}: cannot load: {' '.join(str(e).split())[:300]}") from None
-        if missing or unexpected:
-            raise LlmctlError(f"{self.path / MODEL}: tensors do not match the model "
-                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+        try:  # any format: one process's safetensors or a distributed run's DCP shards
+            load_weights(self.path, model)
+        except LlmctlError:
+            raise
+        except Exception as e:  # safetensors, DCP and DeepSpeed readers raise their own kinds
+            raise LlmctlError(f"{self.path}: cannot load: {' '.join(str(e).split())[:300]}") from None
         model.eval()
         super().__init__(model, tokenizer, tokenizer.token_to_id(meta["eos_token"]), mc.max_seq_len, dev,
                          batch_size)

@@ -101,31 +101,53 @@ def gpt2_config_json(cfg) -> dict[str, Any]:
     }
 
 
-def to_hf_state(cfg, state: dict) -> dict:
-    """llmctl tensors -> transformers tensors (contiguous, no shared storage)."""
+def _same(ts):
+    return ts[0]
+
+
+def _transpose(ts):
+    return ts[0].t()
+
+
+def _cat(ts):
     import torch
 
-    out = {}
+    return torch.cat(ts, 0)
+
+
+def _cat_transpose(ts):
+    import torch
+
+    return torch.cat(ts, 0).t()
+
+
+def export_plan(cfg) -> list[tuple[str, list[str], Any]]:
+    """(transformers name, llmctl names, how) for every tensor of the export: `how` makes the
+    transformers tensor from the llmctl ones (GPT-2's Conv1D is (in, out), q/k/v fused)."""
     if cfg.template == "llama":
-        for ours, theirs in _llama_names(cfg).items():
-            out[theirs] = state[ours].contiguous().clone()
-        return out
-    out["transformer.wte.weight"] = state["tok_emb.weight"].clone()
-    out["transformer.wpe.weight"] = state["pos_emb.weight"].clone()
-    out["transformer.ln_f.weight"] = state["norm.weight"].clone()
-    out["transformer.ln_f.bias"] = state["norm.bias"].clone()
+        return [(theirs, [ours], _same) for ours, theirs in _llama_names(cfg).items()]
+    plan = [("transformer.wte.weight", ["tok_emb.weight"], _same),
+            ("transformer.wpe.weight", ["pos_emb.weight"], _same),
+            ("transformer.ln_f.weight", ["norm.weight"], _same),
+            ("transformer.ln_f.bias", ["norm.bias"], _same)]
     for i in range(cfg.layers):
         p, q = f"blocks.{i}.", f"transformer.h.{i}."
         for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[f"{q}{theirs}.weight"] = state[f"{p}{ours}.weight"].clone()
-            out[f"{q}{theirs}.bias"] = state[f"{p}{ours}.bias"].clone()
-        w = torch.cat([state[f"{p}attn.{n}.weight"] for n in ("wq", "wk", "wv")], 0)
-        b = torch.cat([state[f"{p}attn.{n}.bias"] for n in ("wq", "wk", "wv")], 0)
-        out[f"{q}attn.c_attn.weight"], out[f"{q}attn.c_attn.bias"] = w.t().contiguous(), b.clone()
+            plan.append((f"{q}{theirs}.weight", [f"{p}{ours}.weight"], _same))
+            plan.append((f"{q}{theirs}.bias", [f"{p}{ours}.bias"], _same))
+        plan.append((f"{q}attn.c_attn.weight", [f"{p}attn.{n}.weight" for n in ("wq", "wk", "wv")],
+                     _cat_transpose))
+        plan.append((f"{q}attn.c_attn.bias", [f"{p}attn.{n}.bias" for n in ("wq", "wk", "wv")], _cat))
         for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
-            out[f"{q}{theirs}.weight"] = state[f"{p}{ours}.weight"].t().contiguous()
-            out[f"{q}{theirs}.bias"] = state[f"{p}{ours}.bias"].clone()
-    return out
+            plan.append((f"{q}{theirs}.weight", [f"{p}{ours}.weight"], _transpose))
+            plan.append((f"{q}{theirs}.bias", [f"{p}{ours}.bias"], _same))
+    return plan
+
+
+def to_hf_state(cfg, state: dict) -> dict:
+    """llmctl tensors -> transformers tensors (contiguous, no shared storage)."""
+    return {theirs: how([state[n] for n in ours]).contiguous().clone()
+            for theirs, ours, how in export_plan(cfg)}
 
 
 def from_hf_state(cfg, hf: dict) -> dict:
@@ -203,17 +225,17 @@ def _sha256(path: Path) -> str:
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(checkpoint folder, run folder) from a checkpoint, a checkpoints/ folder or a run folder."""
-    from llmctl.train.checkpoint import MODEL, Checkpointer
+    from llmctl.train.checkpoint import MODEL, STATE, Checkpointer
 
     p = Path(path).expanduser().absolute()
     if not p.exists():
         raise LlmctlError(f"{p}: checkpoint not found")
     if (p / "checkpoints").is_dir():
         p = p / "checkpoints"
-    if not (p / MODEL).is_file():
+    if not (p / MODEL).is_file() and not (p / STATE).is_file():
         latest = Checkpointer(p).latest()
         if latest is None:
-            raise LlmctlError(f"{p}: no checkpoint here (no {MODEL}, no `latest` pointer)")
+            raise LlmctlError(f"{p}: no checkpoint here (no {STATE}, no `latest` pointer)")
         p = latest
     run = next((q for q in p.parents if (q / "config.toml").is_file()), None)
     if run is None:
@@ -289,11 +311,11 @@ def export_checkpoint(checkpoint: str, out: str, dtype: str = "bf16", quantize: 
                       verify: bool = True) -> Path:
     """Write a transformers-loadable folder from an llmctl checkpoint; returns it.
 
-    `verify` False exports a checkpoint whose files do not match its state.json digests."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from llmctl.train.checkpoint import MODEL, STATE, check_files, read_state
+    Any checkpoint: one process's model.safetensors or a distributed run's DCP shards
+    (DDP, FSDP2, ZeRO, tp, pp); read and written one tensor at a time. `verify` False
+    exports a checkpoint whose files do not match its state.json digests."""
+    from llmctl.parallel.checkpoint import Source
+    from llmctl.train.checkpoint import STATE, check_files, read_state
     from llmctl.train.setup import load_run
 
     ckpt, run = find_checkpoint(checkpoint)
@@ -302,39 +324,126 @@ def export_checkpoint(checkpoint: str, out: str, dtype: str = "bf16", quantize: 
     if (ckpt / STATE).is_file():
         check_files(ckpt, read_state(ckpt), verify)
     try:
-        state = load_file(str(ckpt / MODEL))
-    except (SafetensorError, OSError) as e:
-        raise LlmctlError(f"{ckpt / MODEL}: cannot load: {e}") from None
-    _refuse_nonfinite(state, str(ckpt / MODEL))
-    if cfg.tie_embeddings:  # save_model keeps one name of the shared tensor
-        shared = state.get("tok_emb.weight", state.get("head.weight"))
-        state["tok_emb.weight"] = state["head.weight"] = shared
+        src = Source(ckpt)
+        stored = set(src.model_names())
+    except LlmctlError:
+        raise
+    except Exception as e:  # safetensors, DCP and DeepSpeed readers raise their own kinds
+        raise LlmctlError(f"{ckpt}: cannot load: {' '.join(str(e).split())[:300]}") from None
+    reader = _source_reader(src, stored, cfg, str(ckpt))
     tok_file = setup.data_dir / "tokenizer.json"
     eos_id = setup.data_meta["tokenizer"].get("eos_id")
-    return write_artifact(cfg, state, out, dtype, tok_file, eos_id,
-                          {"source_checkpoint": str(ckpt), "source_run": str(run)}, quantize)
+    return _write(cfg, reader, out, dtype, tok_file, eos_id,
+                  {"source_checkpoint": str(ckpt), "source_run": str(run), "source_format": src.kind}, quantize)
+
+
+def _source_reader(src, stored: set, cfg, where: str):
+    """(names -> tensors) over a checkpoint Source; a tied head is the embedding."""
+    def read(names: list[str]) -> list:
+        keys = []
+        for n in names:
+            if n not in stored and n == "head.weight" and cfg.tie_embeddings:
+                n = "tok_emb.weight"
+            if n not in stored:
+                raise LlmctlError(f"{where}: tensor {n} missing from the checkpoint",
+                                  hint="is this checkpoint of the run's model config?")
+            keys.append(f"model.{n}")
+        got = src.read(keys)
+        return [got[k] for k in keys]
+    return read
 
 
 def write_artifact(cfg, state: dict, out: str | Path, dtype: str, tok_file: Optional[Path],
                    eos_id: Optional[int], source: dict, quantize: Optional[str] = None) -> Path:
     """Write llmctl tensors `state` of model `cfg` as a transformers folder at `out` (atomically)."""
+    if cfg.tie_embeddings and "head.weight" not in state:
+        state = {**state, "head.weight": state["tok_emb.weight"]}
+    return _write(cfg, lambda names: [state[n] for n in names], out, dtype, tok_file, eos_id, source, quantize)
+
+
+def _entries(cfg, read, dtype: str, quantize: Optional[str], where: str) -> list:
+    """The export's tensors as stream entries: shapes from meta tensors, data made on demand,
+    each source checked for NaN/inf and each result for overflow as it is made."""
     import torch
-    from safetensors.torch import save_file
+
+    from llmctl.export.stream import Entry
+
+    tdtype = getattr(torch, DTYPES[dtype])
+    entries = []
+    for theirs, ours, how in export_plan(cfg):
+        metas = [torch.empty(s, dtype=torch.float32, device="meta") for s in _shapes(cfg, ours)]
+        shape = tuple(how(metas).shape)
+
+        def make(theirs=theirs, ours=ours, how=how):
+            ts = read(ours)
+            for n, t in zip(ours, ts):
+                _refuse_nonfinite({n: t}, where)
+            return how([t.float() for t in ts]).to(tdtype).contiguous()
+
+        if quantize == "int8" and _quantized(theirs, len(shape)):
+            conv1d = theirs.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))
+            scale_shape = (1, shape[1]) if conv1d else (shape[0], 1)
+
+            def q(make=make, theirs=theirs):
+                t = make()
+                _refuse_nonfinite({theirs: t}, f"export to {dtype}", dtype)
+                return quantize_int8({theirs: t})[theirs]
+
+            def s(make=make, theirs=theirs):
+                return quantize_int8({theirs: make()})[theirs + "_scale"]
+
+            entries.append(Entry(theirs, shape, torch.int8, q))
+            entries.append(Entry(theirs + "_scale", scale_shape, torch.float32, s))
+            continue
+
+        def checked(make=make, theirs=theirs):
+            t = make()
+            _refuse_nonfinite({theirs: t}, f"export to {dtype}", dtype)
+            return t
+
+        entries.append(Entry(theirs, shape, tdtype, checked))
+    return entries
+
+
+def _quantized(name: str, dims: int) -> bool:
+    conv1d = name.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))
+    return dims == 2 and (conv1d or name.endswith("proj.weight"))
+
+
+def _shapes(cfg, names: list[str]) -> list[tuple[int, ...]]:
+    """The llmctl shapes of these tensors, from a model built on the meta device."""
+    import torch
+
+    from llmctl.model.transformer import Transformer
+
+    key = json.dumps(cfg.to_data(), sort_keys=True)
+    if _SHAPES.get("key") != key:
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        _SHAPES.clear()
+        _SHAPES.update({"key": key, **{k: tuple(v.shape) for k, v in model.state_dict().items()}})
+    return [_SHAPES[n] for n in names]
+
+
+_SHAPES: dict = {}
+
+
+def _write(cfg, read, out: str | Path, dtype: str, tok_file: Optional[Path], eos_id: Optional[int],
+           source: dict, quantize: Optional[str] = None) -> Path:
+    from llmctl.export.stream import write_sharded
 
     cj = llama_config_json(cfg) if cfg.template == "llama" else gpt2_config_json(cfg)
-    tdtype = getattr(torch, DTYPES[dtype])
-    hf = {k: v.to(tdtype) for k, v in to_hf_state(cfg, state).items()}
-    _refuse_nonfinite(hf, f"export to {dtype}", dtype)
     cj.update({"torch_dtype": DTYPES[dtype], "eos_token_id": eos_id, "bos_token_id": eos_id})
     if quantize == "int8":
         # Not a transformers quantisation method: such a folder is for `llmctl serve`.
-        hf = quantize_int8(hf)
         cj["quantization_config"] = {"quant_method": "llmctl-int8", "weights": "per-row absmax"}
+    where = source.get("source_checkpoint", "the model")
+    entries = _entries(cfg, read, dtype, quantize, where)
     out_p = Path(out).expanduser().absolute()
     tmp = _stage(out_p)
     try:
         with _writing(tmp / "model.safetensors"):
-            save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            write_sharded(tmp, entries, {"format": "pt"})
         with _writing(tmp / "config.json"):
             (tmp / "config.json").write_text(json.dumps(cj, indent=2) + "\n", encoding="utf-8")
         with _writing(tmp / "generation_config.json"):
@@ -342,7 +451,8 @@ def write_artifact(cfg, state: dict, out: str | Path, dtype: str, tok_file: Opti
                 {"eos_token_id": eos_id, "bos_token_id": eos_id}) + "\n", encoding="utf-8")
         if tok_file is not None:
             _write_tokenizer(tmp, Path(tok_file), eos_id, cfg.max_seq_len)
-        _finish(tmp, out_p, {"format": "hf", "dtype": dtype, "quantize": quantize, **source, "model_config": cfg.to_data()})
+        _finish(tmp, out_p, {"format": "hf", "dtype": dtype, "quantize": quantize, **source,
+                             "model_config": cfg.to_data()})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -386,6 +496,9 @@ def load_artifact(path: str | Path, dtype: str = "fp32", device: str = "cpu") ->
 
     p = Path(path).expanduser().absolute()
     cfg_file = p / "config.json"
+    if not cfg_file.is_file() and ((p / "checkpoints").is_dir() or (p / "state.json").is_file()
+                                   or (p / "latest").is_file()):
+        return _load_checkpoint_artifact(p, dtype, device)
     if not cfg_file.is_file():
         raise LlmctlError(f"{p}: not an artifact folder (no config.json)",
                           hint="make one with `llmctl export --checkpoint RUN --out artifacts/NAME`")
@@ -433,6 +546,32 @@ def load_artifact(path: str | Path, dtype: str = "fp32", device: str = "cpu") ->
     if isinstance(eos_id, list):
         eos_id = eos_id[0] if eos_id else None
     return Artifact(model, cfg, tokenizer, eos_id, p)
+
+
+def _load_checkpoint_artifact(path: Path, dtype: str, device: str) -> Artifact:
+    """A training checkpoint (a run, its checkpoints/ or a step folder, any format) served as
+    it is: the run's model config and tokenizer, its weights read in place."""
+    import torch
+
+    from llmctl.model.transformer import Transformer
+    from llmctl.parallel.checkpoint import load_weights
+    from llmctl.train.checkpoint import STATE, check_files, read_state
+    from llmctl.train.setup import load_run
+
+    ckpt, run = find_checkpoint(path)
+    setup = load_run(run)
+    if (ckpt / STATE).is_file():
+        check_files(ckpt, read_state(ckpt))
+    model = Transformer(setup.model_cfg).to(device)
+    load_weights(ckpt, model)
+    model = model.to(getattr(torch, DTYPES.get(dtype, "float32"))).eval()
+    tokenizer = None
+    tok_file = setup.data_dir / "tokenizer.json"
+    if tok_file.is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tok_file))
+    return Artifact(model, setup.model_cfg, tokenizer, setup.data_meta["tokenizer"].get("eos_id"), run)
 
 
 def import_artifact(artifact: str, out: str) -> Path:

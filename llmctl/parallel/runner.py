@@ -30,6 +30,7 @@ class Runner:
         from llmctl.parallel import transformer as tx
 
         self.dims, self.mesh, self.device = dims, mesh, device
+        self.model_cfg = model.cfg  # a checkpoint of one process is read by parameter order
         self.micro_batch, self.grad_accum, self.grad_clip = micro_batch, grad_accum, grad_clip
         self.dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
         self.pp_rank = mesh["pp"].get_local_rank() if mesh is not None else 0

@@ -2,6 +2,8 @@
 
     checkpoints/
       step-00000100/       model.safetensors, optimizer.pt, rng.pt, state.json
+                           (several ranks: dcp/ instead of model and optimizer; any layout
+                           reads either, see llmctl.parallel.checkpoint)
       step-00000200/
       latest               "step-00000200" (rewritten atomically, last)
 
@@ -333,8 +335,10 @@ class Checkpointer:
             set_rng_state(torch.load(path / RNG, map_location="cpu", weights_only=True))
             return state
         if sharded.kind(path) == "deepspeed":
-            raise LlmctlError(f"{path}: a DeepSpeed ZeRO checkpoint; resume it with the same ZeRO layout",
-                              hint="or convert it with the zero_to_fp32.py script DeepSpeed put in it")
+            raise LlmctlError(f"{path}: a DeepSpeed-layout checkpoint (written before ZeRO runs wrote DCP): "
+                              "its optimizer state resumes the same ZeRO layout only",
+                              hint="resume it with the ZeRO layout that wrote it; its next checkpoint loads "
+                                   "anywhere (`llmctl export` and `eval run` read it as it is)")
         try:
             missing, unexpected = load_model(model, str(path / MODEL), strict=False, device=str(device))
         except (SafetensorError, OSError, RuntimeError) as e:

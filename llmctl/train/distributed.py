@@ -4,9 +4,10 @@ Started once per rank by torchrun, srun or mpirun (`python -m llmctl.train` pick
 this loop when the world has more than one rank). Every rank draws the same
 global batch from the sampler (so the data order, and the sampler position in
 checkpoints, equal the single-process run's) and trains its share through a
-`Runner`. Rank 0 writes metrics; checkpoints are sharded (DCP, or DeepSpeed's
-for ZeRO) in the same step-N/ + `latest` layout as single-process ones, so a run
-can resume with another number of ranks (DCP) or in one process. Each rank
+`Runner`. Rank 0 writes metrics; checkpoints are sharded (DCP under the full
+model's names, ZeRO included: llmctl.parallel.checkpoint) in the same step-N/ +
+`latest` layout as single-process ones, so a run resumes under any other layout,
+number of ranks or in one process, and from a single-process checkpoint. Each rank
 hashes its share of the files for state.json and checks its share at load; a
 step that is not finite is withheld on every rank alike (llmctl.train.nonfinite).
 """
@@ -64,11 +65,8 @@ def save_checkpoint(ckpt, step: int, runner, state: dict, rank: int, world: int 
         tmp.mkdir()
 
     together(attempt(start, tmp) if rank == 0 else None)
-    if runner.engine is not None:
-        together(attempt(lambda: sharded.save_deepspeed(tmp, runner.engine), tmp / sharded.DS_DIR))
-    else:
-        together(attempt(lambda: sharded.save_dcp(tmp, runner.state_module, runner.optimizer),
-                         tmp / sharded.DCP_DIR))
+    # Every layout, ZeRO included, writes DCP under the full model's names (any layout loads it).
+    together(attempt(lambda: sharded.save(tmp, runner, rank, world), tmp / sharded.DCP_DIR))
     digests = [None] * world
     dist.all_gather_object(digests, digest_files(tmp, share(checkpoint_files(tmp), rank, world)))
     merged = {k: v for d in digests for k, v in d.items()}
@@ -103,19 +101,13 @@ def load_checkpoint(ckpt, path: Path, runner, expect: dict, verify: bool = True,
             raise refuse(path, problems)
     else:
         check_files(path, state, verify, warn=warn if rank == 0 else (lambda _: None))
-    kind = sharded.kind(path)
-    if runner.engine is not None:
-        if kind != "deepspeed":
-            raise LlmctlError(f"{path}: a {kind} checkpoint cannot resume a DeepSpeed ZeRO run",
-                              hint="resume it with DDP/FSDP (zero_stage 0, or fsdp) instead")
-        sharded.load_deepspeed(path, runner.engine)
-    elif kind == "dcp":
-        sharded.load_dcp(path, runner.state_module, runner.optimizer)
-    elif kind == "safetensors":
-        raise LlmctlError(f"{path}: a single-process checkpoint; resume it with one rank, which "
-                          "then writes checkpoints that any layout can load")
-    else:
-        raise LlmctlError(f"{path}: a DeepSpeed checkpoint; resume it with the same ZeRO layout")
+    try:  # whatever layout wrote it: DCP reshards it, ZeRO reads each parameter whole
+        sharded.load_into(path, runner, runner.model_cfg, rank)
+    except LlmctlError:
+        raise
+    except Exception as e:  # DCP raises CheckpointException, RuntimeError, KeyError...
+        raise LlmctlError(f"{path}: cannot load the checkpoint into this layout: "
+                          f"{' '.join(str(e).split())[:300]}") from None
     set_rng_state(torch.load(path / RNG, map_location="cpu", weights_only=True))
     return state
 

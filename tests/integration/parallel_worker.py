@@ -4,7 +4,9 @@
     python tests/integration/parallel_worker.py OUT_DIR '{"single": {}}' --single   # the reference
 
 LAYOUTS_JSON maps a name to ParallelDims fields (plus the run's own: steps, precision,
-fixed_batch, loss_scale for fp16, val=false to skip validation); the layouts run one after
+fixed_batch, loss_scale for fp16, val=false to skip validation; save=true to write a checkpoint
+into OUT_DIR/ckpt-<name>/ after the last step, as the trainer's layout writes it; resume=<name>
+to start from OUT_DIR/ckpt-<name>/ after `start` steps' batches); the layouts run one after
 the other in the same process group (one start-up for all). Every rank writes
 OUT_DIR/<name>.rank<R>.pt: the losses, gradient norms and validation losses per step and
 its parameters, unsharded, under the full model's names. The batches are random tokens from a
@@ -41,6 +43,9 @@ def run_one(out: str, name: str, layout: dict, device) -> None:
     # The same batch every step: a model that trains must then lower its loss.
     fixed_batch = bool(layout.pop("fixed_batch", False))
     loss_scale = float(layout.pop("loss_scale", 2.0 ** 16))  # fp16's initial loss scale
+    save = bool(layout.pop("save", False))
+    resume = layout.pop("resume", None)
+    start = int(layout.pop("start", 0))
     import torch
 
     from llmctl.config.model import ModelConfig
@@ -76,6 +81,12 @@ def run_one(out: str, name: str, layout: dict, device) -> None:
     losses, norms, val_losses = [], [], []
     import time
 
+    from llmctl.parallel import checkpoint as sharded
+
+    if resume:
+        sharded.load_into(Path(out) / f"ckpt-{resume}", runner, cfg, rank)
+    for _ in range(start):  # the batches the checkpointed run already trained on
+        torch.randint(0, cfg.vocab_size, (GLOBAL, SEQ + 1), generator=gen)
     times = []
     for step in range(steps):
         if step == 0 or not fixed_batch:
@@ -87,6 +98,19 @@ def run_one(out: str, name: str, layout: dict, device) -> None:
         norms.append(norm)
         if layout_val:
             val_losses.append(runner.evaluate(val))
+    if save:
+        folder = Path(out) / f"ckpt-{name}"
+        if mesh is None:  # as the one-process trainer writes it
+            from safetensors.torch import save_model
+
+            folder.mkdir(parents=True, exist_ok=True)
+            save_model(runner.state_module, str(folder / "model.safetensors"))
+            torch.save(runner.optimizer.state_dict(), folder / "optimizer.pt")
+        else:
+            import torch.distributed as dist
+
+            sharded.save(folder, runner, rank, dist.get_world_size())
+            dist.barrier()
     state = runner.full_state_dict()
     scale = runner.scaler.get_scale() if runner.scaler is not None else None
     torch.save({"losses": losses, "norms": norms, "val": val_losses, "params": state, "step_s": times,
