@@ -8,8 +8,9 @@ from llmctl.errors import LlmctlError
 
 
 @click.command("export")
-@click.option("--checkpoint", type=click.Path(), help="Checkpoint to export (a step folder, checkpoints/ or a run).")
-@click.option("--artifact", type=click.Path(file_okay=False), help="Import a Hugging Face Llama folder instead.")
+@click.option("--checkpoint", type=click.Path(),
+              help="Checkpoint to export (a step folder, checkpoints/ or a run; any layout's).")
+@click.option("--artifact", type=click.Path(file_okay=False), help="Import a Hugging Face folder (llama, mistral, qwen2, gpt2) instead.")
 @click.option("--out", type=click.Path(), help="Artifact folder to write.")
 @click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True)
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
@@ -20,8 +21,8 @@ from llmctl.errors import LlmctlError
 def command(checkpoint, artifact, out, fmt, dtype, quantize, skip_verify) -> None:
     """Export a checkpoint as safetensors + config.json + tokenizer.
 
-    With --artifact instead, read a Hugging Face folder (Llama or GPT-2) into
-    llmctl's format: model.json + model.safetensors (+ tokenizer.json).
+    With --artifact instead, read a Hugging Face folder (Llama, Mistral, Qwen2 or
+    GPT-2) into llmctl's format: model.json + model.safetensors (+ tokenizer files).
     """
     if bool(checkpoint) == bool(artifact):
         raise LlmctlError("give exactly one of --checkpoint (export) or --artifact (import)")

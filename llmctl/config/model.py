@@ -47,6 +47,22 @@ class RopeConfig(StrictModel):
     """How positions beyond the trained context are scaled."""
     factor: float = Field(1.0, ge=1.0)
     """Scaling factor for context extension (1.0 = no extension)."""
+    original_max_seq_len: Optional[int] = Field(None, gt=0, le=MAX_SEQ_LEN)
+    """Context the frequencies were trained at before scaling (llama3, yarn). When set, as in
+    Hugging Face configs, `max_seq_len` is the extended context; when not, it is the
+    original and the scaled table covers max_seq_len·factor."""
+    low_freq_factor: Optional[float] = Field(None, gt=0)
+    """llama3: wavelengths above original/low_freq_factor are interpolated (default 1)."""
+    high_freq_factor: Optional[float] = Field(None, gt=0)
+    """llama3: wavelengths below original/high_freq_factor are kept (default 4)."""
+    beta_fast: Optional[float] = Field(None, gt=0)
+    """yarn: rotations above which dimensions are extrapolated (default 32)."""
+    beta_slow: Optional[float] = Field(None, gt=0)
+    """yarn: rotations below which dimensions are interpolated (default 1)."""
+    attention_factor: Optional[float] = Field(None, gt=0)
+    """yarn: scale of cos/sin (default 0.1·ln(factor) + 1)."""
+    truncate: Optional[bool] = None
+    """yarn: round the ramp's bounds to whole dimensions (default true)."""
 
 
 class ModelConfig(StrictModel):
@@ -88,6 +104,17 @@ class ModelConfig(StrictModel):
     """Biases in linear layers (default: true for gpt, false for llama)."""
     tie_embeddings: Optional[bool] = None
     """Share the input embedding with the output head (default: true for gpt, false for llama)."""
+    attn_bias: Optional[bool] = None
+    """Biases on the attention projections q, k, v and o (default: `bias`)."""
+    qkv_bias: Optional[bool] = None
+    """Biases on q, k and v only, o following `attn_bias` (Qwen2: true; default: `attn_bias`)."""
+    mlp_bias: Optional[bool] = None
+    """Biases on the feed-forward projections (default: `bias`)."""
+    hidden_act: Optional[Literal["gelu_tanh", "gelu", "relu", "silu", "quick_gelu"]] = None
+    """The feed-forward nonlinearity (default: gelu_tanh for gelu, silu for swiglu, whose gate
+    it then is: gelu here makes GeGLU)."""
+    attn_layer_scale: Optional[bool] = None
+    """Divide block i's attention scores also by i+1 (GPT-2's scale_attn_by_inverse_layer_idx)."""
 
     @model_validator(mode="after")
     def _fill_and_check(self) -> "ModelConfig":
@@ -116,6 +143,23 @@ class ModelConfig(StrictModel):
             else:
                 self.ffn = 4 * self.hidden
         return self
+
+    @property
+    def bias_o(self) -> bool:
+        return bool(self.bias if self.attn_bias is None else self.attn_bias)
+
+    @property
+    def bias_qkv(self) -> bool:
+        return self.bias_o if self.qkv_bias is None else bool(self.qkv_bias)
+
+    @property
+    def bias_mlp(self) -> bool:
+        return bool(self.bias if self.mlp_bias is None else self.mlp_bias)
+
+    @property
+    def act(self) -> str:
+        """The feed-forward nonlinearity, defaults applied."""
+        return self.hidden_act or ("silu" if self.activation == "swiglu" else "gelu_tanh")
 
     @property
     def position(self) -> str:

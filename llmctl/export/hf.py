@@ -54,51 +54,22 @@ def _llama_names(cfg) -> dict[str, str]:
         p, q = f"blocks.{i}.", f"model.layers.{i}."
         for a, b in (("wq", "q_proj"), ("wk", "k_proj"), ("wv", "v_proj"), ("wo", "o_proj")):
             names[f"{p}attn.{a}.weight"] = f"{q}self_attn.{b}.weight"
-            if cfg.bias:
+            if cfg.bias_o if a == "wo" else cfg.bias_qkv:
                 names[f"{p}attn.{a}.bias"] = f"{q}self_attn.{b}.bias"
         for a in ("gate", "up", "down"):
             names[f"{p}mlp.{a}.weight"] = f"{q}mlp.{a}_proj.weight"
-            if cfg.bias:
+            if cfg.bias_mlp:
                 names[f"{p}mlp.{a}.bias"] = f"{q}mlp.{a}_proj.bias"
         names[f"{p}norm1.weight"] = f"{q}input_layernorm.weight"
         names[f"{p}norm2.weight"] = f"{q}post_attention_layernorm.weight"
     return names
 
 
-def llama_config_json(cfg) -> dict[str, Any]:
-    if cfg.activation != "swiglu" or cfg.norm != "rmsnorm":
-        raise LlmctlError(f"model {cfg.name}: a llama export needs swiglu + rmsnorm")
-    if cfg.rope.scaling not in ("none",) and cfg.rope.factor != 1.0:
-        raise LlmctlError(f"model {cfg.name}: rope scaling {cfg.rope.scaling!r} is not exported yet",
-                          hint="export a model without rope scaling")
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden, "intermediate_size": cfg.ffn,
-        "num_hidden_layers": cfg.layers, "num_attention_heads": cfg.heads,
-        "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope.base, "tie_word_embeddings": bool(cfg.tie_embeddings),
-        "attention_bias": bool(cfg.bias), "mlp_bias": bool(cfg.bias), "hidden_act": "silu",
-    }
+def config_json(cfg) -> dict[str, Any]:
+    """transformers' config.json for `cfg` (llmctl.export.families)."""
+    from llmctl.export.families import config_json as make
 
-
-def gpt2_config_json(cfg) -> dict[str, Any]:
-    problems = []
-    if cfg.kv_heads != cfg.heads:
-        problems.append("grouped-query attention")
-    if cfg.head_dim * cfg.heads != cfg.hidden:
-        problems.append("head_dim*heads != hidden")
-    if not cfg.bias or not cfg.tie_embeddings or cfg.norm != "layernorm" or cfg.activation != "gelu":
-        problems.append("GPT-2 needs biases, a tied head, layernorm and gelu")
-    if problems:
-        raise LlmctlError(f"model {cfg.name}: no transformers architecture fits: {'; '.join(problems)}")
-    return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size, "n_embd": cfg.hidden, "n_layer": cfg.layers, "n_head": cfg.heads,
-        "n_inner": cfg.ffn, "n_positions": cfg.max_seq_len, "n_ctx": cfg.max_seq_len,
-        "layer_norm_epsilon": cfg.norm_eps, "activation_function": "gelu_new",
-        "tie_word_embeddings": True, "scale_attn_weights": True,
-    }
+    return make(cfg)
 
 
 def _same(ts):
@@ -141,6 +112,8 @@ def export_plan(cfg) -> list[tuple[str, list[str], Any]]:
         for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
             plan.append((f"{q}{theirs}.weight", [f"{p}{ours}.weight"], _transpose))
             plan.append((f"{q}{theirs}.bias", [f"{p}{ours}.bias"], _same))
+    if not cfg.tie_embeddings:
+        plan.append(("lm_head.weight", ["head.weight"], _same))
     return plan
 
 
@@ -154,16 +127,29 @@ def from_hf_state(cfg, hf: dict) -> dict:
     """transformers tensors -> llmctl tensors (the inverse of to_hf_state)."""
     out = {}
     if cfg.template == "llama":
-        for ours, theirs in _llama_names(cfg).items():
+        names = _llama_names(cfg)
+        for ours, theirs in names.items():
             if theirs not in hf:
                 raise LlmctlError(f"tensor {theirs} missing from the artifact")
             out[ours] = hf[theirs]
         if cfg.tie_embeddings:
             out["head.weight"] = out["tok_emb.weight"]
+        # A tensor the config does not account for (a bias it says is not there) is refused,
+        # never dropped; a tied head may be saved as well.
+        extra = sorted(set(hf) - set(names.values()) - {"lm_head.weight"})
+        extra = [k for k in extra if not k.endswith("rotary_emb.inv_freq")]
+        if extra:
+            raise LlmctlError(f"tensor {extra[0]} in the artifact is not part of the model its config.json "
+                              f"describes ({len(extra)} such tensors)")
         return out
     h = cfg.hidden
     out["tok_emb.weight"] = hf["transformer.wte.weight"]
-    out["head.weight"] = out["tok_emb.weight"]
+    if cfg.tie_embeddings:
+        out["head.weight"] = out["tok_emb.weight"]
+    elif "lm_head.weight" not in hf:
+        raise LlmctlError("tensor lm_head.weight missing from the artifact (tie_word_embeddings is false)")
+    else:
+        out["head.weight"] = hf["lm_head.weight"]
     out["pos_emb.weight"] = hf["transformer.wpe.weight"]
     out["norm.weight"], out["norm.bias"] = hf["transformer.ln_f.weight"], hf["transformer.ln_f.bias"]
     for i in range(cfg.layers):
@@ -172,8 +158,9 @@ def from_hf_state(cfg, hf: dict) -> dict:
             out[f"{p}{ours}.weight"], out[f"{p}{ours}.bias"] = hf[f"{q}{theirs}.weight"], hf[f"{q}{theirs}.bias"]
         w, b = hf[f"{q}attn.c_attn.weight"].t(), hf[f"{q}attn.c_attn.bias"]
         for j, n in enumerate(("wq", "wk", "wv")):
-            out[f"{p}attn.{n}.weight"] = w[j * h:(j + 1) * h].contiguous()
-            out[f"{p}attn.{n}.bias"] = b[j * h:(j + 1) * h]
+            # copies, not views: q, k and v sharing c_attn's storage made save_model refuse them
+            out[f"{p}attn.{n}.weight"] = w[j * h:(j + 1) * h].clone()
+            out[f"{p}attn.{n}.bias"] = b[j * h:(j + 1) * h].clone()
         for ours, theirs in (("attn.wo", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
             out[f"{p}{ours}.weight"] = hf[f"{q}{theirs}.weight"].t().contiguous()
             out[f"{p}{ours}.bias"] = hf[f"{q}{theirs}.bias"]
@@ -181,36 +168,11 @@ def from_hf_state(cfg, hf: dict) -> dict:
 
 
 def model_config_from_hf(cj: dict, where: str):
-    """A ModelConfig from a transformers config.json (llama or gpt2)."""
-    from llmctl.config.model import ModelConfig
+    """A ModelConfig from a transformers config.json: every field honoured or refused
+    (llmctl.export.families)."""
+    from llmctl.export.families import model_config_from_hf as read
 
-    mt = cj.get("model_type")
-    try:
-        if mt == "llama":
-            rp = cj.get("rope_parameters") or {}
-            scaling = cj.get("rope_scaling") or {}
-            if (scaling or {}).get("rope_type", scaling.get("type", "default")) not in ("default", None) or \
-                    rp.get("rope_type", "default") != "default":
-                raise LlmctlError(f"{where}: rope scaling is not supported yet")
-            heads = cj["num_attention_heads"]
-            return ModelConfig(
-                name=cj.get("_name_or_path") or "hf-llama", template="llama",
-                layers=cj["num_hidden_layers"], hidden=cj["hidden_size"], ffn=cj["intermediate_size"],
-                heads=heads, kv_heads=cj.get("num_key_value_heads") or heads,
-                head_dim=cj.get("head_dim") or cj["hidden_size"] // heads,
-                vocab_size=cj["vocab_size"], max_seq_len=cj.get("max_position_embeddings", 2048),
-                rope={"base": rp.get("rope_theta", cj.get("rope_theta", 10000.0))},
-                norm_eps=cj.get("rms_norm_eps", 1e-6), tie_embeddings=bool(cj.get("tie_word_embeddings", False)),
-                bias=bool(cj.get("attention_bias", False)))
-        if mt == "gpt2":
-            h = cj["n_embd"]
-            return ModelConfig(
-                name=cj.get("_name_or_path") or "hf-gpt2", template="gpt", layers=cj["n_layer"], hidden=h,
-                ffn=cj.get("n_inner") or 4 * h, heads=cj["n_head"], vocab_size=cj["vocab_size"],
-                max_seq_len=cj["n_positions"], norm_eps=cj.get("layer_norm_epsilon", 1e-5))
-    except KeyError as e:
-        raise LlmctlError(f"{where}: config.json lacks {e.args[0]}") from None
-    raise LlmctlError(f"{where}: model_type {mt!r} is not supported; expected llama or gpt2")
+    return read(cj, where)
 
 
 # --- export ----------------------------------------------------------------------
@@ -432,7 +394,7 @@ def _write(cfg, read, out: str | Path, dtype: str, tok_file: Optional[Path], eos
            source: dict, quantize: Optional[str] = None) -> Path:
     from llmctl.export.stream import write_sharded
 
-    cj = llama_config_json(cfg) if cfg.template == "llama" else gpt2_config_json(cfg)
+    cj = config_json(cfg)
     cj.update({"torch_dtype": DTYPES[dtype], "eos_token_id": eos_id, "bos_token_id": eos_id})
     if quantize == "int8":
         # Not a transformers quantisation method: such a folder is for `llmctl serve`.
@@ -586,9 +548,12 @@ def import_artifact(artifact: str, out: str) -> Path:
             save_model(art.model, str(tmp / "model.safetensors"))
         with _writing(tmp / "model.json"):
             (tmp / "model.json").write_text(json.dumps(art.cfg.to_data(), indent=2) + "\n", encoding="utf-8")
-        if (art.path / "tokenizer.json").is_file():
-            with _writing(tmp / "tokenizer.json"):
-                shutil.copyfile(art.path / "tokenizer.json", tmp / "tokenizer.json")
+        # the tokenizer travels with the model: vocabulary, special tokens, chat template
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                     "generation_config.json"):
+            if (art.path / name).is_file():
+                with _writing(tmp / name):
+                    shutil.copyfile(art.path / name, tmp / name)
         _finish(tmp, out_p, {"format": "llmctl", "source_artifact": str(art.path)})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -40,39 +40,58 @@ INIT_STD = 0.02
 def rope_frequencies(cfg, seq_len: int) -> tuple[torch.Tensor, float]:
     """Inverse frequencies for `cfg`'s rotary embedding, and the attention factor.
 
-    `max_seq_len` is the context the model is trained at; `rope.scaling` with
-    `rope.factor` stretches it to max_seq_len·factor: linear (Chen et al. 2023,
-    position interpolation), dynamic (NTK-aware base change once a sequence is
-    longer than max_seq_len), llama3 (Meta's frequency-dependent interpolation,
-    low/high frequency factors 1 and 4), yarn (Peng et al. 2023: interpolate low
-    frequencies only, ramp between 32 and 1 rotations, attention factor
-    0.1·ln(factor)+1).
+    The original context is `rope.original_max_seq_len` (Hugging Face's
+    original_max_position_embeddings) when given, else `max_seq_len`. `rope.scaling`
+    with `rope.factor` stretches it: linear (Chen et al. 2023, position
+    interpolation), dynamic (NTK-aware base change once a sequence is longer than
+    max_seq_len), llama3 (Meta's frequency-dependent interpolation between the
+    low/high frequency factors, 1 and 4 by default), yarn (Peng et al. 2023:
+    interpolate low frequencies only, ramp between beta_fast and beta_slow
+    rotations, attention factor 0.1·ln(factor)+1 unless given). The same formulas
+    as transformers' modeling_rope_utils, so imported models match it.
     """
     r = cfg.rope
     d = cfg.head_dim
     base = r.base
-    orig = cfg.max_seq_len
-    if r.scaling == "dynamic" and seq_len > orig:
-        base = base * ((r.factor * seq_len / orig) - (r.factor - 1)) ** (d / (d - 2))
+    orig = r.original_max_seq_len or cfg.max_seq_len
+    if r.scaling == "dynamic" and seq_len > cfg.max_seq_len:
+        base = base * ((r.factor * seq_len / cfg.max_seq_len) - (r.factor - 1)) ** (d / (d - 2))
     inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
     attn_factor = 1.0
     if r.scaling == "linear":
         inv = inv / r.factor
     elif r.scaling == "llama3":
-        low_wl, high_wl = orig / 1.0, orig / 4.0
+        low, high = r.low_freq_factor or 1.0, r.high_freq_factor or 4.0
+        low_wl, high_wl = orig / low, orig / high
         wavelen = 2 * math.pi / inv
-        smooth = (orig / wavelen - 1.0) / (4.0 - 1.0)
+        smooth = (orig / wavelen - low) / (high - low)
         mid = (1 - smooth) * inv / r.factor + smooth * inv
         inv = torch.where(wavelen > low_wl, inv / r.factor, torch.where(wavelen < high_wl, inv, mid))
-    elif r.scaling == "yarn" and r.factor > 1:
+    elif r.scaling == "yarn":
         def dim_for(rotations: float) -> float:
-            return d * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(r.base))
-        lo = max(math.floor(dim_for(32.0)), 0)
-        hi = min(math.ceil(dim_for(1.0)), d - 1)
-        ramp = ((torch.arange(d // 2, dtype=torch.float64) - lo) / max(hi - lo, 1e-3)).clamp(0, 1)
+            return d * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+        lo, hi = dim_for(r.beta_fast or 32.0), dim_for(r.beta_slow or 1.0)
+        if r.truncate is not False:
+            lo, hi = math.floor(lo), math.ceil(hi)
+        lo, hi = max(lo, 0), min(hi, d - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = ((torch.arange(d // 2, dtype=torch.float64) - lo) / (hi - lo)).clamp(0, 1)
         inv = (inv / r.factor) * ramp + inv * (1 - ramp)
-        attn_factor = 0.1 * math.log(r.factor) + 1.0
+        if r.attention_factor is not None:
+            attn_factor = r.attention_factor
+        elif r.factor > 1:
+            attn_factor = 0.1 * math.log(r.factor) + 1.0
     return inv.float(), attn_factor
+
+
+def rope_length(cfg) -> int:
+    """Positions the model's cos/sin table covers (the longest sequence it takes, but for
+    dynamic scaling, whose longer inputs get a table of their own)."""
+    r = cfg.rope
+    if r.scaling in ("none", "dynamic") or r.original_max_seq_len is not None:
+        return cfg.max_seq_len
+    return cfg.max_seq_len * int(math.ceil(r.factor))
 
 
 def rope_cache(cfg, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,15 +114,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 # --- layers --------------------------------------------------------------------
 
 class Attention(nn.Module):
-    def __init__(self, cfg, attn_fn):
+    def __init__(self, cfg, attn_fn, index: int = 0):
         super().__init__()
-        h, d, b = cfg.hidden, cfg.head_dim, bool(cfg.bias)
+        h, d, b = cfg.hidden, cfg.head_dim, cfg.bias_qkv
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, d
         self.wq = nn.Linear(h, cfg.heads * d, bias=b)
         self.wk = nn.Linear(h, cfg.kv_heads * d, bias=b)
         self.wv = nn.Linear(h, cfg.kv_heads * d, bias=b)
-        self.wo = nn.Linear(cfg.heads * d, h, bias=b)
-        self.attn_fn = attn_fn
+        self.wo = nn.Linear(cfg.heads * d, h, bias=cfg.bias_o)
+        # None: the kernel's 1/sqrt(head_dim); GPT-2's scale_attn_by_inverse_layer_idx also
+        # divides block i's scores by i+1.
+        self.scale = 1.0 / math.sqrt(d) / (index + 1) if cfg.attn_layer_scale else None
+        self.attn_fn = attn_fn if self.scale is None else (lambda q, k, v: attn_fn(q, k, v, scale=self.scale))
         self.recompute_core = False
 
     def forward(self, x, cos=None, sin=None):
@@ -122,10 +144,20 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(bsz, t, self.heads * self.head_dim))
 
 
+ACTIVATIONS = {
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "silu": F.silu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+}
+
+
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        h, f, b = cfg.hidden, cfg.ffn, bool(cfg.bias)
+        h, f, b = cfg.hidden, cfg.ffn, cfg.bias_mlp
+        self.act = ACTIVATIONS[cfg.act]
         self.swiglu = cfg.activation == "swiglu"
         if self.swiglu:
             self.gate = nn.Linear(h, f, bias=b)
@@ -136,16 +168,16 @@ class MLP(nn.Module):
             self.proj = nn.Linear(f, h, bias=b)
 
     def forward(self, x):
-        if self.swiglu:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        if self.swiglu:  # gated (SwiGLU with silu, GeGLU with gelu)
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.proj(self.act(self.fc(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg, attn_fn, norm_cls):
+    def __init__(self, cfg, attn_fn, norm_cls, index: int = 0):
         super().__init__()
         self.norm1 = norm_cls(cfg.hidden, cfg.norm_eps)
-        self.attn = Attention(cfg, attn_fn)
+        self.attn = Attention(cfg, attn_fn, index)
         self.norm2 = norm_cls(cfg.hidden, cfg.norm_eps)
         self.mlp = MLP(cfg)
         self.recompute = False
@@ -170,7 +202,7 @@ class Transformer(nn.Module):
         norm_cls = kernels.get("norm", norm or cfg.norm)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.hidden) if cfg.position == "learned" else None
-        self.blocks = nn.ModuleList(Block(cfg, attn_fn, norm_cls) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, attn_fn, norm_cls, i) for i in range(cfg.layers))
         self.norm = norm_cls(cfg.hidden, cfg.norm_eps)
         self.head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -179,9 +211,7 @@ class Transformer(nn.Module):
             # Static scalings stretch the table to max_seq_len·factor; dynamic changes the
             # base only for longer sequences, so its table covers max_seq_len and longer
             # inputs get a table of their own in forward().
-            stretch = cfg.rope.scaling not in ("none", "dynamic")
-            length = cfg.max_seq_len * (int(math.ceil(cfg.rope.factor)) if stretch else 1)
-            cos, sin = rope_cache(cfg, length)
+            cos, sin = rope_cache(cfg, rope_length(cfg))
             # Not persistent: recomputed from the config, so checkpoints hold weights only.
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)

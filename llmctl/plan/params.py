@@ -42,9 +42,10 @@ def layer_parameters(cfg: ModelConfig) -> int:
     h, d = cfg.hidden, cfg.head_dim
     q_out = cfg.heads * d
     kv_out = cfg.kv_heads * d
-    b = 1 if cfg.bias else 0
+    # biases: every linear layer (`bias`), or per part (Llama's attention/mlp bias, Qwen2's q/k/v)
+    bqkv, bo, b = int(cfg.bias_qkv), int(cfg.bias_o), int(cfg.bias_mlp)
     attn = h * q_out + 2 * h * kv_out + q_out * h  # Wq, Wk, Wv, Wo
-    attn += b * (q_out + 2 * kv_out + h)
+    attn += bqkv * (q_out + 2 * kv_out) + bo * h
     if cfg.activation == "swiglu":
         mlp = 3 * h * cfg.ffn + b * (2 * cfg.ffn + h)  # gate, up, down
     else:
