@@ -112,6 +112,8 @@ class PlanInputs(StrictModel):
     """Attention kernel the memory model assumed: flash (fused, keeps no s² scores) or eager."""
     precision: Literal["bf16", "fp8"] = "bf16"
     """Training precision: bf16, or fp8 (the linear layers' GEMMs in FP8 through Transformer Engine, the rest bf16)."""
+    tp_overlap: bool = False
+    """Whether the time model overlapped tensor-parallel collectives with the GEMMs (Megatron-Core --tp-comm-overlap)."""
 
 
 class Alternative(StrictModel):

@@ -166,3 +166,6 @@ def test_tp_comm_overlap_flag_shortens_a_tensor_parallel_step(tmp_path):
     t_off = json.loads(off.stdout)["predicted"]["step_time_s"]
     t_on = json.loads(on.stdout)["predicted"]["step_time_s"]
     assert t_on < t_off
+    # the plan file records the assumption, so a reader knows which time model made it
+    assert json.loads(off.stdout)["inputs"]["tp_overlap"] is False
+    assert json.loads(on.stdout)["inputs"]["tp_overlap"] is True
