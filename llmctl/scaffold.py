@@ -101,8 +101,10 @@ def scaffold_project(*, template: str, size: str, name: str, output_dir: str | o
 
     check_project_name(name)
     if (template, size) not in MODELS:
-        sizes = sorted({s for t, s in MODELS if t == template})
-        raise LlmctlError(f"no {template} preset of size {size!r}; sizes: {', '.join(sizes)}")
+        sizes = [s for t, s in MODELS if t == template]
+        others = [t for t, s in MODELS if s == size]
+        raise LlmctlError(f"no {template} preset of size {size!r}; {template} sizes: {', '.join(sizes) or 'none'}",
+                          hint=f"{size} is a size of {', '.join(others)}" if others else None)
     site_path = None
     if site is not None:
         from llmctl.sites import load_site

@@ -6,7 +6,16 @@ import click
 
 from llmctl.cli.common import json_option, print_json
 
-SIZES = ("tiny", "125m", "1b", "7b", "13b", "30b", "70b")
+from llmctl.presets import MODELS
+
+TEMPLATES = tuple(dict.fromkeys(t for t, _ in MODELS))
+
+
+def _billions(size: str) -> float:
+    return 0.0 if size == "tiny" else float(size[:-1]) / (1000 if size.endswith("m") else 1)
+
+
+SIZES = tuple(sorted({s for _, s in MODELS}, key=_billions))
 
 
 @click.group("init")
@@ -15,10 +24,11 @@ def group() -> None:
 
 
 @group.command("scaffold")
-@click.option("--template", type=click.Choice(["gpt", "llama"]), required=True,
-              help="Model architecture template.")
+@click.option("--template", type=click.Choice(TEMPLATES), required=True,
+              help="Model family: gpt (GPT-3), llama (Llama 2), llama3 (Llama 3/3.1/3.2), mistral, qwen2.5.")
 @click.option("--size", type=click.Choice(SIZES), required=True,
-              help="Model size: published shapes for 7b-70b; tiny/125m/1b train on a CPU.")
+              help="Model size: published shapes (gpt/llama 7b-70b; llama3 1b, 3b, 8b, 70b, 405b; mistral 7b; "
+                   "qwen2.5 0.5b-72b); tiny/125m/1b train on a CPU. Not every family has every size.")
 @click.option("--name", required=True, help="Project name (a plain folder name).")
 @click.option("--output-dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Folder in which the project folder is created.")

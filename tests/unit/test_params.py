@@ -67,5 +67,28 @@ def test_tied_head_counted_once():
 @pytest.mark.parametrize("template,size", sorted(MODELS))
 def test_every_preset_is_valid_and_near_its_label(template, size):
     n = count_parameters(model(**model_fields(template, size))).total
-    label = {"tiny": 1.3e6, "125m": 125e6, "1b": 1.1e9, "7b": 7e9, "13b": 13e9, "30b": 30e9, "70b": 70e9}[size]
+    label = {"tiny": 1.3e6, "125m": 125e6, "1b": 1.1e9, "7b": 7e9, "13b": 13e9, "30b": 30e9, "70b": 70e9,
+             "0.5b": 0.5e9, "1.5b": 1.5e9, "3b": 3e9, "8b": 8e9, "14b": 14e9, "32b": 32e9, "72b": 72e9,
+             "405b": 405e9}[size]
     assert 0.7 * label < n < 1.3 * label
+
+
+# Exact totals of the released weights (each model's model.safetensors.index.json total_size
+# over 2 bytes per bf16 parameter), and the rounded figure its model card or paper prints.
+RELEASED = {
+    ("llama3", "1b"): 1_235_814_400, ("llama3", "3b"): 3_212_749_824, ("llama3", "8b"): 8_030_261_248,
+    ("llama3", "70b"): 70_553_706_496, ("llama3", "405b"): 405_853_388_800, ("mistral", "7b"): 7_248_023_552,
+    ("qwen2.5", "0.5b"): 494_032_768, ("qwen2.5", "1.5b"): 1_543_714_304, ("qwen2.5", "3b"): 3_085_938_688,
+    ("qwen2.5", "7b"): 7_615_616_512, ("qwen2.5", "14b"): 14_770_033_664, ("qwen2.5", "32b"): 32_763_876_352,
+    ("qwen2.5", "72b"): 72_706_203_648,
+}
+
+
+@pytest.mark.parametrize("template,size", sorted(RELEASED))
+def test_newer_families_match_their_released_and_published_counts(template, size):
+    from llmctl.presets import PUBLISHED_B
+
+    n = count_parameters(model(**model_fields(template, size))).total
+    assert n == RELEASED[(template, size)]
+    # the model cards round (Qwen2.5-32B's card says 32.5B for its 32.76B weights): within 1%
+    assert abs(n / 1e9 - PUBLISHED_B[(template, size)]) <= 0.01 * PUBLISHED_B[(template, size)]

@@ -10,7 +10,7 @@ import pytest
 from llmctl.config import load
 from llmctl.config.base import read_data
 from llmctl.errors import LlmctlError
-from llmctl.presets import MODELS
+from llmctl.presets import MODELS, TEMPLATE
 from llmctl.scaffold import scaffold_project
 
 KIND_OF = {
@@ -27,7 +27,7 @@ def test_every_template_and_size_writes_valid_configs(tmp_path, template, size):
     result = scaffold_project(template=template, size=size, name="p", output_dir=tmp_path)
     root = tmp_path / "p"
     model = load("model", root / f"configs/models/{template}-{size}.json")
-    assert model.name == f"{template}-{size}" and model.template == template
+    assert model.name == f"{template}-{size}" and model.template == TEMPLATE[template]
     assert result["model"]["parameters"] == model.num_parameters()
     for rel, kind in KIND_OF.items():
         load(kind, root / rel)
@@ -127,3 +127,25 @@ def test_json_output(cli, in_tmp):
     out = json.loads(r.stdout)
     assert out["model"]["file"] == "configs/models/llama-tiny.json"
     assert all(os.path.exists(os.path.join(out["project_dir"], f)) for f in out["files"])
+
+
+def test_newer_families_scaffold_and_plan(cli, tmp_path):
+    """Llama 3.1 405B, Mistral 7B and Qwen2.5 from `init scaffold`, planned by `plan compute`."""
+    for template, size in (("llama3", "405b"), ("mistral", "7b"), ("qwen2.5", "72b")):
+        r = cli("init", "scaffold", "--template", template, "--size", size, "--name", f"p-{size}",
+                "--output-dir", str(tmp_path))
+        assert r.returncode == 0, r.stderr
+        root = tmp_path / f"p-{size}"
+        r = cli("plan", "compute", "--model", f"configs/models/{template}-{size}.json", "--hardware",
+                "configs/hw/a100x8.toml", "--nodes", "64", "--seq-len", "4096", "--global-batch", "1024",
+                "--out", "plans/a.toml", cwd=root)
+        assert r.returncode == 0, r.stderr
+        assert (root / "plans" / "a.toml").is_file()
+    data = json.loads((tmp_path / "p-405b" / "configs/models/llama3-405b.json").read_text())
+    assert data["rope"]["scaling"] == "llama3" and data["rope"]["original_max_seq_len"] == 8192
+
+
+def test_a_size_of_another_family_names_it(cli, tmp_path):
+    r = cli("init", "scaffold", "--template", "llama", "--size", "8b", "--name", "x", "--output-dir", str(tmp_path))
+    assert r.returncode == 2 and "llama sizes" in r.stderr and "8b is a size of llama3" in r.stderr
+    assert not (tmp_path / "x").exists()
