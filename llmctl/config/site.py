@@ -8,6 +8,7 @@ filesystems are. Job rendering reads it; `llmctl site check` validates it.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Literal, Optional
 
@@ -137,6 +138,18 @@ class Partition(StrictModel):
         return self
 
 
+def parse_mount(text: str) -> tuple[str, str, bool]:
+    """`SRC:DST[:ro]` -> (SRC, DST, read-only); both absolute, normalized."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise ValueError(f"mount {text!r} is not SRC:DST or SRC:DST:ro")
+    src, dst = parts[0], parts[1]
+    for p in (src, dst):
+        if not p.startswith("/"):
+            raise ValueError(f"mount {text!r}: {p!r} is not an absolute path")
+    return posixpath.normpath(src), posixpath.normpath(dst), len(parts) == 3 and parts[2] == "ro"
+
+
 class Container(StrictModel):
     """Run the job inside a container."""
 
@@ -145,15 +158,22 @@ class Container(StrictModel):
     image: Optional[str] = None
     """Image: a .sif path, a registry reference, or a squashfs file."""
     mounts: list[str] = []
-    """Bind mounts as `SRC:DST` (or `SRC:DST:ro`)."""
+    """Bind mounts as `SRC:DST` (or `SRC:DST:ro`), absolute paths: SRC on the login and compute
+    nodes (a shared filesystem), DST inside the container. Only paths under a SRC are visible to
+    the job; llmctl maps each path the job uses from SRC to DST and refuses any other. Kubernetes:
+    one mount, SRC where the PVC's filesystem is on the login node, DST where pods mount the PVC."""
+    python: Optional[str] = None
+    """Python inside the image, with llmctl importable (e.g. `/usr/bin/python3`); required with a runtime."""
 
     @model_validator(mode="after")
     def _check(self) -> "Container":
         if self.runtime != "none" and not self.image:
             raise ValueError(f"runtime {self.runtime!r} needs an image")
+        if self.runtime != "none" and not self.python:
+            raise ValueError(f"runtime {self.runtime!r} needs python: the interpreter inside the image "
+                             "(the login node's is not in the container)")
         for m in self.mounts:
-            if ":" not in m:
-                raise ValueError(f"mount {m!r} is not SRC:DST")
+            parse_mount(m)
         return self
 
 
@@ -179,6 +199,23 @@ class Filesystems(StrictModel):
     """Fast scratch for data and checkpoints."""
     checkpoints: Optional[str] = None
     """Default root for checkpoints (default: the run folder)."""
+    extra: list[str] = []
+    """Other filesystems every node sees at the same path (e.g. `/datasets`)."""
+
+    @field_validator("home", "shared", "scratch", "checkpoints")
+    @classmethod
+    def _absolute(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"{v!r} is not an absolute path")
+        return v
+
+    @field_validator("extra")
+    @classmethod
+    def _absolute_all(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith("/"):
+                raise ValueError(f"{p!r} is not an absolute path")
+        return v
 
 
 class Mail(StrictModel):
@@ -260,7 +297,10 @@ class SiteConfig(StrictModel):
     mpirun_args: list[str] = []
     """Extra mpirun arguments, e.g. `["--allow-run-as-root", "-x", "NCCL_IB_HCA"]` for Open MPI."""
     python: Optional[str] = None
-    """Python on the compute nodes (default: the one running llmctl, as on a shared filesystem)."""
+    """Python on the compute nodes, with llmctl importable: a venv or conda env on a shared
+    filesystem (`/shared/envs/llmctl/bin/python`), or a name the `modules`/`setup` lines put on
+    PATH. Required for batch schedulers without a container (the login node's interpreter is
+    not on the compute nodes); scheduler 'local'/'mpi' default to the one running llmctl."""
     modules: list[str] = []
     """Environment modules to `module load`, in order."""
     module_purge: bool = False
@@ -311,10 +351,37 @@ class SiteConfig(StrictModel):
             raise ValueError("container.runtime 'kubernetes' goes with scheduler 'k8s' and only with it")
         if self.scheduler == "k8s" and self.kubernetes is None:
             self.kubernetes = Kubernetes()
+        if self.scheduler == "k8s" and self.kubernetes.pvc and len(self.container.mounts) != 1:
+            raise ValueError("kubernetes.pvc needs exactly one container.mounts entry, "
+                             "'SRC:DST': SRC where its filesystem is on the login node, DST where pods mount it")
+        if self.container.runtime != "none" and self.python:
+            raise ValueError("python is the interpreter without a container; with a container, "
+                             "set container.python (the interpreter inside the image)")
         has_gpus = any(p.gpus_per_node for p in self.partitions.values())
         if has_gpus and self.gpu_request == "none" and self.scheduler in ("slurm", "pbs"):
             raise ValueError("partitions have GPUs but gpu_request is 'none'; use 'gres' or 'gpus-per-node'")
         return self
+
+    def job_python(self) -> Optional[str]:
+        """The interpreter the job runs: the container's, else the site's (None: not said)."""
+        return self.container.python if self.container.runtime != "none" else self.python
+
+    def job_mounts(self) -> Optional[list[tuple[str, str, bool]]]:
+        """How host paths appear inside the job, as (SRC, DST, read-only); None: all of them, as they are.
+
+        A container sees only its mounts. Without one, a batch job sees the shared
+        filesystems the site declares (`[filesystems]`) at the same paths; a site that
+        declares none, or runs jobs on this machine, is taken to share every path.
+        """
+        if self.container.runtime != "none":
+            return [parse_mount(m) for m in self.container.mounts]
+        if self.scheduler in ("local", "mpi"):
+            return None
+        fs = self.filesystems
+        roots = [p for p in (fs.home, fs.shared, fs.scratch, fs.checkpoints, *fs.extra) if p]
+        if not roots:
+            return None
+        return [(posixpath.normpath(r), posixpath.normpath(r), False) for r in dict.fromkeys(roots)]
 
     def partition(self, name: Optional[str] = None) -> Partition:
         """The named partition, or the default one."""

@@ -6,8 +6,8 @@
 `jobs/<site>/<backend>/<kind>.spec.json` is the resolved spec and
 `<kind>.sh` (Kubernetes: `.yaml`) its rendered script, so a reviewer sees every
 change to generated scripts as a diff. Inputs are fixed (run folder
-/project/runs/..., interpreter `python3`, a hand-written plan sized to the
-site) so that the files do not depend on the machine that writes them.
+ROOT/runs/... on the site's shared filesystem, the site's interpreter (`python3`
+for the local site), a hand-written plan sized to the site) so that the files do not depend on the machine that writes them.
 """
 
 from __future__ import annotations
@@ -34,6 +34,15 @@ def _plan(nodes: int, gpn: int) -> Any:
         "parallelism": {"dp": nodes * gpn, "micro_batch": 1, "grad_accum": 4}})
 
 
+def project_root(site: Any) -> str:
+    """Where a project lives on the site's login node: its first mount's source, its shared
+    filesystem, else /project (a site that shares every path)."""
+    mounts = site.job_mounts()
+    if mounts:
+        return mounts[0][0] if site.container.runtime != "none" else (site.filesystems.shared or mounts[0][0])
+    return site.filesystems.shared or "/project"
+
+
 def cases() -> Iterator[tuple[str, str, str, Any]]:
     """(site, backend, kind, JobSpec) for every shipped site-config."""
     from llmctl.config.base import load_config
@@ -47,20 +56,23 @@ def cases() -> Iterator[tuple[str, str, str, Any]]:
         part = site.partition()
         nodes = min(2, part.max_nodes or part.nodes)
         gpn = part.gpus_per_node or min(2, part.cpus_per_node)
+        root = project_root(site)
+        # The local site's interpreter is the machine's own: pin it so the files do not vary.
+        python = "python3" if site.scheduler in ("local", "mpi") else None
         for backend in BACKENDS_FOR[site.scheduler]:
             for kind in KINDS:
-                rd = f"/project/runs/{site.name}-{backend}-{kind}"
+                rd = f"{root}/runs/{site.name}-{backend}-{kind}"
                 program = {
                     "train": lambda: train_program(rd),
-                    "eval": lambda: eval_program(rd, "/project/runs/train/checkpoints/step-1000",
-                                                 "/project/configs/eval/suite.toml"),
-                    "serve-batch": lambda: serve_program("serve-batch", rd, "/project/artifacts/model",
-                                                         "/project/data/requests.jsonl"),
+                    "eval": lambda: eval_program(rd, f"{root}/runs/train/checkpoints/step-1000",
+                                                 f"{root}/configs/eval/suite.toml"),
+                    "serve-batch": lambda: serve_program("serve-batch", rd, f"{root}/artifacts/model",
+                                                         f"{root}/data/requests.jsonl"),
                     "serve-persistent": lambda: serve_program("serve-persistent", rd,
-                                                              "/project/artifacts/model"),
+                                                              f"{root}/artifacts/model"),
                 }[kind]()
                 req = JobRequest(kind=kind, backend=backend, run_dir=rd, program=program,
-                                 name=f"{kind}-demo", python="python3",
+                                 name=f"{kind}-demo", python=python,
                                  command="python -m llmctl.jobs.golden write")
                 yield site.name, backend, kind, resolve(site, req, _plan(nodes, gpn))
 

@@ -40,8 +40,8 @@ def _load_plan(path: str | Path) -> tuple[Any, str]:
     return plan, text
 
 
-def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str]) -> str:
-    """The resolved training config as TOML: the file, else one made from the plan.
+def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str]) -> dict[str, Any]:
+    """The resolved training config (as data): the file, else one made from the plan.
 
     The plan's layout fills what the file leaves to `strategy = "auto"`; --data
     overrides the file's data config.
@@ -70,7 +70,25 @@ def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str
     if data_path:
         data.setdefault("data", {})["config_file"] = str(Path(data_path).absolute())
     cfg = validate_data(data, TrainConfig, where)
-    return tomli_w.dumps(cfg.to_data())
+    return cfg.to_data()
+
+
+# The training config's fields that name files the job reads (section, key).
+CONFIG_PATHS = (("model", "config_file"), ("data", "config_file"), ("init", "from"))
+
+
+def config_for_job(data: dict[str, Any], pmap: Any) -> str:
+    """The training config as TOML, its absolute paths as the job sees them (refused if it cannot)."""
+    import copy
+
+    import tomli_w
+
+    out = copy.deepcopy(data)
+    for section, key in CONFIG_PATHS:
+        value = (out.get(section) or {}).get(key)
+        if isinstance(value, str) and value.startswith("/"):
+            out[section][key] = pmap.to_job(value, f"{section}.{key}")
+    return tomli_w.dumps(out)
 
 
 def _write_run(run: RunDir, dry: Any, files: dict[str, str]) -> None:
@@ -105,16 +123,21 @@ def _write_run(run: RunDir, dry: Any, files: dict[str, str]) -> None:
 
 
 def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
-            files: Optional[dict[str, str]] = None) -> tuple[RunDir, Any]:
+            files: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
     """Resolve, render and write a run folder; returns (RunDir, DryRun). Submits nothing."""
     from llmctl.schedulers import get_scheduler
     from llmctl.sites import load_site
 
+    from llmctl.jobs.paths import PathMap
+
     site, _ = load_site(site_ref or _default_site(req.backend))
     spec = resolve(site, req, plan)
     dry = get_scheduler(spec.backend).render(spec)
+    # A file's text may depend on the site's mounts (paths as the job sees them).
+    pmap = PathMap.for_site(site)
+    texts = {rel: (v(pmap) if callable(v) else v) for rel, v in (files or {}).items()}
     run = RunDir(req.run_dir)
-    _write_run(run, dry, files or {})
+    _write_run(run, dry, texts)
     return run, dry
 
 
@@ -126,6 +149,18 @@ def _default_site(backend: str) -> str:
     names = sorted({e["name"] for e in list_sites() if e["scheduler"] == backend})
     raise LlmctlError(f"--launcher {backend} needs --site",
                       hint=f"sites with scheduler {backend!r}: {', '.join(names) or '(none)'}")
+
+
+def job_name(name: Optional[str], default: str) -> str:
+    """--name, checked before anything is written (it lands in the script and in terminals)."""
+    if name is None:
+        return default
+    from llmctl.config.base import check_name
+
+    try:
+        return check_name(name)
+    except ValueError as e:
+        raise LlmctlError(f"--name: {e}", hint="a job name is plain printable text") from e
 
 
 def _program_run_dir(run_dir: Optional[str | Path], name: str) -> str:
@@ -189,16 +224,16 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
         plan, plan_text = _load_plan(plan_path)
     configs = list(config_paths) or [None]
     rendered = [_train_config(c, plan, data_path) for c in configs]
-    name = name or "train"
+    name = job_name(name, "train")
     rd = _program_run_dir(run_dir, name)
-    files: dict[str, str] = {}
+    files: dict[str, Any] = {}
     if plan_text is not None:
         files["plan.toml"] = plan_text
     if len(rendered) == 1:
-        files["config.toml"] = rendered[0]
+        files["config.toml"] = lambda pm, d=rendered[0]: config_for_job(d, pm)
     else:
-        for i, text in enumerate(rendered):
-            files[f"configs/{i}.toml"] = text
+        for i, data in enumerate(rendered):
+            files[f"configs/{i}.toml"] = lambda pm, d=data: config_for_job(d, pm)
     req = JobRequest(kind="train", backend=launcher, run_dir=rd, name=name,
                      program=train_program(rd), partition=partition,
                      nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit,
@@ -214,7 +249,7 @@ def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Op
                      gpus_per_node: Optional[int] = None, run_dir: Optional[str] = None,
                      command: str = "") -> tuple[RunDir, Any]:
     """An evaluation job (`llmctl eval run` in the allocation), e.g. after a train job."""
-    name = name or "eval"
+    name = job_name(name, "eval")
     rd = _program_run_dir(run_dir, name)
     program = eval_program(rd, checkpoint, suite, output, tasks)
     req = JobRequest(kind="eval", backend=launcher, run_dir=rd, name=name, program=program,
@@ -233,7 +268,7 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
     """A batch-inference job (resumable, requeued on preemption) or a persistent server."""
     if kind not in ("serve-batch", "serve-persistent"):
         raise LlmctlError(f"unknown serve job kind {kind!r}; expected serve-batch or serve-persistent")
-    name = name or kind
+    name = job_name(name, kind)
     rd = _program_run_dir(run_dir, name)
     program = serve_program(kind, rd, artifact, input_path, output_path, port, config_path)
     req = JobRequest(kind=kind, backend=launcher, run_dir=rd, name=name, program=program,

@@ -46,6 +46,8 @@ class JobRequest:
     env: dict[str, str] = field(default_factory=dict)
     python: Optional[str] = None
     command: str = ""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Other host paths the job reads (what -> path), checked to be visible inside it."""
     master_port: int = 29500
 
 
@@ -249,10 +251,31 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         k8s = KubernetesSpec(namespace=k.namespace, job_kind=k.job_kind, gpu_resource=k.gpu_resource,
                              service_account=k.service_account, image_pull_secret=k.image_pull_secret,
                              pvc=k.pvc, node_selector=dict(k.node_selector),
-                             mount_path=site.filesystems.shared or "/workspace")
+                             mount_path=(site.job_mounts() or [("", site.filesystems.shared or "/workspace", False)])[0][1])
+    # Paths: the job sees host paths through the site's mounts (refused if it cannot).
+    from llmctl.jobs.paths import PathMap
+
+    pmap = PathMap.for_site(site)
+    job_run_dir = pmap.to_job(req.run_dir, "run folder")
+    if not pmap.writable(req.run_dir):
+        raise LlmctlError(f"run folder {req.run_dir} is on a read-only mount of site {site.name!r}: "
+                          f"{pmap.describe()}", hint="choose a --run-dir on a writable filesystem")
+    program = pmap.program(list(req.program))
+    for what, path in req.paths.items():
+        pmap.to_job(path, what)
+    python = req.python or site.job_python()
+    if not python:
+        if site.scheduler not in ("local", "mpi"):
+            raise LlmctlError(
+                f"{where} does not say which python runs on its compute nodes "
+                "(the login node's interpreter is not there)",
+                hint="set `python` (a venv/conda env on a shared filesystem, or one that `modules` "
+                     "put on PATH), or `container.python` with a container")
+        python = sys.executable  # this machine: the interpreter running llmctl is there
     name = req.name or f"llmctl-{req.kind}"
     return JobSpec(
         name=name, kind=req.kind, backend=req.backend, site=site.name, run_dir=req.run_dir,
+        job_run_dir=job_run_dir,
         partition=pname if req.backend in ("slurm", "pbs") else None,
         account=site.account, qos=site.qos, nodes=nodes, ranks_per_node=ranks_per_node,
         gpus_per_node=gpus, gpu_request=site.gpu_request if gpus else "none",
@@ -268,6 +291,6 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         container=ContainerSpec(runtime=site.container.runtime, image=site.container.image,
                                 mounts=list(site.container.mounts)),
         env=env, extra_directives=list(site.extra_directives),
-        python=req.python or site.python or sys.executable, program=list(req.program),
+        python=python, program=program,
         kubernetes=k8s, command=req.command,
     )

@@ -53,7 +53,9 @@ class JobSpec(StrictModel):
     site: str
     """Site-config name it was resolved against."""
     run_dir: str
-    """Absolute path of the run folder (logs, checkpoints, the script)."""
+    """Absolute path of the run folder on the host (logs, checkpoints, the script)."""
+    job_run_dir: str = ""
+    """The run folder as the job's program sees it (through the site's mounts; "" = run_dir)."""
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None

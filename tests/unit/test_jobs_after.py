@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import run_cli
+from jobsites import see_tmp
 
 PLAN = '[inputs]\nmodel = "m.json"\nnodes = 1\ngpus_per_node = 1\nglobal_batch = 1\n\n[parallelism]\ndp = 1\n'
 SITES = {"slurm": "slurm-a100-ib", "pbs": "pbspro-a100", "local": "local", "mpi": "local", "k8s": "k8s-h100"}
@@ -24,6 +25,7 @@ def launch(tmp_path, backend, *after, dry_run=True):
     plan = tmp_path / "plan.toml"
     plan.write_text(PLAN)
     args = [a for x in after for a in ("--after", x)]
+    see_tmp(tmp_path, "slurm-a100-ib", "pbspro-a100", "k8s-h100")
     return run_cli("train", "launch", "--plan", str(plan), "--launcher", backend, "--site", SITES[backend],
                    "--run-dir", str(tmp_path / "run"), *(["--dry-run"] if dry_run else []), *args,
                    cwd=tmp_path, env={"LLMCTL_STATE_DIR": str(tmp_path / "state")})

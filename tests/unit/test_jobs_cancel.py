@@ -167,6 +167,8 @@ PLAN = '[inputs]\nmodel = "m.json"\nnodes = 1\ngpus_per_node = 1\nglobal_batch =
 
 def run_folder(tmp_path: Path, scheduler: str, job_id: str, extra: str = "") -> Path:
     site = tmp_path / "fake.toml"
+    # The interpreter on the compute nodes: the site's to say (the container's with one).
+    extra = extra or 'python = "python3"\n'
     site.write_text(SITE.format(scheduler=scheduler, extra=extra))
     (tmp_path / "plan.toml").write_text(PLAN)
     run = tmp_path / "run"
@@ -251,7 +253,8 @@ def test_pbs_cancel_reports_cancelled_once_qstat_shows_the_job_ended(tmp_path):
 
 
 def test_k8s_cancel_deletes_the_job_and_reports_cancelled_once_it_is_gone(tmp_path):
-    run = run_folder(tmp_path, "k8s", "llm/train", extra='[container]\nruntime = "kubernetes"\nimage = "img:1"\n'
+    run = run_folder(tmp_path, "k8s", "llm/train", extra='[container]\nruntime = "kubernetes"\nimage = "img:1"\npython = "python3"\n'
+                     f'mounts = ["{tmp_path}:/workspace"]\n'
                      '[kubernetes]\nnamespace = "llm"\n')
     flag = tmp_path / "deleted"
     env = scripted(tmp_path, "kubectl", f'case "$1" in get) [ -e {flag} ] || echo "train 1  ";; '

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_cli
+from jobsites import see_tmp
 
 PLAN = '[inputs]\nmodel = "m.json"\nnodes = {n}\ngpus_per_node = {g}\nglobal_batch = {b}\n\n[parallelism]\ndp = {b}\n'
 
@@ -17,6 +18,7 @@ def plan(tmp_path, n=1, g=8):
 
 
 def launch(tmp_path, *args, n=1, g=8):
+    see_tmp(tmp_path, "slurm-a100-ib", "slurm-h100-pyxis", "pbspro-a100", "torque-v100")
     return run_cli("train", "launch", "--plan", str(plan(tmp_path, n, g)), "--dry-run",
                    "--run-dir", str(tmp_path / "run"), *args, cwd=tmp_path)
 

@@ -66,6 +66,9 @@ def test_login_node_path_imports_no_heavy_modules(tmp_path):
     import subprocess
     import sys
 
+    from jobsites import see_tmp
+
+    see_tmp(tmp_path, "slurm-a100-ib")
     plan = tmp_path / "p.toml"
     plan.write_text(PLAN)
     code = ("import sys; from llmctl.cli import main;"

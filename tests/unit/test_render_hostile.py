@@ -24,7 +24,7 @@ def site(tmp_path, scheduler="local", env_value="ok"):
             "launcher": "srun", "partitions": {"p": {"nodes": 1, "cpus_per_node": 2, "memory_gb": 2}},
             "env": {"EVIL": env_value}}
     if scheduler == "k8s":
-        data["container"] = {"runtime": "kubernetes", "image": "img:1"}
+        data["container"] = {"runtime": "kubernetes", "image": "img:1", "python": "python3"}
     return validate_data(data, SiteConfig, "hostile")
 
 

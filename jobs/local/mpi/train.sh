@@ -13,7 +13,7 @@ mkdir -p "$RUN_DIR/logs" "$RUN_DIR/checkpoints"
 export OMP_NUM_THREADS=1
 export LLMCTL_RUN_DIR="$RUN_DIR"
 export LLMCTL_JOB_NAME=train-demo
-export LLMCTL_CONFIG="$RUN_DIR/config.toml"
+export LLMCTL_CONFIG="$LLMCTL_RUN_DIR/config.toml"
 echo "llmctl: started on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 # mpirun over the hostfile, one rank per GPU (or CPU rank)
