@@ -56,7 +56,7 @@ def _rows(model: type[BaseModel], prefix: str, out: list[str], nested: list[tupl
 
     for name, field in model.model_fields.items():
         sub, container = _unwrap(field.annotation)
-        key = f"{prefix}{name}"
+        key = f"{prefix}{field.alias or name}"  # the key as written (`init.from`, not `from_`)
         desc = " ".join((field.description or "").split())
         if sub is not None:
             shape = {"list": f"[[{key}]]", "dict": f"[{key}.NAME]", None: f"[{key}]"}[container]

@@ -12,13 +12,18 @@ from llmctl.config.base import Name, StrictModel
 class Source(StrictModel):
     """One source of documents."""
 
-    type: Literal["files", "glob", "jsonl", "stdlib"]
+    type: Literal["files", "glob", "jsonl", "stdlib", "chat"]
     """files: listed paths; glob: a pattern; jsonl: one JSON object per line;
-    stdlib: the Python standard library's own source files (always present)."""
+    stdlib: the Python standard library's own source files (always present); chat: JSONL
+    conversations (`messages`: [{role, content}, ...]) or instructions (`instruction`,
+    optional `input`, `output`), rendered through the chat template with the loss on the
+    answers only."""
     paths: list[str] = []
     """Paths (files) or patterns (glob, jsonl may use either)."""
     text_field: str = "text"
     """jsonl only: the field holding the document text."""
+    messages_field: str = "messages"
+    """chat only: the field holding a conversation's messages."""
     weight: float = Field(1.0, gt=0)
     """Relative sampling weight."""
 
@@ -40,6 +45,10 @@ class Tokenizer(StrictModel):
     """tokenizer.json to load (file)."""
     eos_token: str = "<|endoftext|>"
     """End-of-text token that joins documents."""
+    chat_template: Optional[str] = None
+    """chat sources: a tokenizer_config.json (or the folder holding one) whose `chat_template`
+    renders conversations. Default: the tokenizer_config.json beside `path`, else llmctl's
+    role-tagged template."""
 
     @model_validator(mode="after")
     def _check(self) -> "Tokenizer":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from llmctl.config.base import Name, StrictModel
 from llmctl.config.model import MAX_SEQ_LEN
@@ -20,8 +20,21 @@ class ModelRef(StrictModel):
 
     name: Name
     """Model name (matches the model config's `name`)."""
-    config_file: str
-    """Path to the model config JSON, relative to the project folder."""
+    config_file: Optional[str] = None
+    """Path to the model config JSON, relative to the project folder (not with `[init] from`,
+    which brings its own)."""
+
+
+class Init(StrictModel):
+    """Where the weights start: random (the default), or pretrained (fine-tuning)."""
+
+    model_config = ConfigDict(**StrictModel.model_config, populate_by_name=True, serialize_by_alias=True)
+
+    from_: Optional[str] = Field(None, alias="from")
+    """An artifact folder (`llmctl export`), a Hugging Face folder (llama, mistral, qwen2,
+    gpt2) or an imported llmctl folder (`export --artifact`: model.json + model.safetensors),
+    relative to the project folder. The model config comes from it, and its weights are
+    the starting point (a run resumed from a checkpoint loads the checkpoint instead)."""
 
 
 class Optimizer(StrictModel):
@@ -140,6 +153,8 @@ class TrainConfig(StrictModel):
 
     model: ModelRef
     """The model to train."""
+    init: Optional[Init] = None
+    """Starting weights: `from` a pretrained model to fine-tune it (default: random)."""
     optimizer: Optimizer = Optimizer()
     """Optimizer settings."""
     parallel: Parallel = Parallel()
@@ -155,8 +170,16 @@ class TrainConfig(StrictModel):
     kernels: Kernels = Kernels()
     """Attention and normalisation kernels."""
 
+    @property
+    def init_from(self) -> Optional[str]:
+        """The pretrained model the run starts from (None: random initialisation)."""
+        return self.init.from_ if self.init is not None else None
+
     @model_validator(mode="after")
     def _batches(self) -> "TrainConfig":
+        if (self.model.config_file is None) == (self.init_from is None):
+            raise ValueError("give exactly one of model.config_file (train from scratch) and init.from "
+                             "(fine-tune a pretrained model, whose config it brings)")
         p = self.parallel
         if p.global_batch_size % p.micro_batch_size:
             raise ValueError(

@@ -43,7 +43,18 @@ def _fingerprint(cfg, units: list[Unit], base: Path) -> str:
     h.update(file_fingerprint(units).encode())
     if cfg.tokenizer.type == "file":
         h.update(_resolve(cfg.tokenizer.path, base).read_bytes())
+    if any(u.kind == "chat" for u in units):
+        template, specials = _chat_template(cfg, base)
+        h.update(json.dumps([template, specials], sort_keys=True).encode())
     return h.hexdigest()
+
+
+def _chat_template(cfg, base: Path):
+    from llmctl.data.chat import find_template
+
+    t = cfg.tokenizer
+    return find_template(_resolve(t.path, base) if t.type == "file" else None,
+                         _resolve(t.chat_template, base) if t.chat_template else None)
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -67,10 +78,13 @@ def _is_current(out: Path, fingerprint: str) -> Optional[dict[str, Any]]:
     return meta
 
 
-def _documents(units: list[Unit], cap: Optional[int]) -> Iterator[tuple[str, str]]:
+def _documents(units: list[Unit], cap: Optional[int], chat=None) -> Iterator[tuple[str, str]]:
+    from llmctl.data.sources import read_conversations
+
     n = 0
     for u in units:
-        for key, text in read_documents(u):
+        docs = ((k, chat.text(m)) for k, m in read_conversations(u)) if u.kind == "chat" else read_documents(u)
+        for key, text in docs:
             if cap is not None and n >= cap:
                 return
             n += 1
@@ -176,10 +190,15 @@ def _build(cfg, config_name, base, units, stage, fingerprint, workers, progress)
     def is_val(key: str) -> bool:
         return split_score(cfg.seed, key) < cfg.val_fraction
 
+    chat = None
+    if any(u.kind == "chat" for u in units):
+        from llmctl.data.chat import ChatRenderer
+
+        chat = ChatRenderer(*_chat_template(cfg, base))
     try:
         if tcfg.type == "bpe":
             # Trained on the training split only, so validation text stays unseen.
-            texts = (t for k, t in _documents(units, cfg.max_documents) if not is_val(k))
+            texts = (t for k, t in _documents(units, cfg.max_documents, chat) if not is_val(k))
             tok = train_bpe(texts, tcfg.vocab_size, tcfg.eos_token)
         else:
             tok = load_tokenizer(str(_resolve(tcfg.path, base)), tcfg.eos_token,
@@ -199,14 +218,20 @@ def _build(cfg, config_name, base, units, stage, fingerprint, workers, progress)
 
     bar = _Progress(len(units), progress)
     done = tokens = docs = 0
+    import numpy as np
+
+    encoded_units = _encode_all(units, tok, eos_id, workers) if chat is None else \
+        _encode_with_masks(units, tok, eos_id, chat)
     try:
-        for unit, encoded in zip(units, _encode_all(units, tok, eos_id, workers)):
-            for key, ids in encoded:
+        for unit, encoded in zip(units, encoded_units):
+            for key, ids, *mask in encoded:
                 if cfg.max_documents is not None and docs >= cfg.max_documents:
                     break
                 docs += 1
                 per_source[unit.source] += 1
-                writers["val" if is_val(key) else "train"].add(ids)
+                # With chat data every document carries a mask: plain text counts whole.
+                m = (mask[0] if mask else np.ones(len(ids), dtype=np.uint8)) if chat is not None else None
+                writers["val" if is_val(key) else "train"].add(ids, m)
                 tokens += len(ids)
             done += 1
             bar.update(done, tokens)
@@ -231,6 +256,7 @@ def _build(cfg, config_name, base, units, stage, fingerprint, workers, progress)
         "sources": [{**s.to_data(), "files": sum(1 for u in units if u.source == i),
                      "documents": per_source[i]} for i, s in enumerate(cfg.sources)],
         "splits": splits,
+        **({"loss_mask": True} if chat is not None else {}),
     }
     from llmctl.fsutil import atomic_write_text
 
@@ -260,6 +286,21 @@ def _encode_all(units, tok, eos_id, workers) -> Iterator[list]:
         # imap keeps unit order (reproducible shards) while workers run ahead.
         for result in pool.imap(_encode_units, groups):
             yield from result
+
+
+def _encode_with_masks(units, tok, eos_id, chat) -> Iterator[list]:
+    """Encoded documents with loss masks (chat sources: answers only), in this process."""
+    import numpy as np
+
+    from llmctl.data.chat import encode_conversation
+    from llmctl.data.sources import read_conversations
+
+    for u in units:
+        if u.kind == "chat":
+            yield [(key, *encode_conversation(chat, tok, eos_id, msgs, key)) for key, msgs in read_conversations(u)]
+        else:
+            yield [(key, np.array(tok.encode(text, add_special_tokens=False).ids + [eos_id], dtype=np.uint32))
+                   for key, text in read_documents(u)]
 
 
 def _clean_stale(out: Path) -> None:

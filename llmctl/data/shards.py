@@ -4,8 +4,10 @@
       meta.json          written last: what is here (its presence means "complete")
       tokenizer.json     the tokenizer the ids came from
       train-00000.h5     HDF5: `tokens` (uint16/uint32, documents joined by eos),
-      ...                      `doc_starts` (int64, where each document begins);
-      val-00000.h5             attrs: split, index, tokenizer_sha256, vocab_size, eos_id
+      ...                      `doc_starts` (int64, where each document begins),
+      val-00000.h5             `loss_mask` (uint8, chat data only: 1 where a token is a
+                               target the loss counts, the answers);
+                               attrs: split, index, tokenizer_sha256, vocab_size, eos_id
 
 A reader trusts only what meta.json lists, and checks each shard against it (size,
 token count, tokenizer hash) before use: a truncated or foreign shard is an error
@@ -31,7 +33,7 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.h5"
 
 
-def write_shard(path: Path, tokens, doc_starts, attrs: dict[str, Any]) -> int:
+def write_shard(path: Path, tokens, doc_starts, attrs: dict[str, Any], mask=None) -> int:
     """Write one shard (through a temporary name and a rename); returns its size in bytes.
 
     HDF5 builds the file in memory and Python writes it out: a write the operating system
@@ -52,6 +54,8 @@ def write_shard(path: Path, tokens, doc_starts, attrs: dict[str, Any]) -> int:
         # contiguous dataset is one read.
         f.create_dataset("tokens", data=tokens)
         f.create_dataset("doc_starts", data=np.asarray(doc_starts, dtype=np.int64))
+        if mask is not None:
+            f.create_dataset("loss_mask", data=np.asarray(mask, dtype=np.uint8))
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["format"] = FORMAT
@@ -79,16 +83,19 @@ class ShardWriter:
         self.shard_tokens = shard_tokens
         self.attrs = attrs
         self.parts: list = []
+        self.masks: list = []  # per document, when the data has a loss mask (chat)
         self.starts: list[int] = []
         self.buffered = 0
         self.shards: list[dict[str, Any]] = []
         self.tokens = 0
         self.documents = 0
 
-    def add(self, ids) -> None:
-        """Append one document (its ids, eos included)."""
+    def add(self, ids, mask=None) -> None:
+        """Append one document (its ids, eos included; `mask`: 1 where the loss counts)."""
         self.starts.append(self.buffered)
         self.parts.append(ids)
+        if mask is not None:
+            self.masks.append(mask)
         self.buffered += len(ids)
         self.tokens += len(ids)
         self.documents += 1
@@ -105,14 +112,17 @@ class ShardWriter:
 
         data = np.concatenate(self.parts).astype(self.dtype, copy=False)
         head, rest = data[:n], data[n:]
+        mask = np.concatenate(self.masks).astype(np.uint8, copy=False) if self.masks else None
         starts = [s for s in self.starts if s < n]
         name = shard_name(self.split, len(self.shards))
         size = write_shard(self.folder / name, head, starts,
-                           {**self.attrs, "split": self.split, "index": len(self.shards)})
+                           {**self.attrs, "split": self.split, "index": len(self.shards)},
+                           mask[:n] if mask is not None else None)
         self.shards.append({"file": name, "tokens": int(n), "documents_starting": len(starts),
                             "bytes": size})
         # A document cut at the boundary continues in the next shard without a new start.
         self.parts = [rest] if len(rest) else []
+        self.masks = [mask[n:]] if mask is not None and len(rest) else []
         self.starts = [s - n for s in self.starts if s >= n]
         self.buffered = len(rest)
 
@@ -147,7 +157,8 @@ class TokenStore:
         if info is None:
             raise LlmctlError(f"{self.folder}: no {split!r} split in {META}")
         self.split = split
-        self.files, self.datasets, bounds = [], [], [0]
+        self.files, self.datasets, self.masks, bounds = [], [], [], [0]
+        self.has_mask = bool(self.meta.get("loss_mask"))
         want_hash = self.meta["tokenizer"]["sha256"]
         for s in info["shards"]:
             path = self.folder / s["file"]
@@ -170,6 +181,12 @@ class TokenStore:
                                   hint="prepare the data again")
             self.files.append(f)
             self.datasets.append(ds)
+            if self.has_mask:
+                if "loss_mask" not in f:
+                    f.close()
+                    raise LlmctlError(f"{path}: shard has no loss_mask ({META} says the data has one)",
+                                      hint="prepare the data again")
+                self.masks.append(f["loss_mask"])
             bounds.append(bounds[-1] + s["tokens"])
         self.bounds = np.asarray(bounds, dtype=np.int64)
         self.tokens = int(bounds[-1])
@@ -180,6 +197,14 @@ class TokenStore:
 
     def read(self, start: int, length: int):
         """Tokens [start, start+length) as int64, across shard boundaries."""
+        return self._read(self.datasets, start, length)
+
+    def read_mask(self, start: int, length: int):
+        """The loss mask of tokens [start, start+length) (1: a target the loss counts), or
+        None for data without one."""
+        return self._read(self.masks, start, length) if self.has_mask else None
+
+    def _read(self, datasets, start: int, length: int):
         import numpy as np
 
         if start < 0 or start + length > self.tokens:
@@ -190,7 +215,7 @@ class TokenStore:
         while filled < length:
             lo = pos - int(self.bounds[i])
             take = min(length - filled, int(self.bounds[i + 1]) - pos)
-            out[filled:filled + take] = self.datasets[i][lo:lo + take]
+            out[filled:filled + take] = datasets[i][lo:lo + take]
             filled += take
             pos += take
             i += 1
@@ -199,4 +224,4 @@ class TokenStore:
     def close(self) -> None:
         for f in self.files:
             f.close()
-        self.files, self.datasets = [], []
+        self.files, self.datasets, self.masks = [], [], []

@@ -29,8 +29,8 @@ class Unit:
 
     source: int  # index into DataConfig.sources
     path: str
-    kind: str  # "text" or "jsonl"
-    text_field: str = "text"
+    kind: str  # "text", "jsonl" or "chat"
+    text_field: str = "text"  # jsonl: the text; chat: the messages
 
 
 def stdlib_files() -> list[Path]:
@@ -72,8 +72,9 @@ def list_units(cfg, config_name: str, base: Path) -> list[Unit]:
             if not files:
                 raise ConfigError(config_name, [f"sources[{i}].paths[{j}]: {pattern!r} matches no files "
                                                 f"(relative paths are taken from {base})"])
-            kind = "jsonl" if src.type == "jsonl" else "text"
-            units += [Unit(i, str(p), kind, src.text_field) for p in files]
+            kind = src.type if src.type in ("jsonl", "chat") else "text"
+            field = src.messages_field if src.type == "chat" else src.text_field
+            units += [Unit(i, str(p), kind, field) for p in files]
     return units
 
 
@@ -101,6 +102,36 @@ def read_documents(unit: Unit) -> Iterator[tuple[str, str]]:
             if not isinstance(text, str):
                 raise ValueError(f"{unit.path}: line {n}: field {unit.text_field!r} is not a string")
             yield f"{unit.path}:{n}", text
+
+
+def read_conversations(unit: Unit) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """Yield (document key, messages) for each record of a chat unit: a conversation
+    (`messages`: [{role, content}, ...]) or an instruction (`instruction`, optional `input`,
+    `output`: a user turn and the assistant's answer)."""
+    with open(unit.path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{unit.path}: line {n}: not valid JSON ({e})") from None
+            where = f"{unit.path}: line {n}"
+            if isinstance(obj, dict) and unit.text_field in obj:
+                msgs = obj[unit.text_field]
+            elif isinstance(obj, dict) and "instruction" in obj and "output" in obj:
+                prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
+                msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}]
+            else:
+                raise ValueError(f"{where}: neither {unit.text_field!r} nor instruction/output")
+            if not isinstance(msgs, list) or not msgs or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in msgs):
+                raise ValueError(f"{where}: {unit.text_field!r} must be a list of {{role, content}} strings")
+            if not any(m["role"] == "assistant" for m in msgs):
+                raise ValueError(f"{where}: no assistant message: nothing to learn from")
+            yield f"{unit.path}:{n}", [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
 def split_score(seed: int, key: str) -> float:

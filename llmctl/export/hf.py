@@ -449,26 +449,24 @@ class Artifact:
         return self.path.name
 
 
-def load_artifact(path: str | Path, dtype: str = "fp32", device: str = "cpu") -> Artifact:
-    """Load a Hugging Face folder (ours, or a Llama/GPT-2 one transformers saved)."""
+def read_hf_config(p: Path):
+    """(ModelConfig, config.json) of a Hugging Face folder, every field honoured or refused."""
+    cfg_file = p / "config.json"
+    try:
+        cj = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LlmctlError(f"{cfg_file}: cannot read: {e}") from None
+    except ValueError as e:
+        raise LlmctlError(f"{cfg_file}: not valid JSON: {e}") from None
+    return model_config_from_hf(cj, str(cfg_file)), cj
+
+
+def read_hf_folder(p: Path, dtype: str = "fp32"):
+    """(ModelConfig, llmctl tensors, config.json) of a Hugging Face folder."""
     import torch
     from safetensors.torch import load_file
 
-    from llmctl.model.transformer import Transformer
-
-    p = Path(path).expanduser().absolute()
-    cfg_file = p / "config.json"
-    if not cfg_file.is_file() and ((p / "checkpoints").is_dir() or (p / "state.json").is_file()
-                                   or (p / "latest").is_file()):
-        return _load_checkpoint_artifact(p, dtype, device)
-    if not cfg_file.is_file():
-        raise LlmctlError(f"{p}: not an artifact folder (no config.json)",
-                          hint="make one with `llmctl export --checkpoint RUN --out artifacts/NAME`")
-    try:
-        cj = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise LlmctlError(f"{cfg_file}: not valid JSON: {e}") from None
-    cfg = model_config_from_hf(cj, str(cfg_file))
+    cfg, cj = read_hf_config(p)
     files = sorted(p.glob("*.safetensors"))
     if not files:
         raise LlmctlError(f"{p}: no *.safetensors weights")
@@ -480,8 +478,26 @@ def load_artifact(path: str | Path, dtype: str = "fp32", device: str = "cpu") ->
     if qmethod == "llmctl-int8":
         hf = dequantize_int8(hf, tdtype)
     elif qmethod is not None:
-        raise LlmctlError(f"{cfg_file}: quantization method {qmethod!r} is not supported")
-    state = from_hf_state(cfg, hf)
+        raise LlmctlError(f"{p / 'config.json'}: quantization method {qmethod!r} is not supported")
+    return cfg, from_hf_state(cfg, hf), cj
+
+
+def load_artifact(path: str | Path, dtype: str = "fp32", device: str = "cpu") -> Artifact:
+    """Load a Hugging Face folder (ours, or a Llama/GPT-2 one transformers saved)."""
+    import torch
+
+    from llmctl.model.transformer import Transformer
+
+    p = Path(path).expanduser().absolute()
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file() and ((p / "checkpoints").is_dir() or (p / "state.json").is_file()
+                                   or (p / "latest").is_file()):
+        return _load_checkpoint_artifact(p, dtype, device)
+    if not cfg_file.is_file():
+        raise LlmctlError(f"{p}: not an artifact folder (no config.json)",
+                          hint="make one with `llmctl export --checkpoint RUN --out artifacts/NAME`")
+    cfg, state, cj = read_hf_folder(p, dtype)
+    tdtype = getattr(torch, DTYPES.get(dtype, "float32"))
     with torch.device("meta"):
         model = Transformer(cfg)
     model = model.to_empty(device=device)

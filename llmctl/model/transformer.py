@@ -111,6 +111,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets that count: -100 marks one that does
+    not (a prompt token in chat fine-tuning). 0, not NaN, when none counts."""
+    flat = targets.reshape(-1)
+    total = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), flat, ignore_index=-100,
+                            reduction="sum")
+    return total / (flat != -100).sum().clamp(min=1)
+
+
 # --- layers --------------------------------------------------------------------
 
 class Attention(nn.Module):
@@ -268,7 +277,7 @@ class Transformer(nn.Module):
         logits = self.head(self.norm(x))
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        return lm_loss(logits, targets)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied head counts once)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class Stage(nn.Module):
@@ -54,7 +53,9 @@ class Stage(nn.Module):
 
 def lm_loss(logits, targets):
     """The Transformer's own loss, applied by the schedule on the last stage."""
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+    from llmctl.model.transformer import lm_loss as loss
+
+    return loss(logits, targets)
 
 
 def build_stages(model, dims, pp_rank: int) -> list[Stage]:

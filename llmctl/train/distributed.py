@@ -135,6 +135,7 @@ def train_parallel(s, verify: bool = True) -> int:
     from llmctl.parallel.dims import build_mesh
     from llmctl.parallel.runner import Runner
     from llmctl.train.checkpoint import Checkpointer
+    from llmctl.train.finetune import load_pretrained
     from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops
     from llmctl.train.nonfinite import HINT, NonFiniteGuard, nonfinite_tensors, weights_error
     from llmctl.train.schedule import lr_at
@@ -149,6 +150,7 @@ def train_parallel(s, verify: bool = True) -> int:
     mesh = build_mesh(dims, device.type)
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank, and as one process
     model = Transformer(s.model_cfg, attention=cfg.kernels.attention, norm=cfg.kernels.norm)
+    load_pretrained(model, s)  # `[init] from`: whole weights on every rank, before any sharding
     model.set_recompute(s.recompute, s.recompute_layers)
     runner = Runner(model, dims, mesh, device, lambda m: build_optimizer(m, cfg, device),
                     micro_batch=s.micro_batch, grad_accum=s.grad_accum,

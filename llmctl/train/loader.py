@@ -1,7 +1,8 @@
 """Batches of token windows from the HDF5 shards, resumable at the exact sample.
 
 The training split is cut into windows of seq_len+1 tokens at stride seq_len
-(inputs and the next-token targets); each epoch visits them in a permutation fixed
+(inputs and the next-token targets; in chat data a target outside the answers is
+-100, which the loss skips); each epoch visits them in a permutation fixed
 by (seed, epoch). The loader's whole state is one integer, the number of windows
 consumed, so a checkpoint resumes at the very next sample and a resumed run sees
 exactly the data an uninterrupted one would.
@@ -44,11 +45,11 @@ class WindowSampler:
 
         x = np.empty((batch, self.seq_len + 1), dtype=np.int64)
         base = self.position + rank * batch
-        for b in range(batch):
-            w = self._window(base + b)
+        windows = [self._window(base + b) for b in range(batch)]
+        for b, w in enumerate(windows):
             x[b] = self.store.read(w * self.seq_len, self.seq_len + 1)
         self.position += batch * world
-        return x[:, :-1], x[:, 1:]
+        return x[:, :-1], masked_targets(self.store, x, windows, self.seq_len)
 
     @property
     def epoch(self) -> float:
@@ -81,5 +82,19 @@ def validation_batches(store, seq_len: int, batch: int, batches: int):
     for start in range(0, n, batch):
         ids = range(start, min(start + batch, n))
         x = np.stack([store.read(w * seq_len, seq_len + 1) for w in ids])
-        out.append((x[:, :-1], x[:, 1:]))
+        out.append((x[:, :-1], masked_targets(store, x, list(ids), seq_len)))
     return out
+
+
+IGNORE = -100  # the target the loss skips (torch's cross_entropy ignore_index)
+
+
+def masked_targets(store, x, windows, seq_len: int):
+    """The next-token targets of windows `x`; with a loss mask (chat data), IGNORE where the
+    target token is not part of an answer."""
+    y = x[:, 1:].copy()
+    if getattr(store, "has_mask", False):
+        for b, w in enumerate(windows):
+            m = store.read_mask(w * seq_len, seq_len + 1)
+            y[b][m[1:] == 0] = IGNORE
+    return y

@@ -65,6 +65,7 @@ class RunSetup:
     recompute: str
     recompute_layers: Optional[int]
     dims: Any = None  # llmctl.parallel.dims.ParallelDims
+    init_path: Optional[Path] = None  # `[init] from`: the pretrained model the run starts from
 
     @property
     def tokens_per_step(self) -> int:
@@ -82,7 +83,8 @@ class RunSetup:
                 # The global batch, not its split: a run may resume with another layout.
                 "batch": [self.micro_batch * self.grad_accum * (self.dims.dp if self.dims else 1),
                           self.seq_len],
-                "data": [self.data_meta["fingerprint"], self.data_meta["tokenizer"]["sha256"]]}),
+                "data": [self.data_meta["fingerprint"], self.data_meta["tokenizer"]["sha256"]],
+                **({"init": c.init_from} if c.init_from else {})}),
             "model_name": mc.name,
             "model_shape": f"{mc.template}, {mc.layers} layers, hidden {mc.hidden}, "
                            f"{mc.heads} heads, vocab {mc.vocab_size}",
@@ -109,8 +111,15 @@ def load_run(run_dir: str | Path) -> RunSetup:
     where = str(config_path)
     starts = _candidates(run)
 
-    model_path = locate(cfg.model.config_file, starts, "model config", where, "model.config_file")
-    model_cfg = load_config(model_path, ModelConfig)
+    init_path = None
+    if cfg.init_from:  # fine-tuning: the pretrained folder brings the model config
+        from llmctl.train.finetune import pretrained_config
+
+        init_path = model_path = locate(cfg.init_from, starts, "pretrained model", where, "init.from")
+        model_cfg = pretrained_config(init_path)
+    else:
+        model_path = locate(cfg.model.config_file, starts, "model config", where, "model.config_file")
+        model_cfg = load_config(model_path, ModelConfig)
 
     plan = load_config(run.plan_file, PlanFile) if run.plan_file.is_file() else None
     hardware_path = None
@@ -164,7 +173,8 @@ def load_run(run_dir: str | Path) -> RunSetup:
     return RunSetup(run=run, task=task, config_path=config_path, cfg=cfg, model_cfg=model_cfg,
                     model_path=model_path, plan=plan, data_dir=data_dir, data_meta=meta,
                     hardware_path=hardware_path, seq_len=seq_len, micro_batch=micro,
-                    grad_accum=grad_accum, recompute=recompute, recompute_layers=layers, dims=dims)
+                    grad_accum=grad_accum, recompute=recompute, recompute_layers=layers, dims=dims,
+                    init_path=init_path)
 
 
 def parallel_dims(plan, plan_path: Path, model_cfg, sequence_parallel: bool = True,

@@ -91,6 +91,7 @@ def train(run_dir: str, verify: bool = True) -> int:
 
     from llmctl.model.transformer import Transformer
     from llmctl.train.checkpoint import Checkpointer
+    from llmctl.train.finetune import load_pretrained
     from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops, warn
     from llmctl.train.nonfinite import NonFiniteGuard, nonfinite_tensors, step_is_finite, weights_error
     from llmctl.train.plot import plot_run
@@ -114,6 +115,7 @@ def train(run_dir: str, verify: bool = True) -> int:
 
     torch.manual_seed(tcfg.seed)
     model = Transformer(s.model_cfg, attention=cfg.kernels.attention, norm=cfg.kernels.norm).to(device)
+    load_pretrained(model, s)  # `[init] from`: fine-tuning starts from those weights
     model.set_recompute(s.recompute, s.recompute_layers)
     optimizer = build_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
