@@ -77,9 +77,10 @@ def answered(path: Path) -> set[str]:
 
 def run_batch(engine, model_name: str, input_path: str, output_path: str, settings) -> dict[str, int]:
     from llmctl.serve import protocol as P
-    from llmctl.serve import testhooks
-    from llmctl.serve.sequence import Sequence
+    from llmctl.serve import testhooks, threads
     from llmctl.serve.validate import check_tree
+
+    threads.apply(getattr(settings, "threads", None))  # the job's CPUs, not the node's
 
     inp, outp = Path(input_path), Path(output_path)
     reqs = read_requests(inp)
@@ -109,25 +110,32 @@ def run_batch(engine, model_name: str, input_path: str, output_path: str, settin
                 try:
                     check_tree(req["body"])
                     params = P.sampling_params(req["body"], settings.max_tokens_limit, chat,
-                                               testhooks.enabled())
-                    ids = P.prompt_ids(req["body"], chat, engine.tokenizer, settings.max_prompt_tokens,
-                                       engine.cfg.vocab_size)
-                    seq = Sequence(ids, params)
-                    problem = engine.check(seq)
-                    if problem:
-                        raise P.ApiError(400, problem)
+                                               testhooks.enabled(), vocab_size=engine.cfg.vocab_size)
+                    seqs = P.sequences(req["body"], chat, params, engine.tokenizer, settings.max_prompt_tokens,
+                                       engine.cfg.vocab_size, engine.cfg.max_seq_len)
+                    for seq in seqs:
+                        problem = engine.check(seq)
+                        if problem:
+                            raise P.ApiError(400, problem)
                 except P.ApiError as e:
                     write(req, error={"code": e.code or e.type, "message": e.message})
                     continue
-                engine.add(seq)
-                inflight[seq.seq_id] = (seq, req, chat)
+                group = (seqs, req, chat)
+                for seq in seqs:
+                    engine.add(seq)
+                    inflight[seq.seq_id] = group
             if not inflight:
                 break
             for seq in engine.step():
                 if seq.finished and seq.seq_id in inflight:
-                    _, req, chat = inflight.pop(seq.seq_id)
-                    if seq.finish_reason == "error":
-                        write(req, error={"code": "server_error", "message": f"generation failed: {seq.error}"})
+                    seqs, req, chat = inflight.pop(seq.seq_id)
+                    if any(s.seq_id in inflight for s in seqs):
+                        continue  # another choice of this request still runs
+                    bad = [s for s in seqs if s.finish_reason == "error"]
+                    if bad:
+                        write(req, error={"code": "server_error", "message": f"generation failed: {bad[0].error}"})
                     else:
-                        write(req, body=P.response(seq, P.new_id(chat), model_name, chat, engine.tokenizer))
+                        n, _ = P.choice_counts(req["body"], chat)
+                        write(req, body=P.response(seqs, P.new_id(chat), model_name, chat, engine.tokenizer, n=n,
+                                                   token_ids=bool(req["body"].get("return_token_ids"))))
     return counts

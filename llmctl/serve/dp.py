@@ -244,6 +244,8 @@ class Router:
             seq, loop, q = listener
             new_tokens += len(fields["new_ids"])
             seq.output_ids.extend(fields["new_ids"])
+            # Tokens arrive once per report: the ones of one report share its arrival time.
+            seq.token_times.extend([now] * len(fields["new_ids"]))
             seq.output_logprobs.extend(fields["new_logprobs"])
             if fields["prompt_logprobs"] is not None:
                 seq.prompt_logprobs = fields["prompt_logprobs"]

@@ -151,6 +151,10 @@ class Engine:
             chunks = self.scheduler.schedule(self)
         except Exception as e:
             raise EngineFailure(f"the scheduler failed: {type(e).__name__}: {e}") from e
+        started = time.monotonic()
+        for seq, _ in chunks or ():
+            if seq.scheduled_at is None:  # queue time ends when its first chunk runs
+                seq.scheduled_at = started
         if chunks:
             try:
                 with torch.inference_mode():
@@ -185,13 +189,24 @@ class Engine:
         if seq.params.max_tokens == 0:  # echo only: the prompt is scored, nothing to generate
             self._finish(seq, "length")
             return True
-        tok = best if seq.params.temperature <= 0 else sample(row, seq.params, seq.generator)
+        p = seq.params
+        if p.logit_bias or p.presence_penalty or p.frequency_penalty:
+            from llmctl.serve.sampling import adjust
+
+            biased = adjust(row, p, seq.output_ids)
+            tok = int(biased.argmax()) if p.temperature <= 0 else sample(biased, p, seq.generator)
+        else:
+            tok = best if p.temperature <= 0 else sample(row, p, seq.generator)
         seq.output_ids.append(tok)
-        if seq.params.logprobs is not None:
-            seq.output_logprobs.append(_logprob_of(row, tok, seq.params.logprobs))
+        # Log-probabilities are the model's own (before bias and penalties), as vLLM returns them.
+        if p.logprobs is not None:
+            seq.output_logprobs.append(_logprob_of(row, tok, p.logprobs))
+        if p.cumulative:
+            seq.cumulative_logprob += float(torch_log_softmax(row)[tok])
         self.stats["generated_tokens"] += 1
         seq.first_token_at = seq.first_token_at or now
         seq.last_token_at = now
+        seq.token_times.append(now)
         self._apply_stops(seq, tok)
         return True
 
@@ -264,6 +279,12 @@ class Engine:
             self.add(s)
         self.run_until_done()
         return seqs
+
+
+def torch_log_softmax(row):
+    import torch
+
+    return torch.log_softmax(row.float(), dim=-1)
 
 
 def _logprob_of(row, tok: int, k: int) -> tuple[float, list[tuple[int, float]]]:

@@ -62,11 +62,86 @@ def _optional(body, key, kinds, what: str) -> None:
 
 TEST_HOOKS = ("hold", "fail-step", "fail-forward", "fail-engine")
 
+# Every field OpenAI's API reference lists for the endpoint, and our extensions. Anything
+# else is refused with 400 naming it, as OpenAI does ("Unrecognized request argument
+# supplied"), rather than ignored: a misspelt `max_token` must not pass unnoticed.
+COMMON = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop",
+          "stream", "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "user",
+          "logprobs",
+          # extensions (vLLM's names): top_k, ignore_eos, return_token_ids; llmctl_test (test hooks)
+          "top_k", "ignore_eos", "return_token_ids", "llmctl_test"}
+FIELDS = {
+    False: COMMON | {"prompt", "echo", "suffix", "best_of"},
+    True: COMMON | {"messages", "top_logprobs", "response_format", "tools", "tool_choice",
+                    "parallel_tool_calls", "functions", "function_call", "audio", "modalities",
+                    "prediction", "web_search_options", "reasoning_effort", "verbosity", "metadata",
+                    "store", "service_tier", "prompt_cache_key", "safety_identifier"},
+}
+MAX_CHOICES = 64  # n (or best_of) times the number of prompts
+
+
+def _refuse_unless(body, key, ok, what: str) -> None:
+    """A field we cannot honour: accepted only at a value that asks for nothing."""
+    v = body.get(key)
+    if v is not None and not ok(v):
+        raise ApiError(400, f"{key} is not supported by this server ({what})", key)
+
+
+def check_fields(body: dict, chat: bool) -> None:
+    """Unknown fields and those the engine cannot honour: 400 naming the field."""
+    for key in body:
+        if key not in FIELDS[chat]:
+            raise ApiError(400, f"Unrecognized request argument supplied: {key}", key,
+                           code="unrecognized_argument")
+    if not chat:
+        _optional(body, "suffix", (str,), "a string")
+        _refuse_unless(body, "suffix", lambda v: v == "", "insertion needs a fill-in-the-middle model")
+        return
+    _refuse_unless(body, "response_format", lambda v: v == {"type": "text"},
+                   'only {"type": "text"}: JSON mode and JSON schemas are not implemented')
+    _refuse_unless(body, "tools", lambda v: v == [], "no tool calling")
+    _refuse_unless(body, "functions", lambda v: v == [], "no function calling")
+    _refuse_unless(body, "tool_choice", lambda v: v in ("none", "auto"), "no tool calling")
+    _refuse_unless(body, "function_call", lambda v: v in ("none", "auto"), "no function calling")
+    _optional(body, "parallel_tool_calls", (bool,), "true or false")
+    _refuse_unless(body, "audio", lambda v: False, "text only")
+    _refuse_unless(body, "modalities", lambda v: v == ["text"], 'text only: ["text"]')
+    _refuse_unless(body, "prediction", lambda v: False, "no predicted outputs")
+    _refuse_unless(body, "web_search_options", lambda v: False, "no web search")
+    _refuse_unless(body, "reasoning_effort", lambda v: False, "not a reasoning model")
+    _refuse_unless(body, "verbosity", lambda v: False, "no verbosity control")
+    _refuse_unless(body, "store", lambda v: v is False, "completions are not stored")
+    _optional(body, "metadata", (dict,), "an object")
+    for key in ("service_tier", "prompt_cache_key", "safety_identifier"):
+        _optional(body, key, (str,), "a string")
+
+
+def logit_bias(body, vocab_size: Optional[int]) -> Optional[dict[int, float]]:
+    """OpenAI's `logit_bias`: {"token id": bias from -100 to 100}."""
+    raw = body.get("logit_bias")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ApiError(400, "logit_bias must be an object", "logit_bias")
+    if len(raw) > 300:
+        raise ApiError(400, "logit_bias takes at most 300 tokens", "logit_bias")
+    out = {}
+    for k, v in raw.items():
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 12):
+            raise ApiError(400, f"logit_bias keys must be token ids as strings, got {k!r}", "logit_bias")
+        tok = int(k)
+        if vocab_size is not None and tok >= vocab_size:
+            raise ApiError(400, f"logit_bias token id {tok} is outside the vocabulary (0..{vocab_size - 1})",
+                           "logit_bias")
+        out[tok] = _num({"logit_bias": v}, "logit_bias", 0.0, float, -100.0, 100.0)
+    return out or None
+
 
 def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False,
-                    test_hooks: bool = False) -> SamplingParams:
+                    test_hooks: bool = False, vocab_size: Optional[int] = None) -> SamplingParams:
     """The request's SamplingParams, every field checked for type and range (400 otherwise).
     `test_hooks` (LLMCTL_SERVE_TEST_HOOKS=1 only): honour `llmctl_test` (llmctl.serve.testhooks)."""
+    check_fields(body, chat)
     stop = body.get("stop")
     if stop is None:
         stop = []
@@ -74,8 +149,7 @@ def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False,
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop) or len(stop) > 4:
         raise ApiError(400, "stop must be a string or a list of up to 4 non-empty strings", "stop")
-    if _num(body, "n", 1, int, 1, 1) != 1:
-        raise ApiError(400, "only n=1 is supported", "n")
+    n = _num(body, "n", 1, int, 1, MAX_CHOICES)
     seed = body.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -90,23 +164,33 @@ def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False,
     _flag(opts or {}, "include_usage")
     _optional(body, "model", (str,), "a string")
     _optional(body, "user", (str,), "a string")
-    _optional(body, "logit_bias", (dict,), "an object")
-    for key in ("presence_penalty", "frequency_penalty"):  # accepted, not applied
-        _num(body, key, 0.0, float, -2.0, 2.0)
+    bias = logit_bias(body, vocab_size)
+    presence = _num(body, "presence_penalty", 0.0, float, -2.0, 2.0)
+    frequency = _num(body, "frequency_penalty", 0.0, float, -2.0, 2.0)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    logprobs, echo = None, False
+    logprobs, echo, best_of = None, False, n
     if not chat:  # legacy completions: logprobs is a count (OpenAI allows at most 5)
         if body.get("logprobs") is not None:
             logprobs = _num(body, "logprobs", 0, int, 0, 5)
         echo = _flag(body, "echo")
-        _optional(body, "suffix", (str,), "a string")
-        if _num(body, "best_of", 1, int, 1, 1) != 1:
-            raise ApiError(400, "only best_of=1 is supported", "best_of")
+        best_of = _num(body, "best_of", n, int, 1, MAX_CHOICES)
+        if best_of < n:
+            raise ApiError(400, f"best_of ({best_of}) must be at least n ({n})", "best_of")
         if stream and (echo or logprobs is not None):
             raise ApiError(400, "echo and logprobs are not supported with stream", "stream")
-    else:  # chat: logprobs is a flag, top_logprobs a count; neither is returned yet
-        _flag(body, "logprobs")
-        _num(body, "top_logprobs", 0, int, 0, 20)
+        if stream and best_of > n:
+            raise ApiError(400, "best_of greater than n cannot stream (the best are known at the end)",
+                           "best_of")
+    else:  # chat: logprobs is a flag, top_logprobs a count
+        top = _num(body, "top_logprobs", 0, int, 0, 20)
+        if _flag(body, "logprobs"):
+            logprobs = top
+        elif body.get("top_logprobs") is not None:
+            raise ApiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        if stream and logprobs is not None:
+            raise ApiError(400, "logprobs are not supported with stream", "logprobs")
+    if _flag(body, "return_token_ids") and stream:
+        raise ApiError(400, "return_token_ids is not supported with stream", "return_token_ids")
     # max_tokens 0 only makes sense to score the prompt (echo), as lm-evaluation-harness does.
     max_tokens = _num(body, key, 16, int, 0 if echo else 1, max_tokens_limit)
     hook = body.get("llmctl_test") if test_hooks else None
@@ -117,7 +201,59 @@ def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False,
         temperature=_num(body, "temperature", 1.0, float, 0.0, 2.0),
         top_p=_num(body, "top_p", 1.0, float, 0.0, 1.0) or 1e-9,
         top_k=_num(body, "top_k", 0, int, 0, None), seed=seed, stop=stop,
-        ignore_eos=_flag(body, "ignore_eos"), test_hook=hook)
+        ignore_eos=_flag(body, "ignore_eos"), test_hook=hook, logit_bias=bias,
+        presence_penalty=presence, frequency_penalty=frequency, cumulative=best_of > n)
+
+
+def choice_counts(body: dict, chat: bool) -> tuple[int, int]:
+    """(n, best_of) of a request already checked by sampling_params."""
+    n = body.get("n") or 1
+    best_of = (body.get("best_of") or n) if not chat else n
+    return n, best_of
+
+
+def sequences(body: dict, chat: bool, params: SamplingParams, tokenizer, max_prompt_tokens: int,
+              vocab_size: int, context: int) -> list:
+    """The request's sequences: best_of (= n unless asked) samples of each prompt, in choice
+    order; sample j of a seeded request uses seed + j, so the samples differ yet repeat."""
+    import dataclasses
+
+    from llmctl.serve.sequence import Sequence
+
+    prompts = prompt_list(body, chat, tokenizer, max_prompt_tokens, vocab_size)
+    n, best_of = choice_counts(body, chat)
+    if len(prompts) * best_of > MAX_CHOICES:
+        raise ApiError(400, f"{len(prompts)} prompts x {best_of} samples is over {MAX_CHOICES} sequences",
+                       "n")
+    explicit = body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+    seqs = []
+    for i, ids in enumerate(prompts):
+        p = fit_context(ids, params, context, explicit, chat)
+        for j in range(best_of):
+            q = p if p.seed is None and j == 0 else dataclasses.replace(
+                p, seed=None if p.seed is None else (p.seed + j) % (1 << 64))
+            seq = Sequence(ids, q)
+            seq.index, seq.prompt_index = i * n + j, i
+            seqs.append(seq)
+    return seqs
+
+
+def fit_context(ids: list[int], params: SamplingParams, context: int, explicit: bool, chat: bool):
+    """prompt + max_tokens must fit the model's context: 400 with the numbers, as OpenAI and
+    vLLM answer. An unstated max_tokens (16) shrinks to what is left instead."""
+    import dataclasses
+
+    room = context - len(ids)
+    if not explicit and 1 <= room < params.max_tokens:
+        return dataclasses.replace(params, max_tokens=room)
+    if len(ids) + params.max_tokens > context:
+        where = "messages" if chat else "prompt"
+        raise ApiError(400, f"This model's maximum context length is {context} tokens. However, you requested "
+                            f"{len(ids) + params.max_tokens} tokens ({len(ids)} in the {where}, "
+                            f"{params.max_tokens} in the completion). Please reduce the length of the "
+                            f"{where} or completion.",
+                       "max_tokens" if explicit else where, code="context_length_exceeded")
+    return params
 
 
 def prompt_text(body: dict, chat: bool) -> str:
@@ -143,7 +279,8 @@ def prompt_text(body: dict, chat: bool) -> str:
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
         p = p[0]
     if not isinstance(p, str):
-        raise ApiError(400, "prompt must be a string or a list of token ids", "prompt")
+        raise ApiError(400, "prompt must be a string, a list of strings, a list of token ids or a list "
+                            "of such lists", "prompt")
     return p
 
 
@@ -152,6 +289,18 @@ def _text_part(p, where: str) -> str:
         raise ApiError(400, f"{where} must be {{\"type\": \"text\", \"text\": \"...\"}} "
                             "(only text content is supported)", where)
     return p["text"]
+
+
+def prompt_list(body: dict, chat: bool, tokenizer, max_prompt_tokens: int, vocab_size: int) -> list[list[int]]:
+    """Completions take a string, a list of strings, a list of token ids or a list of such
+    lists: one prompt each, in order (OpenAI's choice index is prompt * n + sample)."""
+    p = body.get("prompt")
+    if not chat and isinstance(p, list) and len(p) > 1 and (
+            all(isinstance(x, str) for x in p) or all(isinstance(x, list) for x in p)):
+        if len(p) > MAX_CHOICES:
+            raise ApiError(400, f"at most {MAX_CHOICES} prompts in one request", "prompt")
+        return [prompt_ids({"prompt": [x]}, False, tokenizer, max_prompt_tokens, vocab_size) for x in p]
+    return [prompt_ids(body, chat, tokenizer, max_prompt_tokens, vocab_size)]
 
 
 def prompt_ids(body: dict, chat: bool, tokenizer, max_prompt_tokens: int, vocab_size: int) -> list[int]:
@@ -187,21 +336,66 @@ def new_id(chat: bool) -> str:
     return ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
 
 
-def usage(seq) -> dict[str, int]:
-    return {"prompt_tokens": len(seq.prompt_ids), "completion_tokens": len(seq.output_ids),
-            "total_tokens": len(seq.prompt_ids) + len(seq.output_ids)}
+def usage(seqs) -> dict[str, int]:
+    """Exact usage: each prompt counted once, every generated token (best_of's extra
+    samples included, as OpenAI bills them)."""
+    seqs = seqs if isinstance(seqs, list) else [seqs]
+    prompts = {getattr(s, "prompt_index", 0): len(s.prompt_ids) for s in seqs}
+    p, c = sum(prompts.values()), sum(len(s.output_ids) for s in seqs)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
 
-def response(seq, rid: str, model: str, chat: bool, tokenizer=None) -> dict[str, Any]:
-    base = {"id": rid, "created": int(time.time()), "model": model, "usage": usage(seq)}
+def chosen(seqs: list, n: int) -> list:
+    """The choices to return, by index: with best_of > n the n samples of each prompt with
+    the highest cumulative log-probability (vLLM's rule), re-indexed prompt * n + rank."""
+    if all(not s.params.cumulative for s in seqs):
+        return sorted(seqs, key=lambda s: s.index)
+    out = []
+    for i in sorted({s.prompt_index for s in seqs}):
+        best = sorted((s for s in seqs if s.prompt_index == i), key=lambda s: -s.cumulative_logprob)[:n]
+        for j, s in enumerate(sorted(best, key=lambda s: s.index)):
+            s.index = i * n + j
+            out.append(s)
+    return out
+
+
+def response(seqs, rid: str, model: str, chat: bool, tokenizer=None, n: int = 1,
+             token_ids: bool = False, created: Optional[int] = None) -> dict[str, Any]:
+    seqs = seqs if isinstance(seqs, list) else [seqs]
+    base = {"id": rid, "created": created or int(time.time()), "model": model, "usage": usage(seqs)}
+    choices = []
+    for seq in chosen(seqs, n):
+        if chat:
+            c = {"index": seq.index, "message": {"role": "assistant", "content": seq.text},
+                 "finish_reason": seq.finish_reason,
+                 "logprobs": chat_logprobs(seq, tokenizer) if seq.params.logprobs is not None else None}
+        else:
+            prompt = _decode(tokenizer, seq.prompt_ids) if seq.params.echo else ""
+            c = {"index": seq.index, "text": prompt + seq.text, "finish_reason": seq.finish_reason,
+                 "logprobs": legacy_logprobs(seq, tokenizer) if seq.params.logprobs is not None else None}
+        if token_ids:  # vLLM's return_token_ids
+            c["token_ids"] = list(seq.output_ids)
+            if not chat:
+                c["prompt_token_ids"] = list(seq.prompt_ids)
+        choices.append(c)
     if chat:
-        return {**base, "object": "chat.completion", "choices": [{
-            "index": 0, "message": {"role": "assistant", "content": seq.text},
-            "finish_reason": seq.finish_reason, "logprobs": None}]}
-    prompt = _decode(tokenizer, seq.prompt_ids) if seq.params.echo else ""
-    return {**base, "object": "text_completion", "choices": [{
-        "index": 0, "text": prompt + seq.text, "finish_reason": seq.finish_reason,
-        "logprobs": legacy_logprobs(seq, tokenizer) if seq.params.logprobs is not None else None}]}
+        out = {**base, "object": "chat.completion", "choices": choices}
+        if token_ids:
+            out["prompt_token_ids"] = list(seqs[0].prompt_ids)
+        return out
+    return {**base, "object": "text_completion", "choices": choices}
+
+
+def chat_logprobs(seq, tokenizer) -> dict[str, Any]:
+    """Chat's `logprobs`: {"content": [{token, logprob, bytes, top_logprobs: [...]}]}."""
+    def entry(i: int, lp: float) -> dict[str, Any]:
+        t = _decode(tokenizer, [i]) if tokenizer is not None else str(i)
+        return {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8", "surrogatepass"))}
+
+    content = []
+    for tok, (lp, top) in zip(seq.output_ids, seq.output_logprobs):
+        content.append({**entry(tok, lp), "top_logprobs": [entry(i, v) for i, v in top]})
+    return {"content": content, "refusal": None}
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -237,16 +431,17 @@ def legacy_logprobs(seq, tokenizer) -> dict[str, Any]:
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
-def chunk(rid: str, model: str, chat: bool, delta: str, finish: Optional[str], first: bool) -> dict[str, Any]:
+def chunk(rid: str, model: str, chat: bool, delta: str, finish: Optional[str], first: bool,
+          index: int = 0) -> dict[str, Any]:
     base = {"id": rid, "created": int(time.time()), "model": model}
     if chat:
         d: dict[str, Any] = {"content": delta} if delta or not finish else {}
         if first:
             d["role"] = "assistant"
         return {**base, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}]}
+                "choices": [{"index": index, "delta": d, "finish_reason": finish, "logprobs": None}]}
     return {**base, "object": "text_completion",
-            "choices": [{"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}]}
+            "choices": [{"index": index, "text": delta, "finish_reason": finish, "logprobs": None}]}
 
 
 def stable_text(seq) -> str:

@@ -24,3 +24,21 @@ def sample(logits, params, generator=None) -> int:
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def adjust(logits, params, output_ids):
+    """OpenAI's logit adjustments, in float64: the frequency and presence penalties
+    (mu[j] - c[j] * frequency_penalty - (c[j] > 0) * presence_penalty, c[j] = how often
+    token j was generated so far; the prompt does not count), then `logit_bias` added,
+    a bias of -100 or less banning the token outright (-inf), as OpenAI documents it."""
+    import torch
+
+    x = logits.double().clone()
+    if output_ids and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(output_ids, dtype=torch.long), minlength=x.numel())
+        counts = counts[:x.numel()].to(x.dtype).to(x.device)
+        x -= counts * params.frequency_penalty + (counts > 0).to(x.dtype) * params.presence_penalty
+    if params.logit_bias:
+        for tok, bias in params.logit_bias.items():
+            x[tok] = float("-inf") if bias <= -100 else x[tok] + bias
+    return x

@@ -24,6 +24,13 @@ class SamplingParams:
     # (None: no logprobs at all); `echo` = also score and return the prompt.
     logprobs: Optional[int] = None
     echo: bool = False
+    # OpenAI's logit adjustments: {token id: bias} added to the logits (-100 bans the token),
+    # and the presence/frequency penalties over the tokens generated so far.
+    logit_bias: Optional[dict] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    # best_of > n: the engine sums each sample's log-probability so the best n can be kept.
+    cumulative: bool = False
     # Only with LLMCTL_SERVE_TEST_HOOKS=1: a fault or a hold for this request (llmctl.serve.testhooks).
     test_hook: Optional[str] = None
 
@@ -41,6 +48,11 @@ class Sequence:
         self.blocks: list[int] = []
         self.arrival = time.monotonic()
         self.first_token_at: Optional[float] = None
+        self.scheduled_at: Optional[float] = None  # first step that ran it (queue time)
+        self.token_times: list[float] = []  # when each output token was sampled (inter-token latency)
+        self.cumulative_logprob = 0.0  # with params.cumulative (best_of)
+        self.index = 0  # the choice's place in its response (prompt * n + sample)
+        self.prompt_index = 0  # which prompt of a list prompt
         self.last_token_at: Optional[float] = None
         self.finish_reason: Optional[str] = None
         self.error: Optional[str] = None  # why, when finish_reason is "error"

@@ -25,6 +25,7 @@ from llmctl.serve.protocol import ApiError
 
 MAX_BODY = 1 << 20  # bytes of one request body
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
@@ -61,8 +62,20 @@ class ServerState:
         self.timeouts = timeouts or Timeouts()
         self.restarter = None  # llmctl.serve.restart, on one rank
         self.rejected = 0
-        self.ttft = Histogram("llmctl_time_to_first_token_seconds", "Time to first token.", TTFT_BUCKETS)
-        self.itl = Histogram("llmctl_inter_token_latency_seconds", "Time between output tokens.", ITL_BUCKETS)
+        self.ttft = Histogram("llmctl_time_to_first_token_seconds", "Time from arrival to the first output token.",
+                              TTFT_BUCKETS)
+        self.itl = Histogram("llmctl_inter_token_latency_seconds",
+                             "Time between consecutive output tokens of a request (one sample per token).",
+                             ITL_BUCKETS)
+        self.e2e = Histogram("llmctl_e2e_request_latency_seconds",
+                             "Time from arrival to the last token, per finished sequence.", E2E_BUCKETS)
+        self.queue = Histogram("llmctl_request_queue_time_seconds",
+                               "Time from arrival to the first step that ran the sequence.", TTFT_BUCKETS)
+        self.requests: dict[tuple[str, int], int] = {}
+        self.created = int(time.time())  # /v1/models: when this server started serving the model
+
+    def count(self, endpoint: str, status: int) -> None:
+        self.requests[(endpoint, status)] = self.requests.get((endpoint, status), 0) + 1
 
     def waiting(self) -> int:
         return len(self.engine.waiting) + self.engine.inbox.qsize()
@@ -120,18 +133,27 @@ def build_app(state: ServerState, on_shutdown=()):
         validate.check_tree(body)
         return body
 
-    def observe(seq, last: list) -> None:
-        if seq.first_token_at and last[0] is None:
-            state.ttft.observe(seq.first_token_at - seq.arrival)
-            last[0], last[1] = seq.first_token_at, 1
-        elif seq.last_token_at and len(seq.output_ids) > last[1]:
-            gap = (seq.last_token_at - last[0]) / (len(seq.output_ids) - last[1])
-            state.itl.observe(gap)
-            last[0], last[1] = seq.last_token_at, len(seq.output_ids)
+    def observe(seq, seen: list) -> None:
+        """Latency samples of `seq` not yet observed: time to first token once, then one
+        inter-token gap per generated token (`seen[0]` tokens already counted)."""
+        times = seq.token_times
+        if times and seen[0] == 0:
+            state.ttft.observe(times[0] - seq.arrival)
+            if seq.scheduled_at is not None:
+                state.queue.observe(seq.scheduled_at - seq.arrival)
+            seen[0] = 1
+        for k in range(seen[0], len(times)):
+            state.itl.observe(times[k] - times[k - 1])
+        seen[0] = max(seen[0], len(times))
 
     async def generate(request: Request, chat: bool):
+        endpoint = "chat" if chat else "completions"
+        r = await _generate(request, chat)
+        state.count(endpoint, r.status_code)
+        return r
+
+    async def _generate(request: Request, chat: bool):
         from llmctl.serve import protocol as P
-        from llmctl.serve.sequence import Sequence
 
         worker, engine = state.worker, state.engine  # one engine for the whole request
         try:
@@ -139,26 +161,41 @@ def build_app(state: ServerState, on_shutdown=()):
             body = await read_body(request)
             if not worker.healthy:
                 raise ApiError(503, f"the engine is down: {worker.error}", type_="server_error")
-            params = P.sampling_params(body, state.settings.max_tokens_limit, chat, state.test_hooks)
-            ids = P.prompt_ids(body, chat, engine.tokenizer, state.settings.max_prompt_tokens,
-                               engine.cfg.vocab_size)
-            seq = Sequence(ids, params)
-            problem = engine.check(seq)
-            if problem:
-                raise ApiError(400, problem, code="context_length_exceeded")
-            if state.waiting() >= state.settings.max_queue:
+            params = P.sampling_params(body, state.settings.max_tokens_limit, chat, state.test_hooks,
+                                       vocab_size=engine.cfg.vocab_size)
+            if body.get("model") is not None and body["model"] != state.model_name:
+                raise model_not_found(body["model"])
+            seqs = P.sequences(body, chat, params, engine.tokenizer, state.settings.max_prompt_tokens,
+                               engine.cfg.vocab_size, engine.cfg.max_seq_len)
+            for seq in seqs:
+                problem = engine.check(seq)
+                if problem:
+                    raise ApiError(400, problem, code="context_length_exceeded")
+            if state.waiting() + len(seqs) > max(state.settings.max_queue, len(seqs)):
                 state.rejected += 1
                 raise ApiError(429, "the server is busy: the request queue is full; retry later",
                                type_="rate_limit_error", code="queue_full")
         except ApiError as e:
             return err(e)
         rid, model = P.new_id(chat), state.model_name
+        n, _ = P.choice_counts(body, chat)
         q: asyncio.Queue = asyncio.Queue()
-        worker.listen(seq, asyncio.get_running_loop(), q, every_token=body.get("stream", False))
-        worker.submit(seq)
-        last = [None, 0]
+        loop = asyncio.get_running_loop()
+        for seq in seqs:
+            worker.listen(seq, loop, q, every_token=body.get("stream", False))
+        for seq in seqs:
+            worker.submit(seq)
+        seen = {seq.seq_id: [0] for seq in seqs}
+        ended: set = set()
 
-        async def next_event() -> None:
+        def done(seq) -> None:
+            """Observe `seq`'s latencies so far (each sample once, however often called)."""
+            observe(seq, seen[seq.seq_id])
+            if seq.finished and seq.finish_reason != "error" and seq.seq_id not in ended:
+                ended.add(seq.seq_id)
+                state.e2e.observe(time.monotonic() - seq.arrival)
+
+        async def next_event():
             """Wait for the engine to wake us. An engine that died between our health
             check and `listen` never will: fail the request rather than wait forever."""
             while True:
@@ -167,62 +204,91 @@ def build_app(state: ServerState, on_shutdown=()):
                 except asyncio.TimeoutError:
                     # `died`, not `healthy`: with dp replicas a lost rank makes the server
                     # unhealthy while rank 0's own engine still serves its requests.
-                    if worker.died.is_set() and not seq.finished:
-                        seq.error = seq.error or worker.error or "the engine stopped"
-                        seq.finish_reason = "error"
-                        return None
+                    if worker.died.is_set():
+                        for seq in seqs:
+                            if not seq.finished:
+                                seq.error = seq.error or worker.error or "the engine stopped"
+                                seq.finish_reason = "error"
+                                return seq
                     if not body.get("stream") and await request.is_disconnected():
                         raise ClientGone() from None
 
-        def failed() -> ApiError:
+        def failed(seq) -> ApiError:
             return ApiError(500, f"generation failed: {seq.error or worker.error or 'unknown error'}",
                             type_="server_error")
+
+        def cleanup() -> None:  # also when the client goes away: free every slot it held
+            for seq in seqs:
+                worker.unlisten(seq)
+                if not seq.finished:
+                    worker.abort(seq)
 
         if body.get("stream"):
             include_usage = (body.get("stream_options") or {}).get("include_usage")
 
             async def events():
-                sent, first = 0, True
+                sent = {seq.seq_id: 0 for seq in seqs}
+                first = {seq.seq_id: True for seq in seqs}
+                closed: set = set()
                 try:
-                    while True:
-                        await next_event()
-                        observe(seq, last)
+                    while len(closed) < len(seqs):
+                        got = await next_event()
+                        if got is None or got.seq_id in closed:
+                            continue
+                        seq = got
+                        done(seq)
                         if seq.finish_reason == "error":
-                            yield f"data: {json.dumps(failed().body())}\n\n"
+                            yield f"data: {json.dumps(failed(seq).body())}\n\n"
                             return
                         # Read `finished` before the text: the engine thread may finish the
                         # sequence in between, and the held-back tail must still go out.
-                        done = seq.finished
+                        finished = seq.finished
                         text = P.stable_text(seq)
-                        if len(text) > sent or first:
-                            yield f"data: {json.dumps(P.chunk(rid, model, chat, text[sent:], None, first))}\n\n"
-                            sent, first = len(text), False
-                        if done:
-                            yield f"data: {json.dumps(P.chunk(rid, model, chat, '', seq.finish_reason, False))}\n\n"
-                            if include_usage:
-                                yield f"data: {json.dumps({'id': rid, 'object': 'chat.completion.chunk' if chat else 'text_completion', 'created': int(time.time()), 'model': model, 'choices': [], 'usage': P.usage(seq)})}\n\n"
-                            yield "data: [DONE]\n\n"
-                            return
-                finally:  # also runs when the client goes away: free its slots
-                    worker.unlisten(seq)
-                    if not seq.finished:
-                        worker.abort(seq)
+                        sid = seq.seq_id
+                        if len(text) > sent[sid] or first[sid]:
+                            yield "data: " + json.dumps(P.chunk(rid, model, chat, text[sent[sid]:], None,
+                                                                first[sid], seq.index)) + "\n\n"
+                            sent[sid], first[sid] = len(text), False
+                        if finished:
+                            closed.add(sid)
+                            yield "data: " + json.dumps(P.chunk(rid, model, chat, "", seq.finish_reason, False,
+                                                                seq.index)) + "\n\n"
+                    if include_usage:
+                        yield "data: " + json.dumps({
+                            "id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": int(time.time()), "model": model, "choices": [],
+                            "usage": P.usage(seqs)}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                finally:
+                    cleanup()
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
 
         try:
-            while not seq.finished:
-                await next_event()
-                observe(seq, last)
+            while not all(seq.finished for seq in seqs):
+                got = await next_event()
+                if got is not None:
+                    done(got)
+                if any(seq.finish_reason == "error" for seq in seqs):
+                    break
         except ClientGone:  # nobody reads this; nginx's "client closed request" for the access log
             return err(ApiError(499, "the client closed the connection"))
         finally:
-            worker.unlisten(seq)
-            if not seq.finished:
-                worker.abort(seq)
-        if seq.finish_reason == "error":
-            return err(failed())
-        return JSONResponse(P.response(seq, rid, model, chat, engine.tokenizer))
+            cleanup()
+        for seq in seqs:  # several may finish in one step and wake us once
+            done(seq)
+        bad = [seq for seq in seqs if seq.finish_reason == "error"]
+        if bad:
+            return err(failed(bad[0]))
+        return JSONResponse(P.response(seqs, rid, model, chat, engine.tokenizer, n=n,
+                                       token_ids=bool(body.get("return_token_ids")), created=None))
+
+    def model_not_found(name) -> ApiError:
+        return ApiError(404, f"The model `{name}` does not exist (this server serves `{state.model_name}`).",
+                        "model", code="model_not_found")
+
+    def model_card() -> dict:
+        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "llmctl"}
 
     async def completions(request: Request):
         return await generate(request, chat=False)
@@ -235,8 +301,16 @@ def build_app(state: ServerState, on_shutdown=()):
             authorise(request)
         except ApiError as e:
             return err(e)
-        return JSONResponse({"object": "list", "data": [
-            {"id": state.model_name, "object": "model", "created": 0, "owned_by": "llmctl"}]})
+        return JSONResponse({"object": "list", "data": [model_card()]})
+
+    async def model_info(request: Request):
+        try:
+            authorise(request)
+            if request.path_params["model"] != state.model_name:
+                raise model_not_found(request.path_params["model"])
+        except ApiError as e:
+            return err(e)
+        return JSONResponse(model_card())
 
     async def health(request: Request):
         ranks = getattr(state.engine, "rank_pids", None) or []
@@ -252,8 +326,6 @@ def build_app(state: ServerState, on_shutdown=()):
             ("llmctl_requests_running", "gauge", "Requests in the running batch.", len(e.running)),
             ("llmctl_requests_waiting", "gauge", "Requests waiting for a slot.", state.waiting()),
             ("llmctl_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use.", e.cache.used_fraction),
-            ("llmctl_tokens_per_second", "gauge", "Generated tokens/s over the last 10 s.",
-             state.worker.tokens_per_second()),
             ("llmctl_generated_tokens_total", "counter", "Generated tokens.", e.stats["generated_tokens"]),
             ("llmctl_prompt_tokens_total", "counter", "Prompt tokens.", e.stats["prompt_tokens"]),
             ("llmctl_preemptions_total", "counter", "Sequences preempted (recomputed).", e.stats["preemptions"]),
@@ -265,7 +337,13 @@ def build_app(state: ServerState, on_shutdown=()):
              state.restarter.restarts if state.restarter else 0),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
-        lines += state.ttft.render() + state.itl.render()
+        lines += ["# HELP llmctl_requests_total Requests answered, by endpoint and HTTP status "
+                  "(a stream that fails after its head counts as its 200).",
+                  "# TYPE llmctl_requests_total counter"]
+        lines += [f'llmctl_requests_total{{endpoint="{ep}",status="{st}"}} {c}'
+                  for (ep, st), c in sorted(state.requests.items())]
+        for h in (state.ttft, state.itl, state.e2e, state.queue):
+            lines += h.render()
         lines += getattr(state.worker, "metric_lines", list)()  # per-replica counters (MPI dp mode)
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -295,6 +373,7 @@ def build_app(state: ServerState, on_shutdown=()):
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model_info, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]

@@ -79,7 +79,7 @@ def test_health_and_metrics(server):
     text = httpx.get(server.url + "/metrics").text
     for name in ("llmctl_requests_running", "llmctl_requests_waiting", "llmctl_kv_cache_usage_ratio",
                  "llmctl_time_to_first_token_seconds_count", "llmctl_inter_token_latency_seconds_count",
-                 "llmctl_tokens_per_second"):
+                 "llmctl_generated_tokens_total", "llmctl_e2e_request_latency_seconds_count"):
         assert f"\n{name} " in "\n" + text
 
 

@@ -154,3 +154,30 @@ def test_greedy_batch_equals_alone_with_bucketed_decodes(model):
     eng = Engine(model, scheduler="vllm-like", max_batch_tokens=8192, block_size=4)
     outs = eng.generate(ps, GREEDY)
     assert [o.output_ids for o in outs] == [reference(model, p, GREEDY.max_tokens) for p in ps]
+
+
+def test_penalties_and_logit_bias_match_openais_formula_on_the_plain_model(model, prompts):
+    """Greedy with presence/frequency penalties and a bias, batched in the engine, equals a
+    loop over the plain model applying mu[j] - c[j]*fp - (c[j] > 0)*pp + bias[j] itself."""
+    p = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True, presence_penalty=0.7,
+                       frequency_penalty=0.4, logit_bias={5: 2.0, 9: -100})
+
+    def penalised(prompt):
+        t, out = torch.tensor([prompt]), []
+        with torch.no_grad():
+            for _ in range(p.max_tokens):
+                mu = model(t)[0, -1].double()
+                c = torch.bincount(torch.tensor(out, dtype=torch.long), minlength=mu.numel()).double()
+                mu = mu - c * p.frequency_penalty - (c > 0).double() * p.presence_penalty
+                mu[5] += 2.0
+                mu[9] = float("-inf")
+                out.append(int(mu.argmax()))
+                t = torch.cat([t, torch.tensor([[out[-1]]])], 1)
+        return out
+
+    outs = Engine(model, block_size=4).generate(prompts, p)
+    assert [o.output_ids for o in outs] == [penalised(q) for q in prompts]
+    plain = Engine(model, block_size=4).generate(prompts, SamplingParams(max_tokens=16, temperature=0,
+                                                                          ignore_eos=True))
+    assert [o.output_ids for o in outs] != [o.output_ids for o in plain]  # the penalties did something
+    assert all(9 not in o.output_ids for o in outs)

@@ -22,7 +22,7 @@ def test_sampling_params_from_body():
 
 @pytest.mark.parametrize("body,param", [
     ({"max_tokens": 101}, "max_tokens"), ({"max_tokens": "3"}, "max_tokens"),
-    ({"temperature": 3}, "temperature"), ({"n": 2}, "n"), ({"stop": ["a"] * 5}, "stop"),
+    ({"temperature": 3}, "temperature"), ({"n": 65}, "n"), ({"stop": ["a"] * 5}, "stop"),
     ({"seed": 1.5}, "seed"), ({"top_p": True}, "top_p"),
 ])
 def test_bad_fields_name_the_parameter(body, param):
@@ -94,7 +94,9 @@ def test_kv_blocks_are_reserved_and_returned():
     ({"stream": 1}, "stream"), ({"ignore_eos": "yes"}, "ignore_eos"), ({"echo": 0}, "echo"),
     ({"stop": 5}, "stop"), ({"stop": ""}, "stop"), ({"stream_options": "x"}, "stream_options"),
     ({"stream_options": {"include_usage": 1}}, "include_usage"), ({"model": ["m"]}, "model"),
-    ({"best_of": 2}, "best_of"), ({"logit_bias": []}, "logit_bias"),
+    ({"best_of": 65}, "best_of"), ({"n": 3, "best_of": 2}, "best_of"), ({"logit_bias": []}, "logit_bias"),
+    ({"logit_bias": {"x": 1}}, "logit_bias"), ({"logit_bias": {"1": 101}}, "logit_bias"),
+    ({"suffix": "tail"}, "suffix"), ({"max_token": 5}, "max_token"), ({"response_format": {}}, "response_format"),
     ({"llmctl_test": "hold"}, None),  # ignored without test hooks: no error at all
 ])
 def test_every_field_is_checked(body, param):
@@ -113,7 +115,8 @@ def test_seeds_cover_64_bits_and_negatives_wrap():
 
 
 def test_chat_flags_and_text_parts():
-    assert P.sampling_params({"logprobs": True, "top_logprobs": 3}, 100, chat=True).logprobs is None
+    assert P.sampling_params({"logprobs": True, "top_logprobs": 3}, 100, chat=True).logprobs == 3
+    assert P.sampling_params({"logprobs": False}, 100, chat=True).logprobs is None
     with pytest.raises(P.ApiError) as e:
         P.sampling_params({"logprobs": 2}, 100, chat=True)
     assert e.value.param == "logprobs"
@@ -160,3 +163,66 @@ def test_batch_file_with_nan_or_bad_url_type_is_one_clean_error(tmp_path):
     f.write_bytes(b'{"custom_id": "a\xff"}\n')
     with pytest.raises(LlmctlError, match="not UTF-8"):
         read_requests(f)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"), ({"functions": [{"name": "f"}]}, "functions"),
+    ({"top_logprobs": 2}, "top_logprobs"), ({"store": True}, "store"), ({"audio": {}}, "audio"),
+    ({"modalities": ["audio"]}, "modalities"), ({"best_of": 2}, "best_of"),  # a completions field
+    ({"logprobs": True, "stream": True}, "logprobs"),
+])
+def test_chat_fields_the_engine_cannot_honour_are_refused_by_name(body, param):
+    with pytest.raises(P.ApiError) as e:
+        P.sampling_params(body, 100, chat=True)
+    assert e.value.status == 400 and e.value.param == param, e.value.message
+
+
+def test_chat_fields_at_values_that_ask_nothing_are_accepted():
+    P.sampling_params({"response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
+                       "parallel_tool_calls": False, "metadata": {}, "store": False, "user": "u",
+                       "modalities": ["text"]}, 100, chat=True)
+
+
+def test_logit_bias_keys_are_token_ids_inside_the_vocabulary():
+    assert P.sampling_params({"logit_bias": {"7": -100, "9": 2.5}}, 100, vocab_size=10).logit_bias == \
+        {7: -100.0, 9: 2.5}
+    with pytest.raises(P.ApiError) as e:
+        P.sampling_params({"logit_bias": {"10": 1}}, 100, vocab_size=10)
+    assert e.value.param == "logit_bias" and "vocabulary" in e.value.message
+
+
+def test_penalties_follow_openais_formula():
+    import torch
+
+    from llmctl.serve.sampling import adjust
+    from llmctl.serve.sequence import SamplingParams
+
+    logits = torch.zeros(5)
+    p = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25, logit_bias={4: -100, 3: 1.5})
+    x = adjust(logits, p, [1, 1, 2])
+    # mu[j] - c[j] * frequency - (c[j] > 0) * presence, then the bias; -100 bans
+    assert x.tolist() == [0.0, -2 * 0.25 - 0.5, -0.25 - 0.5, 1.5, float("-inf")]
+
+
+def test_prompt_plus_max_tokens_beyond_the_context_names_the_lengths():
+    from llmctl.serve.sequence import SamplingParams
+
+    with pytest.raises(P.ApiError) as e:
+        P.fit_context(list(range(201)), SamplingParams(max_tokens=200), 256, explicit=True, chat=False)
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded" and e.value.param == "max_tokens"
+    assert "256" in e.value.message and "401" in e.value.message and "201 in the prompt" in e.value.message
+    # an unstated max_tokens (16) shrinks to the room left
+    assert P.fit_context(list(range(250)), SamplingParams(max_tokens=16), 256, False, False).max_tokens == 6
+
+
+def test_threads_follow_the_allocation_not_the_machine():
+    from llmctl.serve.threads import default_threads
+
+    assert default_threads({"SLURM_CPUS_PER_TASK": "4"}, affinity=64, quota=None)[0] == 4
+    assert default_threads({"OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "4"}, affinity=64, quota=None)[0] == 2
+    assert default_threads({}, affinity=8, quota=None)[0] == 8
+    assert default_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, affinity=8, quota=None)[0] == 2
+    assert default_threads({}, affinity=64, quota=3)[0] == 3
+    assert default_threads({"MPI_LOCALNRANKS": "16"}, affinity=8, quota=None)[0] == 1
