@@ -84,6 +84,10 @@ def serve(settings) -> None:
     if world is not None:
         mpi.survive_rank_loss(world)  # a killed peer must not take this rank down with it
     dp = world is not None and settings.mpi_mode == "dp"
+    from llmctl.serve import threads
+
+    n_threads, why = threads.apply(getattr(settings, "threads", None))
+    print(f"llmctl serve: {n_threads} torch threads ({why})", flush=True)
     if world is not None and world.Get_rank() > 0:
         if dp:
             from llmctl.serve.dp import replica_loop
