@@ -13,8 +13,47 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
 
 
+MAIL_TYPES = ("BEGIN", "END", "FAIL", "REQUEUE", "ALL", "TIME_LIMIT")
+SETTINGS = ("account", "qos", "reservation", "mail_user", "mail_type")
+
+
+def _mail_types(ctx, param, value):
+    if not value:
+        return None
+    types = [t.strip().upper() for t in value.split(",") if t.strip()]
+    bad = [t for t in types if t not in MAIL_TYPES]
+    if bad:
+        raise click.BadParameter(f"{', '.join(bad)}: not one of {', '.join(MAIL_TYPES)}")
+    return types
+
+
+def settings_options(f):
+    """Per-user settings (also in ~/.config/llmctl/user.toml and ./llmctl.toml), gathered into one
+    `settings` argument: flag > project file > user file > site-config."""
+    import functools
+
+    options = [
+        click.option("--account", help="Account to charge (default: llmctl.toml, user.toml, then the site's)."),
+        click.option("--qos", help="Quality of service."),
+        click.option("--reservation", help="Reservation to run in (SLURM)."),
+        click.option("--mail-user", help="Address the scheduler mails."),
+        click.option("--mail-type", callback=_mail_types,
+                     help=f"Comma-separated events that send mail: {', '.join(MAIL_TYPES)}."),
+    ]
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        kwargs["settings"] = {k: kwargs.pop(k) for k in SETTINGS}
+        return f(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def job_options(f):
     """The options of every command that renders and submits a job (`train launch`, `serve launch`)."""
+    f = settings_options(f)
     options = [
         click.option("--launcher", type=click.Choice(LAUNCHERS), default="local", show_default=True,
                      help="Where the job runs."),
@@ -27,7 +66,9 @@ def job_options(f):
                           "with TYPE after, afterok, afternotok or afterany; repeatable. Local and MPI jobs "
                           "wait for a local job; Kubernetes cannot and refuses it."),
         click.option("--run-dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME-TIME)."),
-        click.option("--dry-run", is_flag=True, help="Write the run folder and print the script; submit nothing."),
+        click.option("--dry-run", is_flag=True,
+                     help="Write the run folder and print the script (and where each setting came from); "
+                          "submit nothing."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -51,6 +92,12 @@ def report(run, dry, dry_run, submit_run) -> None:
     """Print the script (dry run) or submit it: the end of every job-making command."""
     if dry_run:
         click.echo(dry.script, nl=False)
+        for key, source in dry.spec.sources.items():
+            value = {"partition": dry.spec.partition, "time": dry.spec.time_limit, "account": dry.spec.account,
+                     "qos": dry.spec.qos, "reservation": dry.spec.reservation, "mail_user": dry.spec.mail_user,
+                     "mail_type": ",".join(dry.spec.mail_types)}.get(key)
+            if value:
+                click.echo(f"# {key} = {shlex.quote(str(value))}  ({source})", err=True)
         click.echo(f"# dry run: nothing submitted. Run folder: {run.path}", err=True)
         click.echo(f"# review it, then: llmctl job submit {shlex.quote(str(run.path))}", err=True)
         return

@@ -93,7 +93,7 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
 @job_options
 @click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs for the job.")
 def launch(kind, artifact, input_path, output_path, port, config_path, launcher, site, partition,
-           gpus_per_node, time_limit, name, after, run_dir, dry_run) -> None:
+           gpus_per_node, time_limit, name, after, run_dir, dry_run, settings) -> None:
     """Render a serving job (a persistent server or a batch job) and submit it."""
     import shlex
     import sys
@@ -119,7 +119,7 @@ def launch(kind, artifact, input_path, output_path, port, config_path, launcher,
         kind=f"serve-{kind}", artifact=absolute[0], input_path=absolute[1], output_path=absolute[2],
         port=port, config_path=absolute[3], launcher=launcher, site=site, time_limit=time_limit, name=name,
         after=after, partition=partition, gpus_per_node=gpus_per_node, run_dir=run_dir,
-        command=shlex.join(["llmctl", *sys.argv[1:]]))
+        command=shlex.join(["llmctl", *sys.argv[1:]]), settings=settings)
     report(run, dry, dry_run, submit_run)
     if kind == "persistent" and not dry_run:
         click.echo(f"the server writes its address to {run.endpoint_file} once it listens", err=True)

@@ -29,7 +29,8 @@ def group() -> None:
               help="Also submit an eval job (latest checkpoint) that starts when training succeeds (afterok).")
 @click.option("--eval-suite", type=click.Path(dir_okay=False), help="With --eval-after: eval suite (default: built-in).")
 def launch(plan_path, config_paths, data_path, launcher, site, partition, nodes, gpus_per_node,
-           time_limit, name, after, array_parallel, debug_env, run_dir, dry_run, eval_after, eval_suite) -> None:
+           time_limit, name, after, array_parallel, debug_env, run_dir, dry_run, eval_after, eval_suite,
+           settings) -> None:
     """Render the job script for a plan and submit it."""
     from llmctl.jobs.launch import prepare_train_job, submit_run
 
@@ -46,13 +47,13 @@ def launch(plan_path, config_paths, data_path, launcher, site, partition, nodes,
         plan_path=plan_path, config_paths=config_paths, data_path=data_path, launcher=launcher,
         site=site, nodes=nodes, gpus_per_node=gpus_per_node, time_limit=time_limit, name=name,
         after=after, partition=partition, debug_env=debug_env, run_dir=run_dir,
-        array_parallel=array_parallel, command=shlex.join(["llmctl", *sys.argv[1:]]))
+        array_parallel=array_parallel, command=shlex.join(["llmctl", *sys.argv[1:]]), settings=settings)
     report(run, dry, dry_run, submit_run)
     if eval_after:
-        _submit_eval_after(run, launcher, site, partition, eval_suite)
+        _submit_eval_after(run, launcher, site, partition, eval_suite, settings)
 
 
-def _submit_eval_after(run, launcher, site, partition, suite) -> None:
+def _submit_eval_after(run, launcher, site, partition, suite, settings=None) -> None:
     """An eval job on the run's latest checkpoint, started only if training succeeds (#8)."""
     from llmctl.jobs.launch import prepare_eval_job, submit_run
 
@@ -61,6 +62,6 @@ def _submit_eval_after(run, launcher, site, partition, suite) -> None:
                                    output=str(run.path / "eval" / "final.json"), launcher=launcher, site=site,
                                    name="eval", after=[str(job_id)], partition=partition,
                                    run_dir=str(run.path.parent / f"{run.path.name}-eval"),
-                                   command=shlex.join(["llmctl", *sys.argv[1:]]))
+                                   command=shlex.join(["llmctl", *sys.argv[1:]]), settings=settings)
     _, eval_id = submit_run(eval_run.path)
     click.echo(f"submitted {launcher} eval job {eval_id} (after {job_id}): {eval_run.path}")

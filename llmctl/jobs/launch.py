@@ -131,6 +131,7 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
     from llmctl.jobs.paths import PathMap
 
     site, _ = load_site(site_ref or _default_site(req.backend))
+    apply_settings(req)
     spec = resolve(site, req, plan)
     dry = get_scheduler(spec.backend).render(spec)
     # A file's text may depend on the site's mounts (paths as the job sees them).
@@ -139,6 +140,27 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
     run = RunDir(req.run_dir)
     _write_run(run, dry, texts)
     return run, dry
+
+
+def _settings(settings: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The per-user flags a JobRequest takes (account, qos, reservation, mail_user, mail_type)."""
+    out = {k: v for k, v in (settings or {}).items() if v not in (None, (), [])}
+    if "mail_type" in out:
+        out["mail_type"] = list(out["mail_type"])
+    return out
+
+
+def apply_settings(req: JobRequest) -> None:
+    """Fill `req`'s per-user settings: flag > project file > user file (the site comes last, in resolve)."""
+    from llmctl.config.user import merge
+
+    flags = {"account": req.account, "qos": req.qos, "reservation": req.reservation,
+             "partition": req.partition, "time": req.time, "mail_user": req.mail_user,
+             "mail_type": req.mail_type}
+    values, sources = merge(flags)
+    for key in flags:
+        setattr(req, key, values.get(key, [] if key == "mail_type" else None))
+    req.sources = sources
 
 
 def _default_site(backend: str) -> str:
@@ -217,7 +239,7 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
                       name: Optional[str] = None, after: Sequence[str] = (),
                       partition: Optional[str] = None, debug_env: bool = False,
                       run_dir: Optional[str] = None, array_parallel: Optional[int] = None,
-                      command: str = "") -> tuple[RunDir, Any]:
+                      command: str = "", settings: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
     """A training job: several configs make an array, one task per config."""
     plan = plan_text = None
     if plan_path:
@@ -238,7 +260,8 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
                      program=train_program(rd), partition=partition,
                      nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit,
                      after=list(after), array=len(rendered) if len(rendered) > 1 else 0,
-                     array_parallel=array_parallel, debug_env=debug_env, command=command)
+                     array_parallel=array_parallel, debug_env=debug_env, command=command,
+                     **_settings(settings))
     return prepare(req, site, plan, files)
 
 
@@ -247,14 +270,14 @@ def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Op
                      time_limit: Optional[str] = None, name: Optional[str] = None,
                      after: Sequence[str] = (), partition: Optional[str] = None,
                      gpus_per_node: Optional[int] = None, run_dir: Optional[str] = None,
-                     command: str = "") -> tuple[RunDir, Any]:
+                     command: str = "", settings: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
     """An evaluation job (`llmctl eval run` in the allocation), e.g. after a train job."""
     name = job_name(name, "eval")
     rd = _program_run_dir(run_dir, name)
     program = eval_program(rd, checkpoint, suite, output, tasks)
     req = JobRequest(kind="eval", backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
-                     after=list(after), command=command)
+                     after=list(after), command=command, **_settings(settings))
     return prepare(req, site)
 
 
@@ -264,7 +287,8 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
                       site: Optional[str] = None, time_limit: Optional[str] = None,
                       name: Optional[str] = None, after: Sequence[str] = (),
                       partition: Optional[str] = None, gpus_per_node: Optional[int] = None,
-                      run_dir: Optional[str] = None, command: str = "") -> tuple[RunDir, Any]:
+                      run_dir: Optional[str] = None, command: str = "",
+                      settings: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
     """A batch-inference job (resumable, requeued on preemption) or a persistent server."""
     if kind not in ("serve-batch", "serve-persistent"):
         raise LlmctlError(f"unknown serve job kind {kind!r}; expected serve-batch or serve-persistent")
@@ -273,7 +297,7 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
     program = serve_program(kind, rd, artifact, input_path, output_path, port, config_path)
     req = JobRequest(kind=kind, backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
-                     after=list(after), command=command)
+                     after=list(after), command=command, **_settings(settings))
     return prepare(req, site)
 
 

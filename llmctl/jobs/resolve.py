@@ -46,6 +46,13 @@ class JobRequest:
     env: dict[str, str] = field(default_factory=dict)
     python: Optional[str] = None
     command: str = ""
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    reservation: Optional[str] = None
+    mail_user: Optional[str] = None
+    mail_type: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where each of partition, time, account... came from (flag, project or user file); the rest: the site."""
     paths: dict[str, str] = field(default_factory=dict)
     """Other host paths the job reads (what -> path), checked to be visible inside it."""
     master_port: int = 29500
@@ -272,17 +279,31 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
                 hint="set `python` (a venv/conda env on a shared filesystem, or one that `modules` "
                      "put on PATH), or `container.python` with a container")
         python = sys.executable  # this machine: the interpreter running llmctl is there
+    # Per-user settings (flag > project > user, already merged into req) > site.
+    mail_user = req.mail_user or (site.mail.user if site.mail else None)
+    mail_types = list(req.mail_type) or (list(site.mail.types) if site.mail else ["FAIL"])
+    if req.reservation and req.backend != "slurm":
+        raise LlmctlError(f"reservation {req.reservation!r}: only SLURM jobs take --reservation",
+                          hint="on PBS a reservation is a queue: pass it as --partition")
+    chosen = {"partition": pname, "time": format_time(secs), "account": req.account or site.account,
+              "qos": req.qos or site.qos, "reservation": req.reservation, "mail_user": mail_user,
+              "mail_type": ",".join(mail_types) if mail_user else None}
+    sources = {k: req.sources.get(k, "site" if k != "time" or not req.time else "flag")
+               for k, v in chosen.items() if v}
+    if not req.time:
+        sources["time"] = "site (partition default)" if part.default_time else "site (partition max_time)"
     name = req.name or f"llmctl-{req.kind}"
     return JobSpec(
         name=name, kind=req.kind, backend=req.backend, site=site.name, run_dir=req.run_dir,
         job_run_dir=job_run_dir,
         partition=pname if req.backend in ("slurm", "pbs") else None,
-        account=site.account, qos=site.qos, nodes=nodes, ranks_per_node=ranks_per_node,
+        account=chosen["account"], qos=chosen["qos"], reservation=req.reservation, sources=sources,
+        nodes=nodes, ranks_per_node=ranks_per_node,
         gpus_per_node=gpus, gpu_request=site.gpu_request if gpus else "none",
         gpu_type=part.gpu_type, cpus_per_task=cpus_per_task, cpus_per_node=part.cpus_per_node,
         mem_gb=mem, time_limit=format_time(secs), time_limit_s=secs, exclusive=part.exclusive,
-        constraint=part.constraint, mail_user=site.mail.user if site.mail else None,
-        mail_types=list(site.mail.types) if site.mail else [], array=req.array,
+        constraint=part.constraint, mail_user=mail_user,
+        mail_types=mail_types if mail_user else [], array=req.array,
         array_parallel=req.array_parallel, after=after, after_run_dirs=after_run_dirs, requeue=requeue,
         signal_grace_s=grace, pbs_dialect=site.pbs_dialect,
         launcher=launcher, mpirun=site.mpirun, mpirun_args=list(site.mpirun_args),

@@ -59,6 +59,10 @@ class JobSpec(StrictModel):
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
+    reservation: Optional[str] = None
+    sources: dict[str, str] = {}
+    """Where partition, time, account, qos, reservation and mail came from: flag, project or
+    user file (with its path), or site."""
     nodes: int = Field(gt=0)
     ranks_per_node: int = Field(gt=0)
     """Processes per node (one per GPU, or CPU ranks where the node has no GPUs)."""

@@ -62,7 +62,8 @@ class SlurmScheduler(Scheduler):
         ]
         d += _gpu_directive(spec)
         for flag, value in (("--partition", spec.partition), ("--account", spec.account),
-                            ("--qos", spec.qos), ("--constraint", spec.constraint),
+                            ("--qos", spec.qos), ("--reservation", spec.reservation),
+                            ("--constraint", spec.constraint),
                             ("--mail-user", spec.mail_user)):
             if value:
                 d.append(Directive(flag, value))

@@ -24,7 +24,7 @@ def site(tmp_path, scheduler="local", env_value="ok"):
             "launcher": "srun", "partitions": {"p": {"nodes": 1, "cpus_per_node": 2, "memory_gb": 2}},
             "env": {"EVIL": env_value}}
     if scheduler == "k8s":
-        data["container"] = {"runtime": "kubernetes", "image": "img:1", "python": "python3"}
+        data["container"] = {"runtime": "kubernetes", "image": "img:1", "python": "python3", "mounts": ["/w:/w"]}
     return validate_data(data, SiteConfig, "hostile")
 
 
