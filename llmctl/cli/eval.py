@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from llmctl.cli.common import settings_options
+
 
 @click.group("eval")
 def group() -> None:
@@ -129,7 +131,11 @@ def open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_
 @click.option("--launcher", type=click.Choice(["local", "slurm", "pbs"]), default="slurm", show_default=True,
               help="With --submit: where the eval jobs run.")
 @click.option("--site", default=None, help="With --submit: site-config (name or path).")
-def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site) -> None:
+@click.option("--partition", help="With --submit: partition or queue (default: the site's).")
+@click.option("--time", "time_limit", help="With --submit: time limit, e.g. 01:00:00.")
+@settings_options
+def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, partition, time_limit,
+          settings) -> None:
     """Evaluate every complete checkpoint not yet evaluated (cron-safe).
 
     Results go to RUN/eval/: results/<checkpoint>.json, the table results.jsonl
@@ -152,6 +158,7 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site) -> N
         def submit_one(key, ckpt, results_path, job_dir) -> str:
             rd, _ = prepare_eval_job(checkpoint=str(ckpt), suite=suite, output=str(results_path), tasks=tasks,
                                      launcher=launcher, site=site, name="eval", run_dir=str(job_dir),
+                                     partition=partition, time_limit=time_limit, settings=settings,
                                      command=f"llmctl eval watch --run-dir {run_dir} --submit")
             return submit_run(rd.path)[1]
 
