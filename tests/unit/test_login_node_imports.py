@@ -64,6 +64,10 @@ def test_no_heavy_imports_when_planning_and_rendering(tmp_path):
     scaffold_project(template="llama", size="tiny", name="p", output_dir=tmp_path)
     (tmp_path / "p" / "artifacts" / "a").mkdir(parents=True)
     (tmp_path / "p" / "artifacts" / "a" / "config.json").write_text("{}")  # rendering only checks it is there
+    # The site must see the project's folder (a shared filesystem there): see jobsites.py.
+    from jobsites import see_tmp
+
+    see_tmp(tmp_path / "p", "slurm-a100-ib")
     for argv in IN_PROJECT:
         r = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *argv], cwd=tmp_path / "p",
                            capture_output=True, text=True, timeout=120)
