@@ -357,6 +357,13 @@ class SiteConfig(StrictModel):
         if self.container.runtime != "none" and self.python:
             raise ValueError("python is the interpreter without a container; with a container, "
                              "set container.python (the interpreter inside the image)")
+        fabric = self.network.inter_node.lower()
+        if fabric in ("infiniband", "ib") and "NCCL_IB_GID_INDEX" in {**self.env, **self.debug_env}:
+            raise ValueError("env.NCCL_IB_GID_INDEX is a RoCE setting (the GID of a RoCE v2 address); "
+                             "on native InfiniBand (network.inter_node) NCCL finds the port by LID: remove it")
+        if fabric == "roce" and "NCCL_IB_GID_INDEX" not in self.env:
+            raise ValueError("network.inter_node is RoCE but env.NCCL_IB_GID_INDEX is not set: NCCL needs the "
+                             "GID index of the RoCE v2 address (`show_gids` lists it; often 3)")
         has_gpus = any(p.gpus_per_node for p in self.partitions.values())
         if has_gpus and self.gpu_request == "none" and self.scheduler in ("slurm", "pbs"):
             raise ValueError("partitions have GPUs but gpu_request is 'none'; use 'gres' or 'gpus-per-node'")

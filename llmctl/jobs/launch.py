@@ -173,6 +173,19 @@ def _default_site(backend: str) -> str:
                       hint=f"sites with scheduler {backend!r}: {', '.join(names) or '(none)'}")
 
 
+def run_name(name: str, run_dir: str) -> str:
+    """The job's name without --name: its run folder's (runs/train-20260101-120000), so that
+    `squeue` tells runs apart; the kind when the folder's name is not plain text."""
+    from llmctl.config.base import check_name
+
+    if name not in ("train", "eval", "serve-batch", "serve-persistent"):
+        return name  # given with --name
+    try:
+        return check_name(Path(run_dir).name)
+    except ValueError:
+        return name
+
+
 def job_name(name: Optional[str], default: str) -> str:
     """--name, checked before anything is written (it lands in the script and in terminals)."""
     if name is None:
@@ -248,6 +261,7 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
     rendered = [_train_config(c, plan, data_path) for c in configs]
     name = job_name(name, "train")
     rd = _program_run_dir(run_dir, name)
+    name = run_name(name, rd)
     files: dict[str, Any] = {}
     if plan_text is not None:
         files["plan.toml"] = plan_text
@@ -274,6 +288,7 @@ def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Op
     """An evaluation job (`llmctl eval run` in the allocation), e.g. after a train job."""
     name = job_name(name, "eval")
     rd = _program_run_dir(run_dir, name)
+    name = run_name(name, rd)
     program = eval_program(rd, checkpoint, suite, output, tasks)
     req = JobRequest(kind="eval", backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
@@ -294,6 +309,7 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
         raise LlmctlError(f"unknown serve job kind {kind!r}; expected serve-batch or serve-persistent")
     name = job_name(name, kind)
     rd = _program_run_dir(run_dir, name)
+    name = run_name(name, rd)
     program = serve_program(kind, rd, artifact, input_path, output_path, port, config_path)
     req = JobRequest(kind=kind, backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, time=time_limit,

@@ -228,8 +228,14 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
     else:
         secs = parse_time_limit(part.default_time or part.max_time)
 
-    cpus_per_task = max(1, part.cpus_per_node // ranks_per_node)
-    if part.exclusive:
+    # A job's share of a node: its GPUs' share of the CPUs and memory (all of them on a
+    # partition without GPUs, where the ranks are the CPU users). Only a job that takes
+    # whole nodes asks for them exclusively: a 1-GPU job does not hold an 8-GPU node.
+    whole_node = gpus == part.gpus_per_node if part.gpus_per_node else True
+    per_rank = part.cpus_per_node // (part.gpus_per_node if part.gpus_per_node else ranks_per_node)
+    cpus_per_task = max(1, per_rank)
+    exclusive = part.exclusive and whole_node
+    if exclusive:
         mem = 0
     else:
         share = min(1.0, ranks_per_node * cpus_per_task / part.cpus_per_node)
@@ -301,7 +307,7 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         nodes=nodes, ranks_per_node=ranks_per_node,
         gpus_per_node=gpus, gpu_request=site.gpu_request if gpus else "none",
         gpu_type=part.gpu_type, cpus_per_task=cpus_per_task, cpus_per_node=part.cpus_per_node,
-        mem_gb=mem, time_limit=format_time(secs), time_limit_s=secs, exclusive=part.exclusive,
+        mem_gb=mem, time_limit=format_time(secs), time_limit_s=secs, exclusive=exclusive,
         constraint=part.constraint, mail_user=mail_user,
         mail_types=mail_types if mail_user else [], array=req.array,
         array_parallel=req.array_parallel, after=after, after_run_dirs=after_run_dirs, requeue=requeue,

@@ -88,10 +88,11 @@ class RunDir:
         """The loss-curve PNG the trainer draws at the end (of array task `index`)."""
         return self.path / ("loss.png" if index in (None, "") else f"loss-{index}.png")
 
-    def slurm_log(self, stream: str, array: bool) -> Path:
-        """SLURM --output/--error pattern, matching submitit's `%j_%t_log.out`."""
+    def slurm_log(self, stream: str, array: bool, task: str = "0") -> Path:
+        """SLURM --output/--error pattern, matching submitit's `%j_%t_log.out`: the batch
+        script's log is task 0's; `task="%t"` gives each srun task its own beside it."""
         job = "%A_%a" if array else "%j"
-        return self.logs / f"{job}_0_log.{'out' if stream == 'stdout' else 'err'}"
+        return self.logs / f"{job}_{task}_log.{'out' if stream == 'stdout' else 'err'}"
 
     @property
     def local_log(self) -> Path:

@@ -40,6 +40,19 @@ def _raw(directive: str) -> Directive:
 class SlurmScheduler(Scheduler):
     name = "slurm"
 
+    def context(self, spec: Any) -> dict[str, Any]:
+        """srun's per-task logs (`%t`), beside the batch script's (task 0's is the same file,
+        appended to, as submitit does)."""
+        import shlex
+
+        from llmctl.jobs.rundir import RunDir
+
+        run = RunDir(spec.run_dir)
+        array = bool(spec.array)
+        out = shlex.quote(str(run.slurm_log("stdout", array, "%t")))
+        err = shlex.quote(str(run.slurm_log("stderr", array, "%t")))
+        return {"task_logs": f" --unbuffered --open-mode=append --output={out} --error={err}"}
+
     def submit_argv(self, script: Path) -> list[str]:
         return ["sbatch", str(script)]
 
@@ -144,7 +157,9 @@ class SlurmScheduler(Scheduler):
         files = [job.paths.stdout, job.paths.stderr]
         # An array's tasks each have their own logs.
         files += sorted(run.logs.glob(f"{job_id}_*_0_log.out")) + sorted(run.logs.glob(f"{job_id}_*_0_log.err"))
-        return [f for f in files if f.is_file()]
+        # Each srun task's own log (%j_%t), after the batch script's.
+        files += sorted(run.logs.glob(f"{job_id}_*_log.out")) + sorted(run.logs.glob(f"{job_id}_*_log.err"))
+        return list(dict.fromkeys(f for f in files if f.is_file()))
 
     def cancel(self, run: Any, job_id: str) -> None:
         # First make the job non-requeueable: whatever still runs `scontrol requeue` on its

@@ -9,7 +9,8 @@ RUN_DIR=/project/runs/local-local-serve-batch
 cd "$RUN_DIR"
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/checkpoints"
 
-# Environment
+# Environment (PYTHONUNBUFFERED: every line reaches the log as it is printed)
+export PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=1
 export LLMCTL_RUN_DIR="$RUN_DIR"
 export LLMCTL_JOB_NAME=serve-batch-demo

@@ -5,7 +5,7 @@
 #PBS -N eval-demo
 #PBS -j oe
 #PBS -l place=scatter
-#PBS -l select=1:ncpus=64:mpiprocs=1:ngpus=1:mem=512gb
+#PBS -l select=1:ncpus=16:mpiprocs=1:ngpus=1:mem=128gb
 #PBS -l walltime=24:00:00
 #PBS -o /eagle/runs/pbspro-a100-pbs-eval/logs/pbs.out
 #PBS -q prod
@@ -21,7 +21,8 @@ mkdir -p "$RUN_DIR/logs" "$RUN_DIR/checkpoints"
 # Environment modules
 module load conda/2024-04-29
 
-# Environment
+# Environment (PYTHONUNBUFFERED: every line reaches the log as it is printed)
+export PYTHONUNBUFFERED=1
 export FI_CXI_DISABLE_HOST_REGISTER=1
 export NCCL_CROSS_NIC=1
 export NCCL_NET_GDR_LEVEL=PHB

@@ -34,7 +34,8 @@ module load cuda/12.4
 module load nccl/2.21.5
 module load openmpi/4.1.6
 
-# Environment
+# Environment (PYTHONUNBUFFERED: every line reaches the log as it is printed)
+export PYTHONUNBUFFERED=1
 export NCCL_CROSS_NIC=1
 export NCCL_IB_HCA=mlx5_0,mlx5_1,mlx5_2,mlx5_3,mlx5_6,mlx5_7,mlx5_8,mlx5_9
 export NCCL_SOCKET_IFNAME=ib0
@@ -54,7 +55,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=16 --kill-on-bad-exit=1 bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank /shared/envs/llmctl/bin/python -m llmctl.train --run-dir /shared/runs/slurm-a100-ib-slurm-train &
+srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=16 --kill-on-bad-exit=1 --unbuffered --open-mode=append --output=/shared/runs/slurm-a100-ib-slurm-train/logs/%j_%t_log.out --error=/shared/runs/slurm-a100-ib-slurm-train/logs/%j_%t_log.err bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank /shared/envs/llmctl/bin/python -m llmctl.train --run-dir /shared/runs/slurm-a100-ib-slurm-train &
 child=$!
 rc=0
 while true; do

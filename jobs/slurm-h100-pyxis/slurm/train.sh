@@ -25,7 +25,8 @@ RUN_DIR=/lustre/project/runs/slurm-h100-pyxis-slurm-train
 cd "$RUN_DIR"
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/checkpoints"
 
-# Environment
+# Environment (PYTHONUNBUFFERED: every line reaches the log as it is printed)
+export PYTHONUNBUFFERED=1
 export CUDA_DEVICE_MAX_CONNECTIONS=1
 export NCCL_IB_HCA=mlx5
 export NCCL_NVLS_ENABLE=1
@@ -46,7 +47,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=28 --kill-on-bad-exit=1 --container-image='registry.example.org#llm/llmctl:0.1.0-pytorch25.01' --container-mounts=/lustre/project:/workspace,/lustre/datasets:/datasets:ro --container-workdir=/workspace/runs/slurm-h100-pyxis-slurm-train bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank /usr/bin/python3 -m llmctl.train --run-dir /workspace/runs/slurm-h100-pyxis-slurm-train &
+srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=28 --kill-on-bad-exit=1 --unbuffered --open-mode=append --output=/lustre/project/runs/slurm-h100-pyxis-slurm-train/logs/%j_%t_log.out --error=/lustre/project/runs/slurm-h100-pyxis-slurm-train/logs/%j_%t_log.err --container-image='registry.example.org#llm/llmctl:0.1.0-pytorch25.01' --container-mounts=/lustre/project:/workspace,/lustre/datasets:/datasets:ro --container-workdir=/workspace/runs/slurm-h100-pyxis-slurm-train bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank /usr/bin/python3 -m llmctl.train --run-dir /workspace/runs/slurm-h100-pyxis-slurm-train &
 child=$!
 rc=0
 while true; do

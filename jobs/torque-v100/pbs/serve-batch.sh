@@ -3,8 +3,8 @@
 # Run with: qsub /gpfs/projects/runs/torque-v100-pbs-serve-batch/job.sh
 #PBS -N serve-batch-dem
 #PBS -j oe
-#PBS -l mem=384gb
-#PBS -l nodes=1:ppn=40:gpus=1
+#PBS -l mem=96gb
+#PBS -l nodes=1:ppn=10:gpus=1
 #PBS -l walltime=72:00:00
 #PBS -o /gpfs/projects/runs/torque-v100-pbs-serve-batch/logs/pbs.out
 #PBS -q gpu
@@ -21,7 +21,8 @@ mkdir -p "$RUN_DIR/logs" "$RUN_DIR/checkpoints"
 module load cuda/11.8
 module load openmpi/4.1.5
 
-# Environment
+# Environment (PYTHONUNBUFFERED: every line reaches the log as it is printed)
+export PYTHONUNBUFFERED=1
 export NCCL_IB_HCA=mlx5_0
 export LLMCTL_RUN_DIR="$RUN_DIR"
 export LLMCTL_JOB_NAME=serve-batch-demo

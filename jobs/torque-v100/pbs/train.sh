@@ -21,7 +21,8 @@ mkdir -p "$RUN_DIR/logs" "$RUN_DIR/checkpoints"
 module load cuda/11.8
 module load openmpi/4.1.5
 
-# Environment
+# Environment (PYTHONUNBUFFERED: every line reaches the log as it is printed)
+export PYTHONUNBUFFERED=1
 export NCCL_IB_HCA=mlx5_0
 export LLMCTL_RUN_DIR="$RUN_DIR"
 export LLMCTL_JOB_NAME=train-demo
@@ -48,7 +49,7 @@ export MASTER_PORT=29500
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-mpirun -np 8 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-0}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-0}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank /gpfs/projects/llm/envs/llmctl/bin/python -m llmctl.train --run-dir /gpfs/projects/runs/torque-v100-pbs-train &
+mpirun -np 8 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${PALS_RANKID:-0}}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-${PALS_LOCAL_RANKID:-0}}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank /gpfs/projects/llm/envs/llmctl/bin/python -m llmctl.train --run-dir /gpfs/projects/runs/torque-v100-pbs-train &
 child=$!
 rc=0
 while true; do
