@@ -130,9 +130,10 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
 
     from llmctl.jobs.paths import PathMap
 
-    site, _ = load_site(site_ref or _default_site(req.backend))
+    site, site_path = load_site(site_ref or _default_site(req.backend))
     apply_settings(req)
     spec = resolve(site, req, plan)
+    spec = spec.model_copy(update={"site_file": str(Path(site_path).absolute())})
     dry = get_scheduler(spec.backend).render(spec)
     # A file's text may depend on the site's mounts (paths as the job sees them).
     pmap = PathMap.for_site(site)
@@ -270,7 +271,9 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
     else:
         for i, data in enumerate(rendered):
             files[f"configs/{i}.toml"] = lambda pm, d=data: config_for_job(d, pm)
-    req = JobRequest(kind="train", backend=launcher, run_dir=rd, name=name,
+    reads = {f"{s}.{k}": v for s, k in CONFIG_PATHS for v in [(rendered[0].get(s) or {}).get(k)]
+             if isinstance(v, str) and v.startswith("/")}
+    req = JobRequest(kind="train", backend=launcher, run_dir=rd, name=name, paths=reads,
                      program=train_program(rd), partition=partition,
                      nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit,
                      after=list(after), array=len(rendered) if len(rendered) > 1 else 0,
@@ -335,8 +338,11 @@ def submit_run(run_dir: str | Path, allow_edited: bool = False) -> tuple[RunDir,
     if edited and not allow_edited:
         raise LlmctlError(f"{run.path}: edited since rendering: {', '.join(edited)}",
                           hint="review the change, then pass --allow-edited to submit it as it is")
+    from llmctl.jobs.preflight import check
+
     sched = get_scheduler(spec.backend)
     script = run.script(spec.backend)
+    check(run, spec)  # nothing is queued unless the job could run
     job_id = sched.submit(run, spec)
 
     run.write_json(run.submission_file, {

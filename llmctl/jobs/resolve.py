@@ -58,6 +58,9 @@ class JobRequest:
     master_port: int = 29500
 
 
+# Program flags whose value is a file or folder the job reads (pre-flight checks them).
+INPUT_FLAGS = ("--checkpoint", "--suite", "--artifact", "--input", "--config")
+
 # --after: SLURM's dependency types that every backend can express (PBS spells them alike).
 DEPENDENCY_TYPES = ("after", "afterok", "afternotok", "afterany")
 # What a job id looks like on each backend: SLURM 123 or an array task 123_4; PBS
@@ -276,6 +279,10 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
     program = pmap.program(list(req.program))
     for what, path in req.paths.items():
         pmap.to_job(path, what)
+    # What the job reads, as host paths: pre-flight checks them at submit.
+    argv = list(req.program)
+    inputs = {argv[i - 1]: a for i, a in enumerate(argv) if i and argv[i - 1] in INPUT_FLAGS and a.startswith("/")}
+    inputs.update(req.paths)
     python = req.python or site.job_python()
     if not python:
         if site.scheduler not in ("local", "mpi"):
@@ -303,7 +310,7 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         name=name, kind=req.kind, backend=req.backend, site=site.name, run_dir=req.run_dir,
         job_run_dir=job_run_dir,
         partition=pname if req.backend in ("slurm", "pbs") else None,
-        account=chosen["account"], qos=chosen["qos"], reservation=req.reservation, sources=sources,
+        inputs=inputs, account=chosen["account"], qos=chosen["qos"], reservation=req.reservation, sources=sources,
         nodes=nodes, ranks_per_node=ranks_per_node,
         gpus_per_node=gpus, gpu_request=site.gpu_request if gpus else "none",
         gpu_type=part.gpu_type, cpus_per_task=cpus_per_task, cpus_per_node=part.cpus_per_node,

@@ -52,6 +52,8 @@ class JobSpec(StrictModel):
     backend: Backend
     site: str
     """Site-config name it was resolved against."""
+    site_file: str = ""
+    """The site-config file it was resolved against (pre-flight reads it again at submit)."""
     run_dir: str
     """Absolute path of the run folder on the host (logs, checkpoints, the script)."""
     job_run_dir: str = ""
@@ -60,6 +62,8 @@ class JobSpec(StrictModel):
     account: Optional[str] = None
     qos: Optional[str] = None
     reservation: Optional[str] = None
+    inputs: dict[str, str] = {}
+    """Host paths the job reads (what -> path): checked at submit (pre-flight)."""
     sources: dict[str, str] = {}
     """Where partition, time, account, qos, reservation and mail came from: flag, project or
     user file (with its path), or site."""

@@ -1,0 +1,92 @@
+"""Pre-flight: what would make a submitted job fail in the queue, checked before it is queued.
+
+`submit_run` calls `check` before the scheduler sees the script: every input the job
+reads is there and readable (the data config and its prepared data, the model config
+or pretrained folder, the checkpoint, the artifact, the requests), the partition is
+still one the site lists, and on SLURM `sbatch --test-only` accepts the exact script.
+All problems are reported together, one line each; nothing is queued (exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from llmctl.errors import LlmctlError
+
+
+def _readable(label: str, path: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        return [f"{label} {path}: not found"]
+    if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
+        return [f"{label} {path}: not readable"]
+    return []
+
+
+def _prepared(data_config: str) -> list[str]:
+    """The data config's output.dir holds prepared data (meta.json), found as the job finds it:
+    relative to the data config's folder or one above it."""
+    from llmctl.config.base import load_config
+    from llmctl.config.data import DataConfig
+
+    try:
+        cfg = load_config(data_config, DataConfig)
+    except LlmctlError as e:
+        return [f"data.config_file {data_config}: {e.message.splitlines()[0]}"]
+    out = Path(cfg.output.dir).expanduser()
+    base = Path(data_config).parent
+    candidates = [out] if out.is_absolute() else [d / out for d in (base, *base.parents)]
+    for d in candidates:
+        meta = d / "meta.json"
+        if meta.is_file():
+            return [] if os.access(meta, os.R_OK) else [f"prepared data {meta}: not readable"]
+    return [f"data.config_file {data_config}: output.dir {cfg.output.dir!r} holds no prepared data (no meta.json); "
+            f"run `llmctl data prepare --config {data_config}`"]
+
+
+def problems(run: Any, spec: Any) -> list[str]:
+    """Every reason the job would fail in the queue that can be seen from here."""
+    out: list[str] = []
+    for label, path in spec.inputs.items():
+        found = _readable(label, path)
+        out += found
+        if not found and label == "data.config_file":
+            out += _prepared(path)
+    if spec.backend in ("slurm", "pbs") and spec.partition:
+        from llmctl.sites import load_site
+
+        try:
+            ref = spec.site_file if spec.site_file and Path(spec.site_file).is_file() else spec.site
+            site, _ = load_site(ref)
+        except LlmctlError:
+            site = None  # the site file is not findable from here: the scheduler checks the partition
+        if site is not None and spec.partition not in site.partitions:
+            out.append(f"partition {spec.partition!r} is not in site {spec.site!r} "
+                       f"(it has {', '.join(site.partitions)})")
+    if spec.backend == "slurm" and not out and shutil.which("sbatch"):
+        out += _sbatch_test_only(run.script("slurm"))
+    return out
+
+
+def _sbatch_test_only(script: Path) -> list[str]:
+    """`sbatch --test-only` of the exact script: SLURM validates it without queueing it."""
+    from llmctl.schedulers.base import try_command
+    from llmctl.schedulers.slurm import sbatch_message
+
+    r = try_command(["sbatch", "--test-only", str(script)], timeout=60)
+    if r is None:
+        return ["sbatch --test-only did not answer in 60 s"]
+    if r.returncode != 0:
+        return [f"sbatch --test-only refused the script: {sbatch_message(r.stderr or r.stdout)}"]
+    return []
+
+
+def check(run: Any, spec: Any) -> None:
+    """Raise one LlmctlError listing every problem (one line each); return if there is none."""
+    found = problems(run, spec)
+    if found:
+        raise LlmctlError(f"{run.path}: not submitted, {len(found)} problem(s):\n  " + "\n  ".join(found),
+                          hint="fix them, then `llmctl job submit RUN` (nothing was queued)")
