@@ -244,6 +244,17 @@ class Kubernetes(StrictModel):
     """PersistentVolumeClaim mounted at the shared path (a DNS-1123 subdomain)."""
     node_selector: dict[str, str] = {}
     """Node labels the pods must match (Kubernetes label keys and values)."""
+    reserved_cpus: Optional[int] = Field(None, ge=0)
+    """CPUs per node the kubelet does not allocate to pods (system-reserved, kube-reserved,
+    daemonsets): a pod asks for its GPUs' share of the rest (default: 4, at most a tenth of the node)."""
+    reserved_memory_gb: Optional[float] = Field(None, ge=0)
+    """Memory per node (GB) the kubelet does not allocate to pods (default: 32, at most a tenth)."""
+
+    def reserved(self, cpus: int, memory_gb: float) -> tuple[int, float]:
+        """(CPUs, GB) a node of this shape keeps from pods."""
+        rc = self.reserved_cpus if self.reserved_cpus is not None else min(4, cpus // 10)
+        rm = self.reserved_memory_gb if self.reserved_memory_gb is not None else min(32.0, memory_gb / 10)
+        return rc, rm
 
     @field_validator("namespace")
     @classmethod
@@ -351,6 +362,12 @@ class SiteConfig(StrictModel):
             raise ValueError("container.runtime 'kubernetes' goes with scheduler 'k8s' and only with it")
         if self.scheduler == "k8s" and self.kubernetes is None:
             self.kubernetes = Kubernetes()
+        if self.scheduler == "k8s":
+            for pname, p in self.partitions.items():
+                rc, rm = self.kubernetes.reserved(p.cpus_per_node, p.memory_gb)
+                if p.cpus_per_node <= rc or p.memory_gb <= rm:
+                    raise ValueError(f"partitions.{pname}: kubernetes.reserved_cpus/reserved_memory_gb leave "
+                                     "nothing for pods on its nodes")
         if self.scheduler == "k8s" and self.kubernetes.pvc and len(self.container.mounts) != 1:
             raise ValueError("kubernetes.pvc needs exactly one container.mounts entry, "
                              "'SRC:DST': SRC where its filesystem is on the login node, DST where pods mount it")

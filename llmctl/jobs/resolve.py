@@ -243,6 +243,15 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
     else:
         share = min(1.0, ranks_per_node * cpus_per_task / part.cpus_per_node)
         mem = max(1, int(part.memory_gb * share))
+    if req.backend == "k8s":
+        # A pod fits what the kubelet can allocate (capacity less what the site reserves
+        # for the system and daemons): its GPUs' share of that, never the node's capacity.
+        k = site.kubernetes
+        rc, rm = k.reserved(part.cpus_per_node, part.memory_gb)
+        pod_share = gpus / part.gpus_per_node if part.gpus_per_node else 1.0
+        pod_cpus = max(1, int((part.cpus_per_node - rc) * pod_share))
+        cpus_per_task = max(1, pod_cpus // ranks_per_node)
+        mem = max(1, int((part.memory_gb - rm) * pod_share))
 
     env = dict(site.env)
     if req.debug_env:

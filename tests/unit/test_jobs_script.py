@@ -100,3 +100,16 @@ def test_nccl_settings_must_fit_the_fabric(tmp_path, fabric, env, needle):
 def test_shipped_ib_site_has_no_roce_gid():
     text = (GOLDEN_DIR / "slurm-a100-ib" / "slurm" / "train.sh").read_text()
     assert "NCCL_IB_GID_INDEX" not in text
+
+
+def test_k8s_pods_ask_for_their_share_of_what_a_node_can_allocate():
+    import yaml
+
+    def resources(kind):
+        docs = list(yaml.safe_load_all((GOLDEN_DIR / "k8s-h100" / "k8s" / f"{kind}.yaml").read_text()))
+        return docs[-1]["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+    train, serve = resources("train"), resources("serve-persistent")
+    # node: 192 CPUs, 1800 GB, 8 GPUs; the site reserves 4 CPUs and 32 GB
+    assert train["requests"] == train["limits"] == {"cpu": "184", "memory": "1768Gi", "nvidia.com/gpu": 8}
+    assert serve["requests"] == {"cpu": "23", "memory": "221Gi", "nvidia.com/gpu": 1}
