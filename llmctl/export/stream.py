@@ -15,7 +15,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 MAX_SHARD_BYTES = 5 * 2**30  # transformers' default shard size
 INDEX = "model.safetensors.index.json"
@@ -44,7 +44,7 @@ def _code(dtype) -> str:
     return codes[dtype]
 
 
-def shards(entries: list[Entry], max_bytes: int = MAX_SHARD_BYTES) -> list[list[Entry]]:
+def shards(entries: list[Entry], max_bytes: int) -> list[list[Entry]]:
     out: list[list[Entry]] = [[]]
     size = 0
     for e in entries:
@@ -81,9 +81,9 @@ def write_one(path: Path, entries: list[Entry], metadata: dict[str, str]) -> Non
 
 
 def write_sharded(folder: Path, entries: list[Entry], metadata: dict[str, str],
-                  max_bytes: int = MAX_SHARD_BYTES) -> list[Path]:
+                  max_bytes: Optional[int] = None) -> list[Path]:
     """model.safetensors, or shards and their index when the weights exceed `max_bytes`."""
-    parts = shards(entries, max_bytes)
+    parts = shards(entries, max_bytes or MAX_SHARD_BYTES)
     if len(parts) == 1:
         write_one(folder / "model.safetensors", parts[0], metadata)
         return [folder / "model.safetensors"]
