@@ -202,3 +202,11 @@ def test_serving_loads_the_sharded_run_as_its_export(dp2_run, cli):
     with torch.no_grad():
         assert (a.model(x) - b.model(x)).abs().max().item() <= 1e-6
     assert a.eos_id == b.eos_id is not None
+
+
+def test_eval_watch_scores_the_sharded_checkpoint(dp2_run, cli):
+    root, run = dp2_run
+    r = cli("eval", "watch", "--run-dir", str(run), "--tasks", "code_completion", "--limit", "4", cwd=root)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in (run / "eval" / "results.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [4]
