@@ -58,7 +58,8 @@ class Engine:
         self.running: list[Sequence] = []
         self.inbox: queue.Queue = queue.Queue()
         self.stats = {"generated_tokens": 0, "prompt_tokens": 0, "steps": 0, "preemptions": 0,
-                      "finished": 0, "failed": 0}
+                      "finished": 0, "failed": 0, "shared_prompt_tokens": 0}
+        self.forks: list[Sequence] = []  # samples waiting for a sibling's prompt blocks (`_fork`)
         self._failed: list[Sequence] = []  # failed outside a step's batch (admission): reported by step
 
     @classmethod
@@ -88,7 +89,37 @@ class Engine:
         if self.tokenizer is not None:
             seq.detokenize = self.tokenizer.decode
         self.stats["prompt_tokens"] += len(seq.prompt_ids)
-        self.waiting.append(seq)
+        if seq.prompt_source is not None and self._shareable(seq) > 0:
+            self.forks.append(seq)  # joins `waiting` once its sibling has computed the prompt
+        else:
+            self.waiting.append(seq)
+
+    def _shareable(self, seq: Sequence) -> int:
+        """Prompt tokens `seq` can take from its sibling: whole blocks, short of the last
+        prompt token (which it must run itself, to get the logits of its first sample)."""
+        bs = self.cache.block_size
+        return (len(seq.prompt_ids) - 1) // bs * bs
+
+    def _fork(self) -> None:
+        """Samples of one prompt (n, best_of) share its KV blocks: each waits until the
+        first sample has computed the prompt's whole blocks, takes them and computes only
+        the rest. If that sibling is gone (finished, aborted) or the sample was preempted
+        meanwhile, it simply computes the prompt itself."""
+        still = []
+        for seq in self.forks:
+            src, share = seq.prompt_source, self._shareable(seq)
+            if seq.finished:
+                continue
+            if src.finished or (src.num_computed == 0 and src not in self.running and src not in self.waiting):
+                self.waiting.append(seq)
+            elif src.num_computed >= share and len(src.blocks) * self.cache.block_size >= share:
+                self.cache.share(seq, src, share)
+                seq.num_computed = share
+                self.stats["shared_prompt_tokens"] += share
+                self.waiting.append(seq)
+            else:
+                still.append(seq)
+        self.forks = still
 
     def submit(self, seq: Sequence) -> None:
         self.inbox.put(("add", seq))
@@ -128,6 +159,8 @@ class Engine:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        if seq in self.forks:
+            self.forks.remove(seq)
         self.stats["finished"] += 1
 
     def fail(self, seq: Sequence, error: BaseException) -> None:
@@ -139,7 +172,7 @@ class Engine:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or not self.inbox.empty())
+        return bool(self.waiting or self.running or self.forks or not self.inbox.empty())
 
     # --- one step ----------------------------------------------------------------------
     def step(self) -> list[Sequence]:
@@ -147,8 +180,18 @@ class Engine:
         import torch
 
         self._drain_inbox()
+        if self.forks:
+            self._fork()
         try:
             chunks = self.scheduler.schedule(self)
+            if not chunks and not self.running and any(q.blocks for q in self.waiting):
+                # Forked samples wait holding shared prompt blocks; when nothing runs and
+                # nothing fits, those blocks are what the queue's head lacks: give them back.
+                for q in self.waiting:
+                    if q.blocks:
+                        self.cache.release(q)
+                        q.num_computed = 0
+                chunks = self.scheduler.schedule(self)
         except Exception as e:
             raise EngineFailure(f"the scheduler failed: {type(e).__name__}: {e}") from e
         started = time.monotonic()

@@ -234,6 +234,8 @@ def sequences(body: dict, chat: bool, params: SamplingParams, tokenizer, max_pro
                 p, seed=None if p.seed is None else (p.seed + j) % (1 << 64))
             seq = Sequence(ids, q)
             seq.index, seq.prompt_index = i * n + j, i
+            if j:  # the other samples take the first one's prompt KV blocks (llmctl.serve.engine)
+                seq.prompt_source = seqs[-j]
             seqs.append(seq)
     return seqs
 

@@ -53,6 +53,7 @@ class Sequence:
         self.cumulative_logprob = 0.0  # with params.cumulative (best_of)
         self.index = 0  # the choice's place in its response (prompt * n + sample)
         self.prompt_index = 0  # which prompt of a list prompt
+        self.prompt_source: Optional["Sequence"] = None  # a sibling sample whose prompt KV blocks to share
         self.last_token_at: Optional[float] = None
         self.finish_reason: Optional[str] = None
         self.error: Optional[str] = None  # why, when finish_reason is "error"

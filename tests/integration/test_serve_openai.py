@@ -202,3 +202,14 @@ def test_metrics_parse_and_count_every_token(artifact):
     assert samples[("llmctl_requests_total", (("endpoint", "chat"), ("status", "200")))] == 1
     assert samples[("llmctl_requests_total", (("endpoint", "completions"), ("status", "400")))] == 1
     assert "llmctl_tokens_per_second" not in fams
+
+
+def test_samples_share_the_prompts_kv_blocks(c, server):
+    prompt = list(range(10, 50))  # 40 tokens: two whole 16-token blocks computed once for all samples
+    before = K.metrics(server.url)["llmctl_prompt_tokens_shared_total"]
+    r = c.completions.create(model="tiny", prompt=prompt, n=4, max_tokens=8, temperature=0, extra_body=IDS)
+    after = K.metrics(server.url)
+    assert after["llmctl_prompt_tokens_shared_total"] - before == 3 * 32
+    alone = greedy(c, prompt).choices[0].token_ids
+    assert [ch.token_ids for ch in r.choices] == [alone] * 4
+    assert after["llmctl_kv_cache_usage_ratio"] == 0  # every shared block back in the pool

@@ -181,3 +181,30 @@ def test_penalties_and_logit_bias_match_openais_formula_on_the_plain_model(model
                                                                           ignore_eos=True))
     assert [o.output_ids for o in outs] != [o.output_ids for o in plain]  # the penalties did something
     assert all(9 not in o.output_ids for o in outs)
+
+
+@pytest.mark.parametrize("scheduler,blocks", [
+    ("vllm-like", None), ("fcfs", None),
+    ("vllm-like", 5),  # a pool too small for all: samples preempted, shared blocks released and retaken
+])
+def test_samples_of_one_prompt_share_its_kv_blocks(model, scheduler, blocks):
+    """n samples of a prompt: the first computes it, the others take its whole blocks and
+    compute only the last block's tokens; greedy outputs equal the plain model's, and every
+    block is back in the pool at the end (a shared block freed once, by its last holder)."""
+    from llmctl.serve.sequence import Sequence
+
+    prompt = list(range(3, 47))  # 44 tokens: two whole blocks of 16 shareable; decodes cross into a 4th
+    eng = Engine(model, scheduler=scheduler, block_size=16, num_blocks=blocks)
+    seqs = [Sequence(prompt, GREEDY) for _ in range(4)]
+    for s in seqs[1:]:
+        s.prompt_source = seqs[0]
+    for s in seqs:
+        eng.add(s)
+    eng.run_until_done()
+    ref = reference(model, prompt, GREEDY.max_tokens)
+    assert [s.output_ids for s in seqs] == [ref] * 4
+    if blocks is None:
+        assert eng.stats["shared_prompt_tokens"] == 3 * 32 and not eng.stats["preemptions"]
+    else:
+        assert eng.stats["preemptions"] and eng.stats["shared_prompt_tokens"] >= 32
+    assert len(eng.cache.free) == eng.cache.num_blocks and not eng.cache.refs
