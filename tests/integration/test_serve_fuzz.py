@@ -69,7 +69,8 @@ VALID = {
     "temperature": st.floats(0, 2) | ints(0, 2) | st.sampled_from([5e-324, 1e-300, 1e-40, 2.0]),
     "top_p": st.floats(0, 1) | st.sampled_from([5e-324, 1e-9, 1.0]),
     "top_k": ints(0, 2**70),
-    "n": st.just(1),
+    "n": ints(1, 3),
+    "return_token_ids": st.booleans(),
     "seed": ints(-(2**63), 2**64 - 1),
     "stop": text(4).filter(bool) | st.lists(text(4).filter(bool), max_size=4),
     "stream": st.booleans(),
@@ -91,8 +92,10 @@ REQUIRED = {
     True: {"messages": st.lists(MESSAGE, min_size=1, max_size=3)},
 }
 OPTIONAL = {
-    False: {**VALID, "echo": st.booleans(), "logprobs": ints(0, 5), "suffix": text(), "best_of": st.just(1)},
-    True: {**VALID, "logprobs": st.booleans(), "top_logprobs": ints(0, 20)},
+    False: {**VALID, "echo": st.booleans(), "logprobs": ints(0, 5), "suffix": st.just("") | text(), "best_of": ints(1, 4)},
+    True: {**VALID, "logprobs": st.booleans(), "top_logprobs": ints(0, 20),
+           "response_format": st.just({"type": "text"}) | anything(), "tools": st.just([]) | anything(),
+           "tool_choice": st.sampled_from(["none", "auto", "required"])},
 }
 
 
@@ -160,8 +163,14 @@ def check_answer(c: httpx.Client, path: str, raw: bytes) -> int:
             assert "error" not in json.loads(e), e
     else:
         body = json.loads(data)
-        assert body["choices"][0]["finish_reason"] in ("length", "stop"), body
-        assert body["usage"]["completion_tokens"] <= MAX_TOKENS
+        req = json.loads(raw)
+        n = req.get("n") or 1
+        prompts = req["prompt"] if isinstance(req.get("prompt"), list) and len(req["prompt"]) > 1 and all(
+            isinstance(p, (str, list)) for p in req["prompt"]) else [None]
+        assert [c["index"] for c in body["choices"]] == list(range(len(prompts) * n)), body
+        assert all(c["finish_reason"] in ("length", "stop") for c in body["choices"]), body
+        # every sample generated counts (best_of's extra ones too)
+        assert body["usage"]["completion_tokens"] <= MAX_TOKENS * len(prompts) * (req.get("best_of") or n)
     return 200
 
 
