@@ -213,3 +213,15 @@ def test_samples_share_the_prompts_kv_blocks(c, server):
     alone = greedy(c, prompt).choices[0].token_ids
     assert [ch.token_ids for ch in r.choices] == [alone] * 4
     assert after["llmctl_kv_cache_usage_ratio"] == 0  # every shared block back in the pool
+
+
+def test_the_thread_count_comes_from_the_config(artifact, tmp_path):
+    """The serve config's `threads` wins over OMP_NUM_THREADS=1 (servekit's); the order of
+    the other sources is unit-tested (tests/unit/test_serve_protocol.py)."""
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text("threads = 2\n")
+    s = K.Server(artifact, "--config", str(cfg)).wait()
+    assert httpx.get(s.url + "/health").status_code == 200
+    assert "2 torch threads (the serve config's threads)" in s.stop()
+    s = K.Server(artifact).wait()
+    assert "1 torch threads (OMP_NUM_THREADS)" in s.stop()

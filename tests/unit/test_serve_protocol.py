@@ -226,3 +226,13 @@ def test_threads_follow_the_allocation_not_the_machine():
     assert default_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, affinity=8, quota=None)[0] == 2
     assert default_threads({}, affinity=64, quota=3)[0] == 3
     assert default_threads({"MPI_LOCALNRANKS": "16"}, affinity=8, quota=None)[0] == 1
+
+
+def test_cgroup_quota_is_read_from_cpu_max(tmp_path):
+    from llmctl.serve.threads import cgroup_cpus
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpus(tmp_path) == 3  # 2.5 CPUs of quota: 3 threads, rounded up
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpus(tmp_path) is None
+    assert cgroup_cpus(tmp_path / "absent") is None
