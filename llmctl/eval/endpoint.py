@@ -146,7 +146,10 @@ class EndpointLM(LM):
         return self._map(one, self.rolling_windows(ids))
 
     def generate_until(self, context: str, until: list[str], max_tokens: int) -> str:
-        ids = ([self.eos_id] + self.encode(context))[-max(self.max_len - 1, 1):]
+        # Room for the answer, as lm-eval does: the server refuses a prompt + max_tokens
+        # beyond its context (400, as OpenAI and vLLM), so the context keeps its last tokens.
+        max_tokens = max(1, min(max_tokens, self.max_len - 1))
+        ids = ([self.eos_id] + self.encode(context))[-max(self.max_len - max_tokens, 1):]
         body: dict[str, Any] = {"model": self.served_model, "prompt": ids, "max_tokens": max_tokens,
                                 "temperature": 0}
         if until:

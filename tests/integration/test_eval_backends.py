@@ -111,6 +111,18 @@ def test_per_sample_loglikelihoods_and_generations_agree(backends, tmp_path):
     assert any(s["resps"][0][0] for s in c)  # something was generated, not only empty strings
 
 
+def test_a_context_longer_than_the_model_still_generates(backends):
+    """The context keeps its last tokens and leaves room for the answer: the server refuses
+    prompt + max_tokens beyond its context with 400 (it used to be cut to context - 1)."""
+    from llmctl.eval.endpoint import EndpointLM
+
+    root, ckpt, art, server = backends
+    lm = EndpointLM(server.url + "/v1", art)
+    text = lm.generate_until("x = 1\n" * 200, until=[], max_tokens=16)  # far over 64 tokens
+    assert isinstance(text, str)  # before: LlmctlError, the server answered 400
+    assert lm.generate_until("y", until=[], max_tokens=500) is not None  # more than the context
+
+
 def test_openai_client_gets_echo_and_logprobs(backends):
     openai = pytest.importorskip("openai")
     _, _, art, server = backends
