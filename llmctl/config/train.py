@@ -42,8 +42,8 @@ class Optimizer(StrictModel):
 
     type: Literal["adamw", "adam", "sgd"] = "adamw"
     """Optimizer type."""
-    lr: float = Field(3e-4, gt=0, le=100)
-    """Peak learning rate (at most 100: far above any real run, while 1e38 overflowed AdamW's float32 step)."""
+    lr: float = Field(3e-4, gt=0, le=1e30)
+    """Peak learning rate (at most 1e30: above it, AdamW's float32 step size lr / bias correction overflows)."""
     betas: tuple[float, float] = (0.9, 0.95)
     """Adam betas."""
     eps: float = Field(1e-8, gt=0)

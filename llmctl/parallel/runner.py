@@ -30,7 +30,6 @@ class Runner:
         from llmctl.parallel import transformer as tx
 
         self.dims, self.mesh, self.device = dims, mesh, device
-        self.model_cfg = model.cfg  # a checkpoint of one process is read by parameter order
         self.micro_batch, self.grad_accum, self.grad_clip = micro_batch, grad_accum, grad_clip
         self.dp_rank = mesh["dp"].get_local_rank() if mesh is not None else 0
         self.pp_rank = mesh["pp"].get_local_rank() if mesh is not None else 0
@@ -46,6 +45,7 @@ class Runner:
             # what a tensor-parallel model holds (replicated embeddings, sharded blocks).
             raise LlmctlError(f"precision fp16 with tp = {dims.tp} is not supported",
                               hint="use bf16 (training.precision = \"bf16\"), or tp = 1")
+        self.model_cfg = model.cfg  # a checkpoint of one process is read by parameter order
         # fp16 needs loss scaling; DeepSpeed's engine brings its own.
         self.scaler = (_grad_scaler(dims, mesh, device, init_loss_scale)
                        if precision == "fp16" and dims.dp_mode != "zero" else None)

@@ -43,7 +43,10 @@ def test_gloo_sweep_in_two_real_processes():
     from llmctl.hw.bench.comm import collectives
 
     lines = []
-    r = collectives(2.0, lines.append, nprocs=2, sizes=[4096, 2**20], backend="gloo")
+    # Each collective may skip its larger sizes once its share of --duration is spent (so a
+    # sweep to GBs stays bounded); 8 s leaves every size room even on a loaded machine, where
+    # 2 s was eaten by building the communicator.
+    r = collectives(8.0, lines.append, nprocs=2, sizes=[4096, 2**20], backend="gloo")
     rows = r["details"]["rows"]
     assert r["details"] == {"backend": "gloo", "processes": 2, "rows": rows}
     assert [(x["op"], x["bytes"]) for x in rows] == [("all_reduce", 4096), ("all_reduce", 2**20),
