@@ -24,6 +24,7 @@ scheduler = "{scheduler}"
 default_partition = "debug"
 gpu_request = "none"
 launcher = "srun"
+python = "/shared/envs/llmctl/bin/python"
 {extra}
 [partitions.debug]
 nodes = 1
