@@ -14,7 +14,7 @@ import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from llmctl.errors import ConfigError
 
@@ -87,51 +87,48 @@ def read_documents(unit: Unit) -> Iterator[tuple[str, str]]:
         with open(unit.path, "rb") as f:
             yield unit.path, f.read().decode("utf-8", errors="replace")
         return
-    with open(unit.path, "rb") as f:
+    for n, obj in _jsonl(unit.path):
+        if not isinstance(obj, dict) or unit.text_field not in obj:
+            raise ValueError(f"{unit.path}: line {n}: no field {unit.text_field!r}")
+        text = obj[unit.text_field]
+        if not isinstance(text, str):
+            raise ValueError(f"{unit.path}: line {n}: field {unit.text_field!r} is not a string")
+        yield f"{unit.path}:{n}", text
+
+
+def _jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line of a JSONL file."""
+    with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line:
                 continue
             try:
-                obj = json.loads(line)
+                yield n, json.loads(line)
             except ValueError as e:
-                raise ValueError(f"{unit.path}: line {n}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict) or unit.text_field not in obj:
-                raise ValueError(f"{unit.path}: line {n}: no field {unit.text_field!r}")
-            text = obj[unit.text_field]
-            if not isinstance(text, str):
-                raise ValueError(f"{unit.path}: line {n}: field {unit.text_field!r} is not a string")
-            yield f"{unit.path}:{n}", text
+                raise ValueError(f"{path}: line {n}: not valid JSON ({e})") from None
 
 
 def read_conversations(unit: Unit) -> Iterator[tuple[str, list[dict[str, str]]]]:
     """Yield (document key, messages) for each record of a chat unit: a conversation
     (`messages`: [{role, content}, ...]) or an instruction (`instruction`, optional `input`,
     `output`: a user turn and the assistant's answer)."""
-    with open(unit.path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{unit.path}: line {n}: not valid JSON ({e})") from None
-            where = f"{unit.path}: line {n}"
-            if isinstance(obj, dict) and unit.text_field in obj:
-                msgs = obj[unit.text_field]
-            elif isinstance(obj, dict) and "instruction" in obj and "output" in obj:
-                prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
-                msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}]
-            else:
-                raise ValueError(f"{where}: neither {unit.text_field!r} nor instruction/output")
-            if not isinstance(msgs, list) or not msgs or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in msgs):
-                raise ValueError(f"{where}: {unit.text_field!r} must be a list of {{role, content}} strings")
-            if not any(m["role"] == "assistant" for m in msgs):
-                raise ValueError(f"{where}: no assistant message: nothing to learn from")
-            yield f"{unit.path}:{n}", [{"role": m["role"], "content": m["content"]} for m in msgs]
+    for n, obj in _jsonl(unit.path):
+        where = f"{unit.path}: line {n}"
+        if isinstance(obj, dict) and unit.text_field in obj:
+            msgs = obj[unit.text_field]
+        elif isinstance(obj, dict) and "instruction" in obj and "output" in obj:
+            prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}]
+        else:
+            raise ValueError(f"{where}: neither {unit.text_field!r} nor instruction/output")
+        if not isinstance(msgs, list) or not msgs or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in msgs):
+            raise ValueError(f"{where}: {unit.text_field!r} must be a list of {{role, content}} strings")
+        if not any(m["role"] == "assistant" for m in msgs):
+            raise ValueError(f"{where}: no assistant message: nothing to learn from")
+        yield f"{unit.path}:{n}", [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
 def split_score(seed: int, key: str) -> float:
