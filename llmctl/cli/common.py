@@ -14,7 +14,7 @@ LAUNCHERS = ("local", "slurm", "pbs", "mpi", "k8s")
 
 
 MAIL_TYPES = ("BEGIN", "END", "FAIL", "REQUEUE", "ALL", "TIME_LIMIT")
-SETTINGS = ("account", "qos", "reservation", "mail_user", "mail_type")
+SETTINGS = ("account", "qos", "reservation", "mail_user", "mail_type", "overrides")
 
 
 def _mail_types(ctx, param, value):
@@ -39,6 +39,11 @@ def settings_options(f):
         click.option("--mail-user", help="Address the scheduler mails."),
         click.option("--mail-type", callback=_mail_types,
                      help=f"Comma-separated events that send mail: {', '.join(MAIL_TYPES)}."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a job setting (account, qos, reservation, partition, time, mail_user, "
+                          "mail_type) or a site-config field by its key path, e.g. --set env.NCCL_DEBUG=INFO "
+                          "or --set partitions.gpu.max_time=48:00:00; repeatable. VALUE is read as TOML "
+                          "when it is a TOML value, else as text."),
     ]
 
     @functools.wraps(f)
@@ -98,6 +103,10 @@ def report(run, dry, dry_run, submit_run) -> None:
                      "mail_type": ",".join(dry.spec.mail_types)}.get(key)
             if value:
                 click.echo(f"# {key} = {shlex.quote(str(value))}  ({source})", err=True)
+        from llmctl.config.overrides import shown
+
+        for key, value in dry.spec.overrides.items():
+            click.echo(f"# site.{key} = {shlex.quote(shown(value))}  (flag --set, over site {dry.spec.site!r})", err=True)
         click.echo(f"# dry run: nothing submitted. Run folder: {run.path}", err=True)
         click.echo(f"# review it, then: llmctl job submit {shlex.quote(str(run.path))}", err=True)
         return

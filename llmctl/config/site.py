@@ -68,6 +68,8 @@ def label_value(value: str) -> str:
     return value
 
 
+_BIND = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?::[A-Za-z0-9_,x-]+)*")
+
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d{1,2}))?(?::(\d{1,2}))?$")
 
 
@@ -303,6 +305,13 @@ class SiteConfig(StrictModel):
     """How GPUs are requested: `--gres=gpu:N`, `--gpus-per-node=N`, or not at all."""
     launcher: Literal["srun", "torchrun", "mpirun"] = "srun"
     """How ranks start inside the allocation: one srun task per GPU, one torchrun per node, or mpirun."""
+    cpu_bind: str = "cores"
+    """srun tasks (launcher 'srun'): `--cpu-bind` value, e.g. `cores`, `sockets`, `map_ldom:0,1`;
+    `none` leaves placement to the OS. Each rank is pinned to its `--cpus-per-task` cores."""
+    gpu_bind: str = "single:1"
+    """srun tasks on GPU nodes: `--gpu-bind` value; `single:1` gives each rank the one GPU
+    closest to its cores (it then sees it as device 0), `closest`, `map_gpu:0,1,...`, or `none`
+    (every rank sees all the node's GPUs and takes the one its LOCAL_RANK names)."""
     mpirun: str = "mpirun"
     """MPI launcher (launcher = 'mpirun'); a full path avoids SLURM's `mpiexec` wrapper."""
     mpirun_args: list[str] = []
@@ -343,6 +352,15 @@ class SiteConfig(StrictModel):
         if not _SITE_NAME.fullmatch(v):
             raise ValueError(f"{v!r} is not a site name: it names the file NAME.toml, so use at most 64 "
                              "letters, digits, '.', '_' and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("cpu_bind", "gpu_bind")
+    @classmethod
+    def _bind(cls, v: str) -> str:
+        # One srun option value: keywords, lists and masks; nothing a shell would read.
+        if not _BIND.fullmatch(v):
+            raise ValueError(f"{v!r} is not an srun binding: use e.g. 'cores', 'none', 'single:1', "
+                             "'map_gpu:0,1' (letters, digits, '_', ':', ',' and '-')")
         return v
 
     @field_validator("env", "debug_env")

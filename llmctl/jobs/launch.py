@@ -132,6 +132,7 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
 
     site, site_path = load_site(site_ref or _default_site(req.backend))
     apply_settings(req)
+    site = site_with_overrides(site, site_path, req)
     spec = resolve(site, req, plan)
     spec = spec.model_copy(update={"site_file": str(Path(site_path).absolute())})
     dry = get_scheduler(spec.backend).render(spec)
@@ -144,24 +145,59 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
 
 
 def _settings(settings: Optional[dict[str, Any]]) -> dict[str, Any]:
-    """The per-user flags a JobRequest takes (account, qos, reservation, mail_user, mail_type)."""
+    """The per-user flags a JobRequest takes (account, qos, reservation, mail_user, mail_type, --set)."""
     out = {k: v for k, v in (settings or {}).items() if v not in (None, (), [])}
-    if "mail_type" in out:
-        out["mail_type"] = list(out["mail_type"])
+    for key in ("mail_type", "overrides"):
+        if key in out:
+            out[key] = list(out[key])
     return out
 
 
 def apply_settings(req: JobRequest) -> None:
-    """Fill `req`'s per-user settings: flag > project file > user file (the site comes last, in resolve)."""
+    """Fill `req`'s per-user settings: flag (or --set) > project file > user file (the site
+    comes last, in resolve)."""
+    from llmctl.config import overrides
     from llmctl.config.user import merge
 
     flags = {"account": req.account, "qos": req.qos, "reservation": req.reservation,
              "partition": req.partition, "time": req.time, "mail_user": req.mail_user,
              "mail_type": req.mail_type}
+    job_set, _ = overrides.split(overrides.parse(req.overrides))
+    for key, value in job_set.items():
+        given = flags.get(key)
+        if given not in (None, []) and given != value:
+            flag = "--" + key.replace("_", "-")
+            raise LlmctlError(f"--set {key}={overrides.shown(value)} and {flag} {overrides.shown(given)} "
+                              "disagree", hint=f"give {key} once")
+        flags[key] = value
     values, sources = merge(flags)
     for key in flags:
         setattr(req, key, values.get(key, [] if key == "mail_type" else None))
-    req.sources = sources
+    req.sources = {k: ("flag --set" if k in job_set and v == "flag" else v) for k, v in sources.items()}
+
+
+def site_with_overrides(site: Any, site_path: Any, req: JobRequest) -> Any:
+    """`site` with the --set site-config fields of `req` in place, validated again (an unknown
+    key or a bad value is refused as a wrong file would be); records them in `req`."""
+    from llmctl.config import overrides
+
+    _, pairs = overrides.split(overrides.parse(req.overrides))
+    if not pairs:
+        return site
+    patched = load_site_overridden(site_path, pairs)
+    req.site_overrides = dict(pairs)
+    return patched
+
+
+def load_site_overridden(site_path: Any, pairs: list[tuple[str, Any]]) -> Any:
+    """The site-config at `site_path` with (key path, value) overrides, validated."""
+    from llmctl.config import overrides
+    from llmctl.config.base import read_data, validate_data
+    from llmctl.config.site import SiteConfig
+
+    data = overrides.apply(read_data(site_path), pairs)
+    keys = ", ".join(k for k, _ in pairs)
+    return validate_data(data, SiteConfig, f"{site_path} (with --set {keys})")
 
 
 def _default_site(backend: str) -> str:

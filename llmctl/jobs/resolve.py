@@ -56,6 +56,10 @@ class JobRequest:
     paths: dict[str, str] = field(default_factory=dict)
     """Other host paths the job reads (what -> path), checked to be visible inside it."""
     master_port: int = 29500
+    overrides: list[str] = field(default_factory=list)
+    """--set KEY=VALUE items: job settings are taken by `apply_settings`, site fields by `prepare`."""
+    site_overrides: dict[str, Any] = field(default_factory=dict)
+    """The site-config fields --set changed (key path -> value), recorded in the spec."""
 
 
 # Program flags whose value is a file or folder the job reads (pre-flight checks them).
@@ -301,6 +305,13 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
                 hint="set `python` (a venv/conda env on a shared filesystem, or one that `modules` "
                      "put on PATH), or `container.python` with a container")
         python = sys.executable  # this machine: the interpreter running llmctl is there
+    # Binding (srun only): each task pinned to its cores; with one task per GPU, each
+    # rank also bound to its GPU (the trainer then takes device LOCAL_RANK % visible).
+    cpu_bind = gpu_bind = None
+    if req.backend == "slurm" and launcher in ("srun", "torchrun", "single"):
+        cpu_bind = site.cpu_bind
+        if launcher == "srun" and gpus and ranks_per_node == gpus:
+            gpu_bind = site.gpu_bind
     # Per-user settings (flag > project > user, already merged into req) > site.
     mail_user = req.mail_user or (site.mail.user if site.mail else None)
     mail_types = list(req.mail_type) or (list(site.mail.types) if site.mail else ["FAIL"])
@@ -322,7 +333,8 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         inputs=inputs, account=chosen["account"], qos=chosen["qos"], reservation=req.reservation, sources=sources,
         nodes=nodes, ranks_per_node=ranks_per_node,
         gpus_per_node=gpus, gpu_request=site.gpu_request if gpus else "none",
-        gpu_type=part.gpu_type, cpus_per_task=cpus_per_task, cpus_per_node=part.cpus_per_node,
+        gpu_type=part.gpu_type, cpus_per_task=cpus_per_task, cpu_bind=cpu_bind, gpu_bind=gpu_bind,
+        cpus_per_node=part.cpus_per_node,
         mem_gb=mem, time_limit=format_time(secs), time_limit_s=secs, exclusive=exclusive,
         constraint=part.constraint, mail_user=mail_user,
         mail_types=mail_types if mail_user else [], array=req.array,
@@ -335,5 +347,5 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
                                 mounts=list(site.container.mounts)),
         env=env, extra_directives=list(site.extra_directives),
         python=python, program=program,
-        kubernetes=k8s, command=req.command,
+        kubernetes=k8s, command=req.command, overrides=dict(req.site_overrides),
     )

@@ -8,7 +8,7 @@ same spec twice gives the same bytes.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator
 
@@ -67,6 +67,9 @@ class JobSpec(StrictModel):
     sources: dict[str, str] = {}
     """Where partition, time, account, qos, reservation and mail came from: flag, project or
     user file (with its path), or site."""
+    overrides: dict[str, Any] = {}
+    """Site-config fields changed for this job with --set (key path -> value); pre-flight
+    applies them again when it reads the site-config at submit."""
     nodes: int = Field(gt=0)
     ranks_per_node: int = Field(gt=0)
     """Processes per node (one per GPU, or CPU ranks where the node has no GPUs)."""
@@ -75,6 +78,10 @@ class JobSpec(StrictModel):
     gpu_request: Literal["gres", "gpus-per-node", "none"]
     gpu_type: Optional[str] = None
     cpus_per_task: int = Field(gt=0)
+    cpu_bind: Optional[str] = None
+    """srun `--cpu-bind` for each task (None: not given)."""
+    gpu_bind: Optional[str] = None
+    """srun `--gpu-bind` for each rank's task (None: not given; only with one task per GPU)."""
     cpus_per_node: int = Field(gt=0)
     mem_gb: int = Field(ge=0)
     """Memory per node in GB (0 with exclusive: the whole node)."""

@@ -24,7 +24,9 @@ def _device():
     import torch
 
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # srun --gpu-bind=single:1 leaves each rank one visible GPU (index 0 for every
+        # LOCAL_RANK); without binding each rank sees them all and takes its own.
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
 
 

@@ -51,7 +51,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-srun --ntasks=1 --cpus-per-task=16 --unbuffered --open-mode=append --output=/shared/runs/slurm-a100-ib-slurm-serve-persistent/logs/%j_%t_log.out --error=/shared/runs/slurm-a100-ib-slurm-serve-persistent/logs/%j_%t_log.err /shared/envs/llmctl/bin/python -m llmctl serve start --artifact /shared/artifacts/model --host 0.0.0.0 --port 8080 &
+srun --ntasks=1 --cpus-per-task=16 --cpu-bind=cores --unbuffered --open-mode=append --output=/shared/runs/slurm-a100-ib-slurm-serve-persistent/logs/%j_%t_log.out --error=/shared/runs/slurm-a100-ib-slurm-serve-persistent/logs/%j_%t_log.err /shared/envs/llmctl/bin/python -m llmctl serve start --artifact /shared/artifacts/model --host 0.0.0.0 --port 8080 &
 child=$!
 rc=0
 while true; do

@@ -55,7 +55,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=16 --kill-on-bad-exit=1 --unbuffered --open-mode=append --output=/shared/runs/slurm-a100-ib-slurm-train/logs/%j_%t_log.out --error=/shared/runs/slurm-a100-ib-slurm-train/logs/%j_%t_log.err bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank /shared/envs/llmctl/bin/python -m llmctl.train --run-dir /shared/runs/slurm-a100-ib-slurm-train &
+srun --ntasks=16 --ntasks-per-node=8 --cpus-per-task=16 --kill-on-bad-exit=1 --cpu-bind=cores --gpu-bind=single:1 --unbuffered --open-mode=append --output=/shared/runs/slurm-a100-ib-slurm-train/logs/%j_%t_log.out --error=/shared/runs/slurm-a100-ib-slurm-train/logs/%j_%t_log.err bash -c 'export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS; exec "$@"' llmctl-rank /shared/envs/llmctl/bin/python -m llmctl.train --run-dir /shared/runs/slurm-a100-ib-slurm-train &
 child=$!
 rc=0
 while true; do

@@ -43,7 +43,7 @@ echo "llmctl: job ${SLURM_JOB_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-srun --ntasks=1 --cpus-per-task=28 --unbuffered --open-mode=append --output=/lustre/project/runs/slurm-h100-pyxis-slurm-serve-persistent/logs/%j_%t_log.out --error=/lustre/project/runs/slurm-h100-pyxis-slurm-serve-persistent/logs/%j_%t_log.err --container-image='registry.example.org#llm/llmctl:0.1.0-pytorch25.01' --container-mounts=/lustre/project:/workspace,/lustre/datasets:/datasets:ro --container-workdir=/workspace/runs/slurm-h100-pyxis-slurm-serve-persistent /usr/bin/python3 -m llmctl serve start --artifact /workspace/artifacts/model --host 0.0.0.0 --port 8080 &
+srun --ntasks=1 --cpus-per-task=28 --cpu-bind=cores --unbuffered --open-mode=append --output=/lustre/project/runs/slurm-h100-pyxis-slurm-serve-persistent/logs/%j_%t_log.out --error=/lustre/project/runs/slurm-h100-pyxis-slurm-serve-persistent/logs/%j_%t_log.err --container-image='registry.example.org#llm/llmctl:0.1.0-pytorch25.01' --container-mounts=/lustre/project:/workspace,/lustre/datasets:/datasets:ro --container-workdir=/workspace/runs/slurm-h100-pyxis-slurm-serve-persistent /usr/bin/python3 -m llmctl serve start --artifact /workspace/artifacts/model --host 0.0.0.0 --port 8080 &
 child=$!
 rc=0
 while true; do
