@@ -85,12 +85,22 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
+def cell(value: Any) -> str:
+    """A value as one table cell: control characters (a newline, an escape sequence) and
+    bidirectional overrides shown escaped, so that a cell never breaks the table or the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Print rows as an aligned text table."""
-    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    """Print rows as an aligned text table (cells escaped by `cell`)."""
+    cells = [{c: cell(r.get(c, "")) for c in columns} for r in rows]
+    widths = {c: max([len(c)] + [len(r[c]) for r in cells]) for c in columns}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for r in rows:
-        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+    for r in cells:
+        click.echo("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
 
 
 def report(run, dry, dry_run, submit_run) -> None:

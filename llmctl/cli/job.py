@@ -25,14 +25,15 @@ def submit(run_dir, allow_edited) -> None:
 
 @group.command("status")
 @click.argument("run", required=False)
+@click.option("--all", "all_users", is_flag=True, help="Without RUN: every user's jobs, not only yours.")
 @json_option
-def status(run, as_json) -> None:
-    """Show a job's state (RUN: run folder or job id; none: every job)."""
+def status(run, all_users, as_json) -> None:
+    """Show a job's state (RUN: run folder or job id; none: each of your jobs)."""
     from llmctl.jobs import track
 
     if run is None:
         rows = []
-        for e in track.list_jobs():
+        for e in track.list_jobs(all_users):
             if e["present"]:
                 try:
                     rows.append(track.status(e["run_dir"]))
@@ -125,13 +126,16 @@ def cancel(run, wait_s, as_json) -> None:
 
 
 @group.command("list")
+@click.option("--all", "all_users", is_flag=True,
+              help="Every user's jobs in the index (a shared LLMCTL_STATE_DIR), not only yours.")
 @json_option
-def list_(as_json) -> None:
-    """List jobs llmctl knows about."""
+def list_(all_users, as_json) -> None:
+    """List the jobs you submitted with llmctl (--all: everyone's in the index)."""
     from llmctl.jobs import track
 
-    rows = track.list_jobs()
+    rows = track.list_jobs(all_users)
     if as_json:
         print_json(rows)
     else:
-        print_table(rows, ["job_id", "backend", "name", "submitted", "run_dir"])
+        print_table(rows, ["job_id", "backend", "name", "user", "submitted", "run_dir"] if all_users
+                    else ["job_id", "backend", "name", "submitted", "run_dir"])

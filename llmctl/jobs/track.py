@@ -114,14 +114,19 @@ def cancel(ref: str, wait_s: float = CANCEL_WAIT_S, poll_s: float = 1.0) -> dict
     return {**base, **st.to_data(), "cancel": outcome, "waited_s": round(time.monotonic() - t0, 1)}
 
 
-def list_jobs() -> list[dict[str, Any]]:
-    """Every job in the index, newest last, with its run folder's current existence."""
-    from llmctl.schedulers.base import read_index
+def list_jobs(all_users: bool = False) -> list[dict[str, Any]]:
+    """The jobs in the index, newest last, with their run folder's current existence: the
+    current user's (entries from before users were recorded count as theirs), or everyone's."""
+    from llmctl.schedulers.base import current_user, read_index
 
+    me = current_user()
     rows = []
     for e in read_index():
+        user = e.get("user")
+        if not all_users and user not in (None, me):
+            continue
         rows.append({"job_id": e.get("job_id", "?"), "backend": e.get("backend", "?"),
-                     "name": e.get("name", ""), "submitted": e.get("submitted", ""),
+                     "name": e.get("name", ""), "user": user or me, "submitted": e.get("submitted", ""),
                      "run_dir": e.get("run_dir", ""),
                      "present": Path(e.get("run_dir", "")).is_dir()})
     return rows

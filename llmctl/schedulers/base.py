@@ -167,10 +167,21 @@ def record_submission(run_dir: Path, backend: str, job_id: str, name: str) -> No
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"run_dir": str(run_dir), "backend": backend, "job_id": job_id,
-                                "name": name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                                "name": name, "user": current_user(),
+                                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
                     + "\n")
     except OSError as e:
         raise LlmctlError(f"cannot record the job in {path}: {e.strerror or e}") from e
+
+
+def current_user() -> str:
+    """The login name jobs are recorded under (a shared LLMCTL_STATE_DIR holds many users')."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def read_index() -> list[dict[str, Any]]:
