@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def test_checkpoint_exports_and_transformers_logits_match(trained, cli):
     manifest = json.loads((art / "llmctl-manifest.json").read_text())
     assert manifest["source_checkpoint"].endswith("step-00000006")
     assert set(manifest["files"]) >= {"model.safetensors", "config.json", "tokenizer.json"}
+    # Teammates read the artifact: every file gets the umask's mode (0644 under 022), weights too.
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in art.iterdir()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(art, dtype=torch.float32).eval()
     assert type(hf).__name__ == "LlamaForCausalLM"
