@@ -66,7 +66,8 @@ def _perplexity_items(lm, task: T.Task, limit: Optional[int], progress: bool):
     cfg = task.cfg
     samples = []
     if cfg.data_config:
-        ids = _validation_tokens(lm, task)[: (limit * lm.max_len) if limit else None]
+        # --limit N: N windows, each predicting `stride` tokens (N * max_len would make N + 1).
+        ids = _validation_tokens(lm, task)[: (limit * lm.stride) if limit else None]
         bar = Progress(task.name, -(-len(ids) // lm.stride), progress)
         windows = lm.token_nll(ids)
         # Bytes of each window's text, to turn nats per token into bits per byte.

@@ -111,6 +111,8 @@ def test_results_have_the_harness_layout_and_samples(trained, tmp_path):
             "task", "output_type", "doc_to_text", "num_fewshot", "metric_list", "metadata",
             "target_delimiter", "fewshot_delimiter", "description"}
     assert ours["n-shot"]["arithmetic"] == 3 and ours["n-samples"]["arithmetic"]["effective"] == 5
+    # --limit 5 on a perplexity task: 5 windows, not 6 (each window predicts max_len - 1 tokens).
+    assert ours["n-samples"]["stdlib_perplexity"]["effective"] == 5
     assert {"model", "model_args", "batch_size", "limit", "bootstrap_iters", "fewshot_seed"} <= set(ours["config"])
     assert ours["config"]["batch_size"] == 3
     # Per-sample logs, one JSONL per task, one line per evaluated document.
