@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
@@ -95,7 +97,11 @@ def serve(settings) -> None:
             return replica_loop(world, settings, artifact)
         return mpi.worker_loop(world, settings, artifact)
     shard = (0, world.Get_size()) if world is not None and not dp else None
+    # Loading a large artifact takes a while: say so, so that a silent log is not mistaken for a hang.
+    print(f"llmctl serve: loading {artifact} ...", flush=True)
+    t0 = time.monotonic()
     art, eng = build_engine(settings, artifact, shard=shard)
+    print(f"llmctl serve: loaded {art.name} in {time.monotonic() - t0:.1f} s", flush=True)
     if dp:
         from llmctl.serve.dp import Router
 
@@ -153,10 +159,22 @@ def _run_http(settings, art, eng, worker, key, restartable: bool) -> None:
         cleanups.append(lambda: endpoint.unlink(missing_ok=True))
     # Last: tell the MPI workers to stop (no-op on one rank); after a lost rank it exits at once.
     cleanups.append(getattr(worker, "close", None) or (lambda: mpi.shutdown(eng)))
+    # uvicorn re-raises the signal once it has shut down (the exit status says SIGTERM): the
+    # last word is said here.
+    cleanups.append(lambda: print("llmctl serve: stopped", flush=True))
     app = build_app(state, on_shutdown=cleanups)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5,
                             timeout_keep_alive=timeouts.idle_s, http=httpconn.protocol(timeouts))
     server = uvicorn.Server(config)
+    stop_requested = server.handle_exit
+
+    def handle_exit(sig, frame):  # uvicorn installs self.handle_exit for SIGINT and SIGTERM
+        if not server.should_exit:
+            print(f"llmctl serve: {signal.Signals(sig).name} received: finishing the requests in flight, "
+                  "then stopping", flush=True)
+        stop_requested(sig, frame)
+
+    server.handle_exit = handle_exit
     print(f"llmctl serve: {art.name} on http://{settings.host}:{port}/v1 "
           f"(scheduler {settings.scheduler})", flush=True)
     if restarter is not None:

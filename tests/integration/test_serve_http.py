@@ -158,3 +158,15 @@ def test_full_queue_answers_429_and_keys_are_checked(artifact):
             assert K.metrics(s.url)["llmctl_requests_rejected_total"] == 1
         t.join(120)
         assert codes == [200]  # the hang-up released the engine, and the waiting request ran
+
+
+def test_server_says_it_is_loading_and_that_it_stopped(artifact):
+    s = K.Server(artifact).wait()
+    out = s.stop()  # SIGTERM: uvicorn stops, then re-raises it (the exit status says how it ended)
+    assert s.proc.returncode == -15, out
+    lines = out.splitlines()
+    loading = next(i for i, ln in enumerate(lines) if ln.startswith("llmctl serve: loading "))
+    loaded = next(i for i, ln in enumerate(lines) if ln.startswith("llmctl serve: loaded tiny in "))
+    listening = next(i for i, ln in enumerate(lines) if " on http://127.0.0.1:" in ln)
+    term = next(i for i, ln in enumerate(lines) if ln.startswith("llmctl serve: SIGTERM received"))
+    assert loading < loaded < listening < term < lines.index("llmctl serve: stopped"), lines
