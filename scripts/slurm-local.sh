@@ -17,6 +17,8 @@ STATE_DIR=/var/spool/slurmctld
 SPOOL_DIR=/var/spool/slurmd
 LOG_DIR=/var/log/slurm
 RUN_DIR=/run/slurm
+# The nodes of partition `multi` (node1..N in network namespaces) come from this sibling.
+MULTI="$(dirname "${BASH_SOURCE[0]}")/slurm-multinode.sh"
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server slurm-wlm-torque openmpi-bin)
 
 log() { printf 'slurm-local: %s\n' "$*" >&2; }
@@ -51,17 +53,18 @@ write_config() {
   cat >"$CONF_DIR/slurm.conf.new" <<EOF
 # Written by scripts/slurm-local.sh: a one-node test cluster on localhost.
 ClusterName=localhost
-SlurmctldHost=localhost
+SlurmctldHost=localhost($(bash "$MULTI" controller-addr))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire=5
 StateSaveLocation=$STATE_DIR
-SlurmdSpoolDir=$SPOOL_DIR
+SlurmdSpoolDir=$SPOOL_DIR-%n
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
+SlurmdTimeout=10
 SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -83,6 +86,7 @@ AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 PlugStackConfig=$CONF_DIR/plugstack.conf
+$(bash "$MULTI" conf)
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$declared RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -153,7 +157,7 @@ start_slurmdbd() {
 start_slurm() {
   running "$RUN_DIR/slurmctld.pid" || slurmctld
   wait_for 30 slurmctld scontrol ping
-  running "$RUN_DIR/slurmd.pid" || slurmd -N localhost
+  running "$RUN_DIR/slurmd-localhost.pid" || { mkdir -p "$SPOOL_DIR-localhost"; slurmd -N localhost; }
   wait_for 60 "node localhost to be idle" node_idle
 }
 
@@ -170,33 +174,38 @@ node_idle() {
 up() {
   need_root
   install_packages
-  if running "$RUN_DIR/slurmctld.pid" && node_idle; then
+  if running "$RUN_DIR/slurmctld.pid" && node_idle && bash "$MULTI" conf-current; then
+    bash "$MULTI" up
     log "already up"
     status
     return 0
   fi
+  bash "$MULTI" net   # slurmctld's address is on its bridge
   write_config
   start_munge
   start_mariadb
   start_slurmdbd
+  bash "$MULTI" restart-if-stale   # a slurmctld started before slurm.conf had the nodes
   start_slurm
+  bash "$MULTI" up
   log "up: $(sinfo -h -o '%P %D %T' | head -n1)"
 }
 
 down() {
   need_root
   scontrol shutdown >/dev/null 2>&1 || true
-  for f in slurmctld slurmd slurmdbd; do
+  for f in slurmctld slurmd-localhost slurmdbd; do
     if running "$RUN_DIR/$f.pid"; then kill "$(cat "$RUN_DIR/$f.pid")" 2>/dev/null || true; fi
   done
   if mariadb-admin ping >/dev/null 2>&1; then mariadb-admin shutdown || true; fi
   if [ -f /run/munge/munged.pid ]; then kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true; fi
+  bash "$MULTI" down --all
   log "down"
 }
 
 status() {
   local d
-  for d in slurmctld slurmd slurmdbd; do
+  for d in slurmctld slurmd-localhost slurmdbd; do
     if running "$RUN_DIR/$d.pid"; then echo "$d: running (pid $(cat "$RUN_DIR/$d.pid"))"
     else echo "$d: stopped"; fi
   done
