@@ -101,6 +101,8 @@ class PlanInputs(StrictModel):
     """Sequences per optimizer step."""
     memory_gb: Optional[float] = Field(None, gt=0)
     """Memory per GPU the plan was made for."""
+    device: Literal["gpu", "cpu"] = "gpu"
+    """What the plan's devices are: GPUs, or CPU processes (a CPU-only hardware profile)."""
     strategy: Literal["auto", "manual"] = "auto"
     """auto: chosen by the solver; manual: a given layout, costed."""
 

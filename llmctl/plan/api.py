@@ -155,7 +155,7 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
                   hardware_sha256=_sha(req.hardware), **({"train": req.train, "train_sha256": _sha(req.train)}
                                                         if req.train else {}), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
                   seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy,
-                  attention=w.attention, precision=w.precision, tp_overlap=w.tp_overlap)
+                  attention=w.attention, precision=w.precision, tp_overlap=w.tp_overlap, device=cl.device)
     best, *alts = outcome.plans
     data = {
         "inputs": inputs,

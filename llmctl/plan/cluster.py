@@ -78,6 +78,8 @@ class Cluster:
     """Per-hop latency of a collective step (NCCL ring step, order of microseconds)."""
     gpu_name: str = "GPU"
     fp8_flops: float = 0.0
+    device: str = "gpu"
+    """'gpu', or 'cpu' for a CPU-only profile (its 'GPUs' are processes sharing the cores)."""
     """Dense peak FP8 FLOP/s of one device (0: none, e.g. A100), for --precision fp8."""
 
     @property
@@ -144,9 +146,10 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
                     unknown_gpu = part.gpu_model
         if site.network.inter_node_bw_gbps and g:
             inter = site.network.inter_node_bw_gbps * 1e9 / g
+    device = "gpu"
     if profile is not None and profile.gpu.count == 0:
         g, name, mem, peak, hbm, intra, inter, sustained = _cpu_node(profile, gpus_per_node)
-        unknown_gpu = None
+        unknown_gpu, device = None, "cpu"
     elif profile is not None:
         g = profile.gpu.count
         lim = profile.limits
@@ -221,7 +224,7 @@ def build_cluster(profile: Any = None, site: Any = None, *, nodes: Optional[int]
         intra, inter = min(intra, max_comm_bw_gbps * 1e9), min(inter, max_comm_bw_gbps * 1e9)
     return Cluster(nodes=nodes or 1, gpus_per_node=g, memory_gb=float(mem_limit), peak_flops=float(peak),
                    sustained=sustained, hbm_bw=hbm, intra_bw=intra, inter_bw=inter, gpu_name=name,
-                   fp8_flops=float(fp8))
+                   fp8_flops=float(fp8), device=device)
 
 
 def _cpu_node(profile: Any, ranks: Optional[int]):

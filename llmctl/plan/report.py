@@ -22,10 +22,21 @@ def recompute_name(p) -> str:
     return p.recompute
 
 
+def flops_text(tflops: float) -> str:
+    """A rate with a unit that shows its digits: TFLOP/s, else GFLOP/s (a tiny model on a CPU)."""
+    if tflops >= 1 or tflops == 0:
+        return f"{tflops:.1f} TFLOP/s"
+    return f"{tflops * 1e3:.1f} GFLOP/s" if tflops >= 1e-3 else f"{tflops * 1e6:.1f} MFLOP/s"
+
+
 def print_plan(plan) -> None:
     p, pr = plan.parallelism, plan.predicted
     i = plan.inputs
-    click.echo(f"plan for {i.model} on {i.nodes} x {i.gpus_per_node} GPUs "
+    cpu = i.device == "cpu"
+    unit = "CPU process" if cpu else "GPU"
+    devices = f"{i.gpus_per_node} {unit}{'es' if cpu and i.gpus_per_node != 1 else ''}" if cpu else \
+        f"{i.gpus_per_node} GPU{'s' if i.gpus_per_node != 1 else ''}"
+    click.echo(f"plan for {i.model} on {i.nodes} node{'s' if i.nodes != 1 else ''} x {devices} "
                f"(seq {i.seq_len}, global batch {i.global_batch}, {i.strategy})")
     click.echo(f"  tp={p.tp} pp={p.pp} dp={p.dp} cp={p.cp} vpp={p.vpp} micro_batch={p.micro_batch} "
                f"grad_accum={p.grad_accum} zero={p.zero_stage} recompute={recompute_name(p)}")
@@ -35,12 +46,13 @@ def print_plan(plan) -> None:
         click.echo(f"  partial recomputation: blocks recomputed per stage {p.recompute_layers_per_stage}")
     if pr is None:
         return
-    click.echo(f"  step {pr.step_time_s:.3f} s, {pr.tokens_per_s:,.0f} tokens/s, "
-               f"{pr.tflops_per_gpu:.1f} TFLOP/s per GPU (MFU {pr.mfu:.1%}), "
-               f"{pr.memory_gb_per_gpu:.1f} GB on the fullest GPU")
+    step = f"{pr.step_time_s:.3f} s" if pr.step_time_s >= 0.1 else f"{pr.step_time_s * 1e3:.3g} ms"
+    click.echo(f"  step {step}, {pr.tokens_per_s:,.0f} tokens/s, "
+               f"{flops_text(pr.tflops_per_gpu)} per {unit} (MFU {pr.mfu:.1%}), "
+               f"{pr.memory_gb_per_gpu:.1f} GB on the fullest {unit}")
     from llmctl.cli.common import print_table
 
-    click.echo("\nmemory per GPU by stage (GB)")
+    click.echo(f"\nmemory per {unit} by stage (GB)")
     print_table([{"stage": m.stage, **{k: f"{getattr(m, k):.2f}" for k in MEM_PARTS + ("total",)}}
                  for m in pr.memory_per_stage], ["stage", *MEM_PARTS, "total"])
     click.echo("\nwhere the step time goes (s)")

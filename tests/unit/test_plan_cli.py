@@ -99,6 +99,14 @@ def test_cpu_only_profile_plans_a_tiny_model(tmp_path):
     assert data["inputs"]["memory_gb"] == pytest.approx(25.3 / 2)
     par = data["parallelism"]
     assert par["tp"] * par["pp"] * par["dp"] * par["cp"] == 2
+    assert data["inputs"]["device"] == "cpu"
+    # The text report calls the devices CPU processes and gives a rate with digits that show.
+    r = run_cli("plan", "compute", "--model", _model(tmp_path, size="tiny"), "--hardware", _cpu_profile(tmp_path),
+                "--gpus-per-node", "2", "--global-batch", "4")
+    assert r.returncode == 0, r.stderr
+    first, _, _, step = r.stdout.splitlines()[:4]
+    assert " on 1 node x 2 CPU processes (" in first and "GPU" not in r.stdout.split("alternatives")[0]
+    assert "GFLOP/s per CPU process" in step and "0.0 TFLOP/s" not in step
 
 
 def test_unknown_gpu_asks_for_peak_tflops(tmp_path):
