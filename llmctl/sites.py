@@ -130,6 +130,9 @@ def check_site(ref: str) -> dict[str, Any]:
         for name, p in cfg.partitions.items():
             if p.gpus_per_node and not p.gpu_model:
                 warnings.append(f"partitions.{name}.gpu_model is not set: the planner cannot look up peak FLOP/s")
+    if cfg.scheduler in ("slurm", "pbs", "k8s") and not cfg.job_python():
+        warnings.append("python is not set: jobs are refused until it names the compute nodes' "
+                        "interpreter (or a [container] gives one)")
     if cfg.network.inter_node not in ("none", "") and cfg.network.inter_node_bw_gbps is None:
         warnings.append("network.inter_node_bw_gbps is not set: the planner will take the probed IB rate")
     if problems:

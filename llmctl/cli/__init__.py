@@ -13,7 +13,7 @@ import sys
 import click
 
 from llmctl import __version__
-from llmctl.cli import data, env, eval as eval_, export, hw, init, job, plan, schema, serve, site, train
+from llmctl.cli import data, doctor, env, eval as eval_, export, hw, init, job, plan, schema, serve, site, train
 from llmctl.errors import LlmctlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -39,7 +39,7 @@ def cli(debug: bool) -> None:
 
 for _group in (init.group, hw.group, plan.group, data.group, train.group, eval_.group,
                export.command, serve.group, job.group, site.group, env.command,
-               schema.command, env.completion):
+               schema.command, doctor.command, env.completion):
     cli.add_command(_group)
 
 

@@ -56,3 +56,48 @@ def check(site: str, as_json: bool) -> None:
         for w in report["warnings"]:
             click.echo(f"warning: {w}", err=True)
         click.echo(f"ok: {report['name']} ({report['path']}): {report['summary']}")
+
+
+@group.command("init")
+@click.option("--scheduler", type=click.Choice(["slurm", "pbs"]),
+              help="Scheduler to ask (default: slurm when `scontrol` is on PATH, else pbs when "
+                   "`qstat` and `pbsnodes` are).")
+@click.option("--name", help="Site name (default: the --output file's name, else the cluster's).")
+@click.option("--python", "python", metavar="PATH",
+              help="Python on the compute nodes, with llmctl importable (default: this llmctl's when "
+                   "the default partition's nodes are this machine, else a commented placeholder).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False),
+              help="Write the draft to FILE (atomically) instead of printing it.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+@click.option("--from", "from_dir", type=click.Path(file_okay=False, exists=True),
+              help="Read recorded command outputs from DIR instead of asking the scheduler "
+                   "(scontrol_show_{config,partition,node}.txt or qstat_Bf.txt, qstat_Qf.txt, "
+                   "pbsnodes_a.txt; see docs/site-admin.md).")
+def init(scheduler, name, python, output, force, from_dir) -> None:
+    """Draft a site-config from the cluster's scheduler: partitions, nodes, GPUs, limits.
+
+    \b
+    Reads `scontrol -a -o show partition|node` (SLURM) or `qstat -Q -f`, `qstat -B -f`
+    and `pbsnodes -a` (PBS). What the scheduler cannot know (account, modules,
+    container, network, filesystems; python unless the nodes are this machine) is
+    left as commented placeholders. The draft passes `llmctl site check`; run
+    `llmctl doctor --site FILE` next.
+    """
+    from pathlib import Path
+
+    from llmctl.errors import LlmctlError
+    from llmctl.siteinit import detect_scheduler, draft, inventory, write
+
+    if output and not force and Path(output).exists():
+        raise LlmctlError(f"{output} already exists", hint="pass --force to replace it")
+    if output and name and Path(output).stem != name:
+        raise LlmctlError(f"--name {name!r} differs from the file name {Path(output).stem!r}",
+                          hint="`--site NAME` finds NAME.toml: name the file after the site")
+    cluster = inventory(scheduler or detect_scheduler(), from_dir=from_dir)
+    text = draft(cluster, name=name or (Path(output).stem if output else None), python=python)
+    if not output:
+        click.echo(text, nl=False)
+        return
+    path = write(text, output, force=force)
+    click.echo(f"wrote {path}: {len(cluster.partitions)} partition(s) from {cluster.scheduler} cluster "
+               f"{cluster.name!r}; next: llmctl site check {path} && llmctl doctor --site {path}", err=True)

@@ -14,9 +14,9 @@ GROUPS = {
     "init": ["scaffold"], "hw": ["probe", "benchmark"], "plan": ["calibrate", "compute", "explain"],
     "data": ["prepare"], "train": ["launch"], "eval": ["run", "watch", "schedule"],
     "serve": ["start", "batch", "launch"], "job": ["submit", "status", "logs", "cancel", "list"],
-    "site": ["list", "show", "check"],
+    "site": ["list", "show", "check", "init"],
 }
-COMMANDS = ["export", "env", "schema", "completion"]
+COMMANDS = ["export", "env", "schema", "completion", "doctor"]
 
 # Every example command in the seed README, exactly as written there.
 SEED_EXAMPLES = [

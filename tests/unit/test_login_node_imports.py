@@ -29,6 +29,8 @@ COMMANDS = [
     ["site", "list"],
     ["site", "show", "slurm-a100-ib"],
     ["site", "check", "local"],
+    ["site", "init", "--help"],
+    ["doctor"],
     ["schema", "plan"],
     ["plan", "--help"],
     ["plan", "compute", "--help"],
