@@ -341,7 +341,7 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         array_parallel=req.array_parallel, after=after, after_run_dirs=after_run_dirs, requeue=requeue,
         signal_grace_s=grace, pbs_dialect=site.pbs_dialect,
         launcher=launcher, mpirun=site.mpirun, mpirun_args=list(site.mpirun_args),
-        master_port=req.master_port, modules=list(site.modules), module_purge=site.module_purge,
+        master_port=req.master_port if req.backend == "k8s" else None, modules=list(site.modules), module_purge=site.module_purge,
         setup=list(site.setup),
         container=ContainerSpec(runtime=site.container.runtime, image=site.container.image,
                                 mounts=list(site.container.mounts)),

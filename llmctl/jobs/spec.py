@@ -23,9 +23,15 @@ Backend = Literal["local", "slurm", "pbs", "mpi", "k8s"]
 class ContainerSpec(StrictModel):
     """How each rank is wrapped in a container (runtime 'none': not at all)."""
 
-    runtime: Literal["none", "apptainer", "singularity", "pyxis", "kubernetes"] = "none"
+    runtime: Literal["none", "apptainer", "singularity", "pyxis", "bubblewrap", "kubernetes"] = "none"
     image: Optional[str] = None
     mounts: list[str] = []
+
+    def binds(self) -> list[tuple[str, str, bool]]:
+        """The mounts as (SRC, DST, read-only), each after the one that holds it (bwrap binds in order)."""
+        from llmctl.config.site import parse_mount
+
+        return sorted((parse_mount(m) for m in self.mounts), key=lambda m: (m[1].count("/"), m[1]))
 
 
 class KubernetesSpec(StrictModel):
@@ -109,7 +115,10 @@ class JobSpec(StrictModel):
     """How ranks start: srun task per rank, torchrun per node, mpirun, or one process."""
     mpirun: str = "mpirun"
     mpirun_args: list[str] = []
-    master_port: int = Field(29500, ge=1, le=65535)
+    master_port: Optional[int] = Field(None, ge=1, le=65535)
+    """Kubernetes: the rendezvous port (the headless Service's). Elsewhere None: the script
+    derives one per job (20000 + job id % 20000; local and MPI jobs: from the wrapper's pid),
+    so that two jobs sharing a node never collide."""
     modules: list[str] = []
     module_purge: bool = False
     setup: list[str] = []

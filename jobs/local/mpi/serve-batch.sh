@@ -18,7 +18,7 @@ echo "llmctl: started on $(hostname) at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 # One process
 export MASTER_ADDR=127.0.0.1
-export MASTER_PORT=29500
+export MASTER_PORT=$((20000 + $$ % 20000))
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM

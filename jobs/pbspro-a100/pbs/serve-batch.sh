@@ -32,7 +32,8 @@ echo "llmctl: job ${PBS_JOBID:-?} on $(hostname)"
 
 # One process
 export MASTER_ADDR=127.0.0.1
-export MASTER_PORT=29500
+pbs_job_number=${PBS_JOBID:-0}; pbs_job_number=${pbs_job_number%%[!0-9]*}
+export MASTER_PORT=$((20000 + ${pbs_job_number:-0} % 20000))
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
