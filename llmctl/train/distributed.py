@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -146,6 +148,13 @@ def train_parallel(s, verify: bool = True) -> int:
     dims = s.dims
     dims.validate(rdv.world_size, s.model_cfg, where=str(s.run.plan_file), seq_len=s.seq_len)
     rank = rdv.rank
+    # Where each rank runs: one line in its own log, and every rank's host in the start record
+    # (across nodes, a rank that is not where it should be shows here first).
+    host = socket.gethostname()
+    print(f"llmctl: rank {rank} of {rdv.world_size} (local rank {rdv.local_rank}) on {host}",
+          file=sys.stderr, flush=True)
+    hosts = [None] * rdv.world_size
+    dist.all_gather_object(hosts, host)
     precision = _precision(tcfg.precision, device)
     mesh = build_mesh(dims, device.type)
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank, and as one process
@@ -189,7 +198,7 @@ def train_parallel(s, verify: bool = True) -> int:
            "tokens_per_step": s.tokens_per_step, "flops_per_token": fpt, "peak_flops": peak,
            "peak_source": peak_source, "checkpoint": str(latest) if latest else None,
            "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "data": str(s.data_dir),
-           "data_position": sampler.position, "world_size": world, "launcher": rdv.source,
+           "data_position": sampler.position, "world_size": world, "launcher": rdv.source, "hosts": hosts,
            "layout": {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp, "mode": dims.dp_mode,
                       "zero_stage": dims.zero_stage, "schedule": dims.schedule,
                       "sequence_parallel": dims.sequence_parallel},

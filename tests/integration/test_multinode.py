@@ -1,0 +1,202 @@
+"""More than one node, for real: jobs on partition `multi` of the local cluster
+(scripts/slurm-multinode.sh: node1 and node2 are slurmds in their own network and UTS
+namespaces, so each has its own hostname and address, and gloo talks over a bridge).
+
+`train launch --launcher slurm --nodes 2` with 2 ranks per node, from a test copy of
+site-configs/local-multinode.toml: DDP under srun (a task per rank) and under torchrun
+with c10d rendezvous (a task per node), and tp=2 x pp=2 with the two pipeline stages on
+different nodes, each following the single-process losses (tolerance of
+test_parallel_train); every rank names its host. A node lost mid-job (its link taken
+down) ends the job NODE_FAIL, SLURM requeues it, and the rerun resumes from the last
+checkpoint to the weights of an uninterrupted run.
+
+Skipped where the partition is absent; LLMCTL_REQUIRE_SLURM=1 makes that a failure.
+Each test is one or two 4-rank jobs on a 2-core machine: marked `multinode` and `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, needs, run_cli
+
+pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jobsupport import wait_state  # noqa: E402
+from trainkit import HOLDPOINT, TINY_MODEL, make_project, make_run, prepare_data, records, run_train  # noqa: E402
+
+pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.slow]
+
+PARTITION = "multi"
+STEPS = 6
+LOSS_TOL = 1e-4  # as test_parallel_train: float32 sums in another order
+HOSTS_2X2 = ["node1", "node1", "node2", "node2"]  # srun's block distribution: ranks 0,1 on the first node
+
+# 2 nodes x 2 ranks. Micro-batch 2 everywhere: the validation set is eval_batches micro-batches.
+PLAN = """[inputs]
+model = "configs/models/tiny.json"
+nodes = 2
+gpus_per_node = 2
+seq_len = 32
+global_batch = 8
+
+[parallelism]
+{layout}
+"""
+
+
+def multinode_up() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        out = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-N", "-o", "%N %T"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    ok = {ln.split()[0] for ln in out.stdout.splitlines()
+          if len(ln.split()) == 2 and ln.split()[1].startswith(("idle", "mixed", "alloc"))}
+    return out.returncode == 0 and {"node1", "node2"} <= ok
+
+
+def require_multinode() -> None:
+    needs("slurm", multinode_up(),
+          f"no partition {PARTITION!r} with node1 and node2 up (bash scripts/slurm-multinode.sh up)")
+
+
+def site_copy(root: Path, name: str, env: dict | None = None) -> Path:
+    """site-configs/local-multinode.toml with this interpreter on the nodes (the shipped file
+    names /srv/llmctl/venv) and one CPU per rank, so that a 2-rank node has room to spare."""
+    text = (REPO / "site-configs" / "local-multinode.toml").read_text()
+    text = re.sub(r'(?m)^name = .*$', f'name = "{name}"', text)
+    text = re.sub(r'(?m)^python = .*$', f'python = "{sys.executable}"', text)
+    text = re.sub(r'(?m)^cpus_per_node = .*$', "cpus_per_node = 2", text)
+    text = re.sub(r'(?m)^memory_gb = .*$', "memory_gb = 3", text)
+    text = re.sub(r'(?m)^requeue_grace_s = .*$', "requeue_grace_s = 30", text)
+    for k, v in (env or {}).items():
+        text += f"{k} = {json.dumps(v)}\n"  # [env] is the file's last table
+    p = root / f"{name}.toml"
+    p.write_text(text)
+    return p
+
+
+def cli_env(root: Path) -> dict:
+    return {"LLMCTL_STATE_DIR": str(root / "state")}
+
+
+def launch(root: Path, name: str, layout: str, *args: str, env: dict | None = None, steps: int = STEPS,
+           interval: int = 3) -> Path:
+    site = site_copy(root, f"mn{name}", env)
+    (root / f"{name}-plan.toml").write_text(PLAN.format(layout=layout))
+    cfg = make_run(root, f"{name}-cfg", steps=steps, interval=interval, eval_interval=3) / "config.toml"
+    run = root / "runs" / name
+    r = run_cli("train", "launch", "--plan", f"{name}-plan.toml", "--config", str(cfg), "--launcher", "slurm",
+                "--site", str(site), "--nodes", "2", "--run-dir", str(run), "--name", f"llmctl-mn-{name}",
+                *args, cwd=root, env=cli_env(root))
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+def logs(run: Path) -> str:
+    return "\n".join(f"== {p.name}\n" + p.read_text(errors="replace")[-3000:]
+                     for p in sorted((run / "logs").glob("*")))
+
+
+def finish(root: Path, run: Path, timeout: float = 300) -> dict:
+    try:
+        st = wait_state(lambda *a, **k: run_cli(*a, cwd=root, env=cli_env(root), **k), run, timeout=timeout)
+    finally:
+        job = json.loads((run / "submission.json").read_text())["job_id"]
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    assert st["state"] == "COMPLETED", (st, logs(run))
+    return st
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {t["step"]: t["loss"] for t in records(run, "train")}
+
+
+def assert_follows_single(root: Path, run: Path) -> None:
+    ref, got = losses(root / "runs" / "single"), losses(run)
+    assert sorted(got) == list(range(1, STEPS + 1)), got
+    for step, loss in got.items():
+        assert abs(loss - ref[step]) <= LOSS_TOL, f"step {step}: {loss} vs single-process {ref[step]}"
+    ref_val = {e["step"]: e["val_loss"] for e in records(root / "runs" / "single", "eval")}
+    got_val = {e["step"]: e["val_loss"] for e in records(run, "eval")}
+    assert sorted(got_val) == sorted(ref_val) == [3, 6], got_val
+    for step, v in got_val.items():
+        assert abs(v - ref_val[step]) <= LOSS_TOL, f"step {step}: val loss {v} vs {ref_val[step]}"
+
+
+def assert_spans_both_nodes(run: Path, hosts: list[str] = HOSTS_2X2) -> None:
+    start = records(run, "start")[0]
+    assert start["world_size"] == 4 and start["hosts"] == hosts, start
+    text = logs(run)
+    for rank, host in enumerate(hosts):
+        assert f"llmctl: rank {rank} of 4 (local rank {rank % 2}) on {host}" in text, text
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    require_multinode()
+    root = make_project(tmp_path_factory.mktemp("multinode"), model={**TINY_MODEL, "tie_embeddings": False})
+    prepare_data(root)
+    ref = make_run(root, "single", steps=STEPS, interval=3, eval_interval=3)
+    cfg = ref / "config.toml"
+    cfg.write_text(cfg.read_text().replace("micro_batch_size = 4", "micro_batch_size = 2"))
+    r = run_train(ref)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+def test_srun_ddp_across_two_nodes_follows_single_process_and_resumes(project):
+    run = launch(project, "ddp", "dp = 4\nmicro_batch = 2\ngrad_accum = 1")
+    finish(project, run)
+    assert_follows_single(project, run)
+    assert_spans_both_nodes(run)
+    script = (run / "job.sh").read_text()
+    assert "#SBATCH --nodes=2" in script and "srun --ntasks=4 --ntasks-per-node=2" in script
+    # The step-3 checkpoint, shards written by ranks on node1 and node2, resumes in one process.
+    ck = run / "checkpoints" / "step-00000003"
+    files = json.loads((ck / "state.json").read_text())["files"]
+    assert {f"dcp/__{r}_0.distcp" for r in range(4)} <= set(files)
+    again = make_run(project, "ddp-resumed", steps=STEPS, interval=3, eval_interval=3)
+    cfg = again / "config.toml"
+    cfg.write_text(cfg.read_text().replace("micro_batch_size = 4", "micro_batch_size = 2"))
+    shutil.copytree(ck, again / "checkpoints" / ck.name)
+    (again / "checkpoints" / "latest").write_text(ck.name + "\n")
+    r = run_train(again)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, got = losses(project / "runs" / "single"), losses(again)
+    assert records(again, "start")[0]["step"] == 3 and sorted(got) == [4, 5, 6]
+    for step, loss in got.items():
+        assert abs(loss - ref[step]) <= LOSS_TOL, f"resumed step {step}: {loss} vs {ref[step]}"
+
+
+def test_torchrun_c10d_ddp_across_two_nodes_follows_single_process(project):
+    run = launch(project, "torchrun", "dp = 4\nmicro_batch = 2\ngrad_accum = 1", "--set", "launcher=torchrun")
+    finish(project, run)
+    assert_follows_single(project, run)
+    assert_spans_both_nodes(run)
+    script = (run / "job.sh").read_text()
+    assert "srun --ntasks=2 --ntasks-per-node=1" in script and "--rdzv-backend=c10d" in script
+    assert records(run, "start")[0]["launcher"] == "torchrun"
+
+
+def test_tp2_pp2_puts_the_pipeline_stages_on_different_nodes(project):
+    run = launch(project, "tp2pp2", "tp = 2\npp = 2\nmicro_batch = 2\ngrad_accum = 4")
+    finish(project, run)
+    assert_follows_single(project, run)
+    # The mesh is (pp, dp, tp): ranks 0,1 (stage 0, a tp pair) on node1, ranks 2,3 (stage 1) on node2.
+    assert_spans_both_nodes(run)
+    layout = records(run, "start")[0]["layout"]
+    assert (layout["tp"], layout["pp"], layout["dp"]) == (2, 2, 1)
