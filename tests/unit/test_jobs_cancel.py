@@ -257,12 +257,12 @@ def test_k8s_cancel_deletes_the_job_and_reports_cancelled_once_it_is_gone(tmp_pa
                      f'mounts = ["{tmp_path}:/workspace"]\n'
                      '[kubernetes]\nnamespace = "llm"\n')
     flag = tmp_path / "deleted"
-    env = scripted(tmp_path, "kubectl", f'case "$1" in get) [ -e {flag} ] || echo "train 1  ";; '
+    env = scripted(tmp_path, "kubectl", f'case "$1" in get) [ -e {flag} ] || echo "train|1|||";; '
                    f'delete) touch {flag};; esac')
     r = run_cli("job", "cancel", str(run), cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout == "llm/train CANCELLED\n"
-    assert any(c.startswith("kubectl delete job train -n llm") and "--cascade=foreground" in c
+    assert any(c.startswith("kubectl delete job/train -n llm") and "--cascade=foreground" in c
                for c in calls(tmp_path)), calls(tmp_path)
 
 
