@@ -101,7 +101,7 @@ PUBLISHED_B = {("llama3", "1b"): 1.24, ("llama3", "3b"): 3.21, ("llama3", "8b"):
 
 # size -> training defaults (sequence length is the model's max_seq_len unless given)
 TRAINING: dict[str, dict[str, Any]] = {
-    "tiny": dict(seq_len=256, micro_batch=4, global_batch=16, lr=1e-3, max_steps=300, warmup=30,
+    "tiny": dict(seq_len=128, micro_batch=4, global_batch=8, lr=1e-3, max_steps=300, warmup=30,
                  zero_stage=0, eval_interval=100, ckpt_interval=100, log_interval=10),
     "125m": dict(micro_batch=8, global_batch=256, lr=6e-4, max_steps=100_000, warmup=2000,
                  zero_stage=0, eval_interval=1000, ckpt_interval=1000, log_interval=10),

@@ -32,7 +32,7 @@ step "probe this machine into a hardware profile"
 
 step "plan the parallel layout (an ILP over the cost model)"
 "$LLMCTL" plan compute --model configs/models/llama-tiny.json --hardware configs/hw/local.toml \
-  --seq-len 128 --global-batch 8 --out plans/local.toml
+  --train configs/train.toml --out plans/local.toml
 "$LLMCTL" plan explain plans/local.toml --png plans/local.png
 
 step "tokenize the default corpus (the Python standard library's source) into HDF5 shards"

@@ -30,8 +30,11 @@ def cli(debug: bool) -> None:
     Typical flow on a login node:
       llmctl init scaffold --template llama --size tiny --name demo
       llmctl hw probe --emit configs/hw/local.toml
-      llmctl plan compute --model configs/models/llama-tiny.json --hardware configs/hw/local.toml --out plans/local.toml
-      llmctl train launch --plan plans/local.toml --data configs/data/example.toml --launcher local
+      llmctl plan compute --model configs/models/llama-tiny.json
+          --hardware configs/hw/local.toml --train configs/train.toml --out plans/local.toml
+      llmctl data prepare --config configs/data/example.toml
+      llmctl train launch --plan plans/local.toml --config configs/train.toml
+          --data configs/data/example.toml --launcher local
 
     Shell completion: eval "$(llmctl completion bash)" (or zsh, fish).
     """

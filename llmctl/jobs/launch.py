@@ -55,6 +55,7 @@ def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str
         cfg = load_config(config_path, TrainConfig)
         data = cfg.to_data()
         where = str(config_path)
+        _refuse_plan_conflicts(cfg, config_path, plan)
     elif plan is not None:
         model = plan.inputs.model
         data = {"model": {"name": Path(model).stem, "config_file": model}}
@@ -69,8 +70,40 @@ def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str
         data.setdefault("data", {})["seq_len"] = plan.inputs.seq_len
     if data_path:
         data.setdefault("data", {})["config_file"] = str(Path(data_path).absolute())
+    par = data.get("parallel", {})
+    if par.get("tp", 1) == 1:
+        par.pop("sequence_parallel", None)  # it means nothing without tensor parallelism
     cfg = validate_data(data, TrainConfig, where)
-    return cfg.to_data()
+    out = cfg.to_data()
+    if out.get("parallel", {}).get("tp", 1) == 1:
+        out["parallel"].pop("sequence_parallel", None)
+    return out
+
+
+# What a plan decides and a training config may also say: (section, key, plan's field, words).
+_PLAN_SHARED = (("parallel", "global_batch_size", "global_batch", "global batch"),
+                ("data", "seq_len", "seq_len", "sequence length"))
+
+
+def _refuse_plan_conflicts(cfg: Any, config_path: str, plan: Any) -> None:
+    """A training config and a plan that disagree on the global batch or the sequence
+    length: an error naming both values (the plan was solved for its own, so neither may
+    silently win). Values the file leaves to its defaults are the plan's to fill."""
+    if plan is None or cfg.parallel.strategy != "auto":
+        return
+    problems = []
+    for section, key, field, words in _PLAN_SHARED:
+        part = getattr(cfg, section)
+        if key not in part.model_fields_set:
+            continue
+        mine, planned = getattr(part, key), getattr(plan.inputs, field)
+        if mine != planned:
+            problems.append(f"{section}.{key} = {mine} in {config_path}, but the plan was solved for "
+                            f"{words} {planned}")
+    if problems:
+        raise LlmctlError("the training config and the plan disagree: " + "; ".join(problems),
+                          hint=f"compute the plan from this config (`llmctl plan compute ... --train "
+                               f"{config_path}`), or change the config to the plan's values")
 
 
 # The training config's fields that name files the job reads (section, key).

@@ -37,8 +37,7 @@ def test_scaffold_probe_plan_prepare_train_status(cli, tmp_path):
 
     ok("hw", "probe", "--emit", "configs/hw/local.toml")
     ok("plan", "compute", "--model", "configs/models/llama-tiny.json", "--hardware", "configs/hw/local.toml",
-       "--seq-len", "128",
-       "--global-batch", "8", "--out", "plans/local.toml")
+       "--train", "configs/train.toml", "--out", "plans/local.toml")
     ok("data", "prepare", "--config", "configs/data/example.toml")
     r = ok("train", "launch", "--plan", "plans/local.toml", "--config", "configs/train.toml",
            "--data", "configs/data/example.toml", "--launcher", "local", "--run-dir", "runs/e2e")

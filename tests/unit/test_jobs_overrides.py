@@ -128,3 +128,40 @@ def test_cpu_partition_has_no_gpu_bind(tmp_path):
                 "--site", "pbspro-a100", "--run-dir", str(tmp_path / "run"), "--dry-run", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "--gpu-bind" not in r.stdout and "--cpu-bind" not in r.stdout
+
+
+# --- the plan and the training config (issue #19: no silent overrides) ---------------
+
+TRAIN = '[model]\nname = "m"\nconfig_file = "m.json"\n\n[parallel]\nglobal_batch_size = {gb}\n\n[data]\nseq_len = {seq}\n'
+PLAN_SEQ = ('[inputs]\nmodel = "m.json"\nnodes = 1\ngpus_per_node = 2\nglobal_batch = 8\nseq_len = 128\n\n'
+            '[parallelism]\ndp = 2\nmicro_batch = 1\ngrad_accum = 4\n')
+
+
+def launch_local(tmp_path, train_text, run="run"):
+    (tmp_path / "plan.toml").write_text(PLAN_SEQ)
+    (tmp_path / "train.toml").write_text(train_text)
+    return run_cli("train", "launch", "--plan", "plan.toml", "--config", "train.toml", "--dry-run",
+                   "--run-dir", str(tmp_path / run), cwd=tmp_path)
+
+
+def test_config_and_plan_that_disagree_are_refused_naming_both(tmp_path):
+    r = launch_local(tmp_path, TRAIN.format(gb=16, seq=256))
+    assert r.returncode == 2
+    assert "parallel.global_batch_size = 16 in train.toml, but the plan was solved for global batch 8" in r.stderr
+    assert "data.seq_len = 256 in train.toml, but the plan was solved for sequence length 128" in r.stderr
+    assert "--train train.toml" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_agreeing_or_unset_values_take_the_plan_and_sp_only_with_tp(tmp_path):
+    import tomllib
+
+    r = launch_local(tmp_path, TRAIN.format(gb=8, seq=128))
+    assert r.returncode == 0, r.stderr
+    cfg = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert cfg["parallel"]["global_batch_size"] == 8 and cfg["data"]["seq_len"] == 128
+    assert "sequence_parallel" not in cfg["parallel"]  # tp = 1: meaningless, so not written
+    r = launch_local(tmp_path, '[model]\nname = "m"\nconfig_file = "m.json"\n', run="run2")
+    assert r.returncode == 0, r.stderr
+    cfg = tomllib.loads((tmp_path / "run2" / "config.toml").read_text())
+    assert cfg["parallel"]["global_batch_size"] == 8 and cfg["data"]["seq_len"] == 128

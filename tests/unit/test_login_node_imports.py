@@ -42,6 +42,7 @@ COMMANDS = [
 # Run inside a scaffolded tiny project: planning and rendering a job, as on a login node.
 IN_PROJECT = [
     ["plan", "compute", "--model", "configs/models/llama-tiny.json", "--hardware", "configs/hw/a100x8.toml",
+     "--train", "configs/train.toml",
      "--out", "plans/a100.toml"],
     ["train", "launch", "--plan", "plans/a100.toml", "--config", "configs/train.toml", "--launcher", "slurm",
      "--site", "slurm-a100-ib", "--nodes", "1", "--gpus-per-node", "8", "--dry-run", "--run-dir", "runs/r"],
