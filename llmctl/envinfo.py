@@ -17,7 +17,7 @@ from llmctl import __version__
 PACKAGES = ("click", "pydantic", "jinja2", "submitit", "pulp", "highspy", "nvidia-ml-py", "tomli-w",
             "torch", "numpy", "deepspeed", "h5py", "tokenizers", "safetensors", "mpi4py", "transformers")
 TOOLS = ("sbatch", "squeue", "srun", "qsub", "mpirun", "torchrun", "kubectl", "nvidia-smi",
-         "apptainer", "singularity")
+         "apptainer", "singularity", "bwrap")
 
 
 def _version(pkg: str) -> str | None:

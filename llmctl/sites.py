@@ -126,6 +126,8 @@ def check_site(ref: str) -> dict[str, Any]:
         warnings.append(f"`{tool}` is not on this machine's PATH (fine if you only render scripts here)")
     if cfg.container.runtime in ("apptainer", "singularity") and not shutil.which(cfg.container.runtime):
         warnings.append(f"`{cfg.container.runtime}` is not on this machine's PATH")
+    if cfg.container.runtime == "bubblewrap" and not shutil.which("bwrap"):
+        warnings.append("`bwrap` is not on this machine's PATH (the compute nodes need it: apt-get install bubblewrap)")
     if cfg.scheduler in ("slurm", "pbs") and any(p.gpus_per_node for p in cfg.partitions.values()):
         for name, p in cfg.partitions.items():
             if p.gpus_per_node and not p.gpu_model:

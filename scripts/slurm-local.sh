@@ -19,7 +19,10 @@ LOG_DIR=/var/log/slurm
 RUN_DIR=/run/slurm
 # The nodes of partition `multi` (node1..N in network namespaces) come from this sibling.
 MULTI="$(dirname "${BASH_SOURCE[0]}")/slurm-multinode.sh"
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server slurm-wlm-torque openmpi-bin)
+# bubblewrap and python3-venv: the sandbox of the bubblewrap site (site-configs/local-bwrap.toml,
+# scripts/bwrap-prefix.sh), whose jobs run on this cluster.
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server slurm-wlm-torque openmpi-bin
+          bubblewrap python3-venv)
 
 log() { printf 'slurm-local: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }

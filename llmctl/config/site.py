@@ -152,20 +152,36 @@ def parse_mount(text: str) -> tuple[str, str, bool]:
     return posixpath.normpath(src), posixpath.normpath(dst), len(parts) == 3 and parts[2] == "ro"
 
 
+# bubblewrap: where the sandbox mounts the image folder (its own prefix, like /usr in an
+# image), and the host paths every sandbox has besides its mounts. /etc is not there:
+# only the files a networked program needs, as apptainer binds them.
+BWRAP_IMAGE_DIR = "/opt/llmctl"
+BWRAP_SYSTEM = ("/usr", "/lib", "/lib64", "/bin", "/proc", "/dev", "/tmp", "/etc")
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 class Container(StrictModel):
     """Run the job inside a container."""
 
-    runtime: Literal["none", "apptainer", "singularity", "pyxis", "kubernetes"] = "none"
-    """apptainer/singularity (`exec --nv`), pyxis (`srun --container-image`), or kubernetes."""
+    runtime: Literal["none", "apptainer", "singularity", "pyxis", "bubblewrap", "kubernetes"] = "none"
+    """apptainer/singularity (`exec --nv`), pyxis (`srun --container-image`), bubblewrap (`bwrap`:
+    each rank sees the system's /usr, /proc, /dev, an empty /tmp, the image and the mounts, nothing
+    else), or kubernetes."""
     image: Optional[str] = None
-    """Image: a .sif path, a registry reference, or a squashfs file."""
+    """Image: a .sif path, a registry reference, or a squashfs file. bubblewrap: a folder (absolute
+    path on every node) holding llmctl and its Python, mounted read-only at `/opt/llmctl`
+    (`scripts/bwrap-prefix.sh` builds one)."""
     mounts: list[str] = []
     """Bind mounts as `SRC:DST` (or `SRC:DST:ro`), absolute paths: SRC on the login and compute
     nodes (a shared filesystem), DST inside the container. Only paths under a SRC are visible to
     the job; llmctl maps each path the job uses from SRC to DST and refuses any other. Kubernetes:
     one mount, SRC where the PVC's filesystem is on the login node, DST where pods mount the PVC."""
     python: Optional[str] = None
-    """Python inside the image, with llmctl importable (e.g. `/usr/bin/python3`); required with a runtime."""
+    """Python inside the image, with llmctl importable (e.g. `/usr/bin/python3`; bubblewrap:
+    `/opt/llmctl/bin/python`); required with a runtime."""
 
     @model_validator(mode="after")
     def _check(self) -> "Container":
@@ -176,7 +192,25 @@ class Container(StrictModel):
                              "(the login node's is not in the container)")
         for m in self.mounts:
             parse_mount(m)
+        if self.runtime == "bubblewrap":
+            self._check_bubblewrap()
         return self
+
+    def _check_bubblewrap(self) -> None:
+        if not self.image.startswith("/"):
+            raise ValueError(f"image {self.image!r}: with bubblewrap the image is a folder, "
+                             "by absolute path on every node")
+        if not (self.python.startswith("/") and any(_under(posixpath.normpath(self.python), r)
+                                                    for r in (BWRAP_IMAGE_DIR, "/usr"))):
+            raise ValueError(f"python {self.python!r} is not inside the sandbox: give the interpreter as it "
+                             f"is there, under {BWRAP_IMAGE_DIR} (the image) or /usr, "
+                             f"e.g. '{BWRAP_IMAGE_DIR}/bin/python'")
+        for m in self.mounts:
+            dst = parse_mount(m)[1]
+            taken = "/" if dst == "/" else next((r for r in (BWRAP_IMAGE_DIR, *BWRAP_SYSTEM) if _under(dst, r)), None)
+            if taken:
+                raise ValueError(f"mount {m!r}: {taken} is the sandbox's own (system folders, the image); "
+                                 "mount it at another path, e.g. /workspace")
 
 
 class Network(StrictModel):

@@ -55,6 +55,8 @@ def problems(run: Any, spec: Any) -> list[str]:
         out += found
         if not found and label == "data.config_file":
             out += _prepared(path)
+    if spec.container.runtime == "bubblewrap":
+        out += _bwrap_image(spec.container.image, spec.python)
     if spec.backend in ("slurm", "pbs") and spec.partition:
         from llmctl.sites import load_site
 
@@ -73,6 +75,21 @@ def problems(run: Any, spec: Any) -> list[str]:
     if spec.backend == "slurm" and not out and shutil.which("sbatch"):
         out += _sbatch_test_only(run.script("slurm"))
     return out
+
+
+def _bwrap_image(image: str, python: str) -> list[str]:
+    """A bubblewrap image is a folder on a shared filesystem: it is there, with its python."""
+    from llmctl.config.site import BWRAP_IMAGE_DIR
+
+    found = _readable("container.image", image)
+    if found or not python.startswith(BWRAP_IMAGE_DIR + "/"):
+        return found
+    host = os.path.join(image, python[len(BWRAP_IMAGE_DIR) + 1:])
+    # lexists: a venv's bin/python is a link into /usr, which is the compute node's, not this one's.
+    if not os.path.lexists(host):
+        return [f"container.python {python}: {host} is not in the image "
+                "(build the image with scripts/bwrap-prefix.sh)"]
+    return []
 
 
 def _sbatch_test_only(script: Path) -> list[str]:
