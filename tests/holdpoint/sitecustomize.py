@@ -8,11 +8,17 @@ lands mid-run, however fast the machine is. Only rank 0 writes the metrics log, 
 only rank 0 holds; the other ranks wait for it in the step's next collective, as
 they would for a slow rank. Python imports `sitecustomize` at start-up, which is how
 this reaches ranks that srun, torchrun or mpirun start inside a job.
+
+LLMCTL_TEST_HOLD_RESTART=K holds only in the job's run K (SLURM_RESTART_COUNT, 0 for the
+first): a requeued job's rerun, which inherits the environment, then runs through.
 """
 
 import os
 
 _AT = os.environ.get("LLMCTL_TEST_HOLD_AT_STEP")
+_RUN = os.environ.get("LLMCTL_TEST_HOLD_RESTART")
+if _RUN is not None and os.environ.get("SLURM_RESTART_COUNT", "0") != _RUN:
+    _AT = None
 
 if _AT:
     import sys

@@ -158,9 +158,19 @@ def project(tmp_path_factory):
     return root
 
 
-def test_srun_ddp_across_two_nodes_follows_single_process_and_resumes(project):
-    run = launch(project, "ddp", "dp = 4\nmicro_batch = 2\ngrad_accum = 1")
+DDP = "dp = 4\nmicro_batch = 2\ngrad_accum = 1"
+
+
+@pytest.fixture(scope="module")
+def ddp_run(project):
+    """The uninterrupted 2-node DDP run (also the reference of the node-loss test)."""
+    run = launch(project, "ddp", DDP)
     finish(project, run)
+    return run
+
+
+def test_srun_ddp_across_two_nodes_follows_single_process_and_resumes(project, ddp_run):
+    run = ddp_run
     assert_follows_single(project, run)
     assert_spans_both_nodes(run)
     script = (run / "job.sh").read_text()
@@ -192,11 +202,93 @@ def test_torchrun_c10d_ddp_across_two_nodes_follows_single_process(project):
     assert records(run, "start")[0]["launcher"] == "torchrun"
 
 
-def test_tp2_pp2_puts_the_pipeline_stages_on_different_nodes(project):
-    run = launch(project, "tp2pp2", "tp = 2\npp = 2\nmicro_batch = 2\ngrad_accum = 4")
+TP2PP2 = "tp = 2\npp = 2\nmicro_batch = 2\ngrad_accum = 4"
+
+
+@pytest.fixture(scope="module")
+def tp2pp2_run(project):
+    """The uninterrupted tp=2 x pp=2 run (also the reference of the node-loss test)."""
+    run = launch(project, "tp2pp2", TP2PP2)
     finish(project, run)
+    return run
+
+
+def test_tp2_pp2_puts_the_pipeline_stages_on_different_nodes(project, tp2pp2_run):
+    run = tp2pp2_run
     assert_follows_single(project, run)
     # The mesh is (pp, dp, tp): ranks 0,1 (stage 0, a tp pair) on node1, ranks 2,3 (stage 1) on node2.
     assert_spans_both_nodes(run)
     layout = records(run, "start")[0]["layout"]
     assert (layout["tp"], layout["pp"], layout["dp"]) == (2, 2, 1)
+
+
+def weights(ck: Path) -> dict:
+    from llmctl.parallel.checkpoint import Source
+
+    return dict(Source(ck).model_tensors())
+
+
+def ns_pids(ns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_node_lost_mid_job_is_requeued_and_resumes_to_the_uninterrupted_weights(project, tp2pp2_run):
+    """node2's link goes down while rank 0 holds after step 4 (the step-3 checkpoint is
+    written): SLURM marks node2 down, ends the run NODE_FAIL and requeues it (--requeue).
+    node2 comes back as after a reboot (its job processes gone, slurmd up, link up); the
+    rerun on both nodes resumes from step 3 and ends with the uninterrupted run's weights,
+    bit for bit (same layout, same rank placement, RNG and data position restored). tp=2 x pp=2:
+    its reductions are the same ops in the same order on a rerun; DDP's are not bit-exact across
+    a resume (it regroups its gradient buckets after the first step of each process)."""
+    ns, slurmd_pid = "llm-n2", Path("/run/slurm/slurmd-node2.pid")
+    needs("slurm", Path(f"/run/netns/{ns}").exists() and slurmd_pid.is_file(),
+          "node2's namespace is not this script's (scripts/slurm-multinode.sh)")
+    run = launch(project, "nodefail", TP2PP2, env={"PYTHONPATH": str(HOLDPOINT), "LLMCTL_TEST_HOLD_AT_STEP": "4",
+                                                "LLMCTL_TEST_HOLD_RESTART": "0"})
+    job = json.loads((run / "submission.json").read_text())["job_id"]
+    status = lambda: json.loads(run_cli("job", "status", str(run), "--json", cwd=project,  # noqa: E731
+                                        env=cli_env(project)).stdout)
+    t0 = time.monotonic()
+    try:
+        deadline = time.monotonic() + 240
+        while "llmctl-test: held after step 4" not in logs(run):
+            assert time.monotonic() < deadline, logs(run)
+            time.sleep(0.3)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True, timeout=10)
+        deadline = time.monotonic() + 180
+        while (st := status())["restarts"] < 1:  # NODE_FAIL after SlurmdTimeout (10 s) and a ping round
+            assert time.monotonic() < deadline, (st, logs(run))
+            time.sleep(1)
+        lost_after = time.monotonic() - t0
+        # requeued: finishing the lost run's processes, waiting for node2, or running again
+        assert st["last_state"] == "NODE_FAIL" and st["state"] in (
+            "COMPLETING", "PENDING", "REQUEUED", "CONFIGURING", "RUNNING"), st
+        text = run_cli("job", "status", str(run), cwd=project, env=cli_env(project)).stdout
+        assert "restarts=1 (last: NODE_FAIL)" in text, text
+        # node2 "reboots": what ran there is gone (slurmd stays), then the link comes back.
+        keep = int(slurmd_pid.read_text())
+        for pid in ns_pids(ns):
+            if pid != keep:
+                subprocess.run(["kill", "-9", str(pid)], capture_output=True, timeout=10)
+    except BaseException:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+        raise
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], capture_output=True, timeout=10)
+    st = finish(project, run, timeout=300)
+    assert st["restarts"] == 1 and st["last_state"] == "NODE_FAIL", st
+    starts, ends = records(run, "start"), records(run, "end")
+    assert len(starts) == 2 and starts[1]["step"] == 3 and starts[1]["restart"] == 1, starts
+    assert starts[1]["hosts"] == HOSTS_2X2
+    assert ends[-1]["reason"] == "finished" and ends[-1]["step"] == STEPS
+    # steps 4.. ran twice (the first run's step 4 was lost with the node); the rerun's match
+    ref = losses(tp2pp2_run)
+    got = {t["step"]: t["loss"] for t in records(run, "train") if t["step"] > 3}
+    assert got == {k: v for k, v in ref.items() if k > 3}, (got, ref)
+    import torch
+
+    a, b = weights(tp2pp2_run / "checkpoints" / "step-00000006"), weights(run / "checkpoints" / "step-00000006")
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[k], b[k]) for k in a), {k: (a[k] - b[k]).abs().max().item() for k in a}
+    print(f"node lost -> requeued in {lost_after:.0f} s; whole test {time.monotonic() - t0:.0f} s")
