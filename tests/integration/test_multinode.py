@@ -292,3 +292,19 @@ def test_node_lost_mid_job_is_requeued_and_resumes_to_the_uninterrupted_weights(
     assert sorted(a) == sorted(b)
     assert all(torch.equal(a[k], b[k]) for k in a), {k: (a[k] - b[k]).abs().max().item() for k in a}
     print(f"node lost -> requeued in {lost_after:.0f} s; whole test {time.monotonic() - t0:.0f} s")
+
+
+@pytest.mark.mpi
+def test_mpirun_across_two_nodes_follows_single_process(project):
+    """The mpirun launcher: a host list from SLURM (the rendered hostfile, node1 node1 node2
+    node2), MPICH's hydra from the venv starting the ranks on both nodes through SLURM."""
+    from jobsupport import VENV_BIN
+
+    needs("mpi", (VENV_BIN / "mpiexec").exists(), "pip install mpi4py mpich")
+    run = launch(project, "mpirun", DDP, "--set", "launcher=mpirun", "--set", f"mpirun={VENV_BIN}/mpiexec")
+    finish(project, run)
+    assert_follows_single(project, run)
+    assert_spans_both_nodes(run)
+    assert "-machinefile \"$HOSTFILE\"" in (run / "job.sh").read_text()
+    # the script's rank_env_mpi exports RANK/WORLD_SIZE from MPI's own variables
+    assert records(run, "start")[0]["launcher"] in ("pmi", "torchrun")
