@@ -43,3 +43,27 @@ if _AT:
 
     preempt.Preemption._handle = _handle_and_note
     metrics.MetricsLog.write = _write_and_hold
+
+# LLMCTL_TEST_CRASH_AT_STEP=N with LLMCTL_TEST_CRASH_RANK=R: rank R dies (exit 1, no
+# clean-up, as a crashed process) right after its N-th optimizer step, in the first
+# attempt only (torchrun's TORCHELASTIC_RESTART_COUNT 0): an elastic restart then runs through.
+_CRASH = os.environ.get("LLMCTL_TEST_CRASH_AT_STEP")
+if (_CRASH and os.environ.get("RANK") == os.environ.get("LLMCTL_TEST_CRASH_RANK", "0")
+        and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+    import sys as _sys
+
+    from llmctl.parallel import runner as _runner
+
+    _step = _runner.Runner.step
+    _done = []
+
+    def _step_and_crash(self, *args, **kwargs):
+        out = _step(self, *args, **kwargs)
+        _done.append(1)
+        if len(_done) == int(_CRASH):
+            print(f"llmctl-test: rank {os.environ['RANK']} crashing after step {_CRASH}",
+                  file=_sys.stderr, flush=True)
+            os._exit(1)
+        return out
+
+    _runner.Runner.step = _step_and_crash

@@ -308,3 +308,29 @@ def test_mpirun_across_two_nodes_follows_single_process(project):
     assert "-machinefile \"$HOSTFILE\"" in (run / "job.sh").read_text()
     # the script's rank_env_mpi exports RANK/WORLD_SIZE from MPI's own variables
     assert records(run, "start")[0]["launcher"] in ("pmi", "torchrun")
+
+
+def test_torchrun_elastic_restart_after_a_rank_crash_continues_without_requeue(project):
+    """torchrun's own fault tolerance: --max-restarts (PET_MAX_RESTARTS, from the site's env
+    or `--set env.PET_MAX_RESTARTS=N`). Rank 3 (node2) dies after step 4; both nodes' agents
+    restart their workers, which resume from the step-3 checkpoint in the same job: no
+    requeue, SLURM never sees a failure. TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a fresh
+    store per attempt (with the shared rendezvous store the restarted workers find the last
+    attempt's gloo addresses and fail to connect; docs/training.md)."""
+    run = launch(project, "elastic", DDP, "--set", "launcher=torchrun", "--set", 'env.PET_MAX_RESTARTS="3"',
+                 env={"PYTHONPATH": str(HOLDPOINT), "LLMCTL_TEST_CRASH_AT_STEP": "4",
+                      "LLMCTL_TEST_CRASH_RANK": "3", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+    st = finish(project, run)
+    assert st["restarts"] == 0 and not st.get("last_state"), st
+    text = logs(run)
+    assert "llmctl-test: rank 3 crashing after step 4" in text, text
+    starts = records(run, "start")
+    assert len(starts) == 2 and starts[1]["step"] == 3 and starts[1]["restart"] == 0, starts
+    assert starts[1]["hosts"] == HOSTS_2X2
+    assert records(run, "end")[-1]["reason"] == "finished"
+    # the resumed steps follow the single process as the uninterrupted ones do
+    ref = losses(project / "runs" / "single")
+    after = {t["step"]: t["loss"] for t in records(run, "train")[-3:]}
+    assert sorted(after) == [4, 5, 6], after
+    for step, loss in after.items():
+        assert abs(loss - ref[step]) <= LOSS_TOL, f"step {step}: {loss} vs single-process {ref[step]}"
