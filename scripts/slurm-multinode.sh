@@ -31,9 +31,16 @@
 #   - Several slurmds on one machine need their own spool, pid and log:
 #     SlurmdSpoolDir/SlurmdPidFile/SlurmdLogFile with %n (the node name).
 #   - SlurmdTimeout=10: with the default 300 s a lost node is noticed after 5 minutes.
+#   - The node lines come BEFORE `NodeName=localhost`: while `localhost` is the only node
+#     SLURM matches every name to it, and slurmctld dies "Duplicated NodeHostName node1".
+#   - With pipefail, `ip addr show | grep -q X` fails when grep exits early: read into a string.
 #   - Nodes cannot be added with `scontrol reconfigure` (SLURM 22.05): when slurm.conf
-#     gains them, slurmctld restarts once, with node_state/part_state removed (job state
-#     is kept). Running jobs on `localhost` survive it; commands fail for a few seconds.
+#     gains them, slurmctld restarts once (`restart-if-stale`, which slurm-local.sh calls
+#     before starting the daemons), with node_state/part_state removed (job state is
+#     kept). Running jobs on `localhost` survive it; commands fail for a few seconds.
+#
+# Timing here (2 cores): `up` on a running controller ~1 s; the first slurm-local.sh `up`
+# that adds the nodes to a running one-node cluster 2.6 s (one slurmctld restart).
 #   - Interactive `srun` from the root namespace into `multi` does not work (the steps
 #     call back to the host's primary address): submit with sbatch and run srun/mpiexec
 #     inside the job, where every address is on the bridge.
