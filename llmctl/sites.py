@@ -69,13 +69,22 @@ def find_site(ref: str | None = None) -> Path:
     )
 
 
-def load_site(ref: str | None = None) -> tuple[Any, Path]:
-    """Load and validate a site-config; returns (SiteConfig, path)."""
-    from llmctl.config.base import load_config
+def load_site(ref: str | None = None, overrides: dict[str, Any] | None = None) -> tuple[Any, Path]:
+    """Load and validate a site-config; returns (SiteConfig, path). `overrides` (key path ->
+    value, from `--set`) are set in the file's data first, so a bad one is refused as a wrong
+    file would be (file, key path, problem)."""
+    from llmctl.config.base import read_data, validate_data
     from llmctl.config.site import SiteConfig
 
     path = find_site(ref)
-    return load_config(path, SiteConfig), path
+    data = read_data(path)
+    name = str(path)
+    if overrides:
+        from llmctl.config.overrides import apply
+
+        data = apply(data, list(overrides.items()))
+        name = f"{path} (with --set {', '.join(overrides)})"
+    return validate_data(data, SiteConfig, name), path
 
 
 def list_sites() -> list[dict[str, Any]]:

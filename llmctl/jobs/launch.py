@@ -70,13 +70,9 @@ def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str
         data.setdefault("data", {})["seq_len"] = plan.inputs.seq_len
     if data_path:
         data.setdefault("data", {})["config_file"] = str(Path(data_path).absolute())
-    par = data.get("parallel", {})
-    if par.get("tp", 1) == 1:
-        par.pop("sequence_parallel", None)  # it means nothing without tensor parallelism
-    cfg = validate_data(data, TrainConfig, where)
-    out = cfg.to_data()
-    if out.get("parallel", {}).get("tp", 1) == 1:
-        out["parallel"].pop("sequence_parallel", None)
+    out = validate_data(data, TrainConfig, where).to_data()
+    if out["parallel"]["tp"] == 1:
+        out["parallel"].pop("sequence_parallel", None)  # it means nothing without tensor parallelism
     return out
 
 
@@ -163,9 +159,8 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
 
     from llmctl.jobs.paths import PathMap
 
-    site, site_path = load_site(site_ref or _default_site(req.backend))
     apply_settings(req)
-    site = site_with_overrides(site, site_path, req)
+    site, site_path = load_site(site_ref or _default_site(req.backend), req.site_overrides)
     spec = resolve(site, req, plan)
     spec = spec.model_copy(update={"site_file": str(Path(site_path).absolute())})
     dry = get_scheduler(spec.backend).render(spec)
@@ -188,14 +183,15 @@ def _settings(settings: Optional[dict[str, Any]]) -> dict[str, Any]:
 
 def apply_settings(req: JobRequest) -> None:
     """Fill `req`'s per-user settings: flag (or --set) > project file > user file (the site
-    comes last, in resolve)."""
+    comes last, in resolve); the other --set keys become `req.site_overrides`."""
     from llmctl.config import overrides
     from llmctl.config.user import merge
 
     flags = {"account": req.account, "qos": req.qos, "reservation": req.reservation,
              "partition": req.partition, "time": req.time, "mail_user": req.mail_user,
              "mail_type": req.mail_type}
-    job_set, _ = overrides.split(overrides.parse(req.overrides))
+    job_set, site_pairs = overrides.split(overrides.parse(req.overrides))
+    req.site_overrides = dict(site_pairs)
     for key, value in job_set.items():
         given = flags.get(key)
         if given not in (None, []) and given != value:
@@ -207,30 +203,6 @@ def apply_settings(req: JobRequest) -> None:
     for key in flags:
         setattr(req, key, values.get(key, [] if key == "mail_type" else None))
     req.sources = {k: ("flag --set" if k in job_set and v == "flag" else v) for k, v in sources.items()}
-
-
-def site_with_overrides(site: Any, site_path: Any, req: JobRequest) -> Any:
-    """`site` with the --set site-config fields of `req` in place, validated again (an unknown
-    key or a bad value is refused as a wrong file would be); records them in `req`."""
-    from llmctl.config import overrides
-
-    _, pairs = overrides.split(overrides.parse(req.overrides))
-    if not pairs:
-        return site
-    patched = load_site_overridden(site_path, pairs)
-    req.site_overrides = dict(pairs)
-    return patched
-
-
-def load_site_overridden(site_path: Any, pairs: list[tuple[str, Any]]) -> Any:
-    """The site-config at `site_path` with (key path, value) overrides, validated."""
-    from llmctl.config import overrides
-    from llmctl.config.base import read_data, validate_data
-    from llmctl.config.site import SiteConfig
-
-    data = overrides.apply(read_data(site_path), pairs)
-    keys = ", ".join(k for k, _ in pairs)
-    return validate_data(data, SiteConfig, f"{site_path} (with --set {keys})")
 
 
 def _default_site(backend: str) -> str:

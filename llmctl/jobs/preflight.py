@@ -62,11 +62,7 @@ def problems(run: Any, spec: Any) -> list[str]:
 
         try:
             ref = spec.site_file if spec.site_file and Path(spec.site_file).is_file() else spec.site
-            site, site_path = load_site(ref)
-            if spec.overrides:  # the --set fields this job was rendered with
-                from llmctl.jobs.launch import load_site_overridden
-
-                site = load_site_overridden(site_path, list(spec.overrides.items()))
+            site, _ = load_site(ref, spec.overrides)  # with the --set fields it was rendered with
         except LlmctlError:
             site = None  # the site file is not findable from here: the scheduler checks the partition
         if site is not None and spec.partition not in site.partitions:
