@@ -44,6 +44,7 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
     """
     from pathlib import Path
 
+    from llmctl.eval.backends import open_model
     from llmctl.eval.runner import evaluate, summary_table, write_results
     from llmctl.eval.tasks import load_suite
 
@@ -86,39 +87,6 @@ def _run_harness(names, include, suite, tasks, output, limit, log_samples, open_
             click.echo(f"wrote {p}", err=True)
     click.echo(f"{lm.name}, lm-evaluation-harness tasks {', '.join(task_names)}")
     click.echo(harness.table(results))
-
-
-def open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, batch_size,
-               need_logprobs=True, verify=True):
-    """The LM backend the options name (exactly one of checkpoint, artifact, endpoint)."""
-    from llmctl.errors import LlmctlError
-
-    given = [name for name, v in (("--checkpoint", checkpoint), ("--artifact", artifact),
-                                  ("--endpoint", endpoint)) if v]
-    if len(given) != 1:
-        raise LlmctlError("give exactly one of --checkpoint, --artifact, --endpoint"
-                          + (f" (got {', '.join(given)})" if given else ""))
-    endpoint_only = [n for n, v in (("--tokenizer", tokenizer), ("--served-model", served_model),
-                                    ("--api-key-env", api_key_env)) if v]
-    if endpoint_only and not endpoint:
-        raise LlmctlError(f"{', '.join(endpoint_only)}: only with --endpoint")
-    if not verify and not checkpoint:
-        raise LlmctlError("--skip-verify: only with --checkpoint")
-    if checkpoint:
-        from llmctl.eval.lm import CheckpointLM
-
-        return CheckpointLM(checkpoint, batch_size=batch_size, verify=verify)
-    if artifact:
-        from llmctl.eval.artifact import ArtifactLM
-
-        return ArtifactLM(artifact, batch_size=batch_size)
-    if not tokenizer:
-        raise LlmctlError("--endpoint needs --tokenizer: the artifact or Hugging Face folder the server loaded",
-                          hint="token ids are cut on this side, exactly as for --checkpoint and --artifact")
-    from llmctl.eval.endpoint import EndpointLM
-
-    return EndpointLM(endpoint, tokenizer, served_model=served_model, api_key_env=api_key_env,
-                      batch_size=batch_size, need_logprobs=need_logprobs)
 
 
 @group.command("watch")

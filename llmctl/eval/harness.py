@@ -53,7 +53,7 @@ def register():
                      batch_size: Any = 8, lm=None, **_ignored: Any) -> None:
             super().__init__()
             if lm is None:
-                from llmctl.cli.eval import open_model
+                from llmctl.eval.backends import open_model
 
                 size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> our default
                 lm = open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, size)
