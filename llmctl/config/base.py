@@ -339,7 +339,8 @@ def _validation_lines(err: ValidationError, model: type[BaseModel]) -> list[tupl
             valid = ", ".join(parent.model_fields) if parent else "?"
             inside = key_path(loc[:-1])
             inside = "" if inside == "(top level)" else f" in [{inside}]"
-            lines.append((where, f"{where}: unknown key {loc[-1]!r}{inside}; valid keys: {valid}"))
+            near = _near(loc[-1], parent, model)
+            lines.append((where, f"{where}: unknown key {loc[-1]!r}{inside}{near}; valid keys: {valid}"))
         elif kind == "missing":
             lines.append((where, f"{where}: required key is missing"))
         elif kind in _TYPE_WORDS:
@@ -355,6 +356,34 @@ def _validation_lines(err: ValidationError, model: type[BaseModel]) -> list[tupl
             shown = "" if kind in ("value_error", "assertion_error") else _short_input(e.get("input"))
             lines.append((where, f"{where}: {msg}{shown}" if loc else f"{msg}{shown}"))
     return lines
+
+
+def _near(key: Any, parent: type[BaseModel] | None, root: type[BaseModel]) -> str:
+    """' (did you mean 'max_steps'?)' for a key close to a valid one of its table, as CLI typos
+    get; else a key of that name (or near it) in another table of the file, by its key path."""
+    import difflib
+
+    word = str(key)
+    ratio = lambda other: difflib.SequenceMatcher(None, word, other).ratio()  # noqa: E731
+    # A key of its own table at 0.6 (difflib's default), one elsewhere only when nearer.
+    here = [(ratio(k), k) for k in (parent.model_fields if parent else ()) if ratio(k) >= 0.6]
+    paths = _key_paths(root)
+    there = [(ratio(k), p) for k, p in paths.items() if ratio(k) >= 0.8 and "." in p]
+    best = max(here + there, key=lambda c: (c[0], c in here), default=None)
+    return f" (did you mean {best[1]!r}?)" if best else ""
+
+
+def _key_paths(model: type[BaseModel], prefix: str = "", depth: int = 0) -> dict[str, str]:
+    """Each key of a model's nested tables (not lists or dicts of them) -> its first key path."""
+    out: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        out.setdefault(key, prefix + key)
+        sub, container = _unwrap(field.annotation)
+        if sub is not None and container is None and depth < 3:
+            for k, v in _key_paths(sub, f"{prefix}{key}.", depth + 1).items():
+                out.setdefault(k, v)
+    return out
 
 
 # Strict validation's type errors, in words that say what the file should hold.
