@@ -58,7 +58,7 @@ def project_files(template: str, size: str, name: str, site_path: Path | None) -
     """(relative path -> file content, validated ModelConfig) for a new project."""
     from llmctl.config.base import validate_data
     from llmctl.config.model import ModelConfig
-    from llmctl.plan.params import human_count
+    from llmctl.plan.params import count_parameters, human_count
     from llmctl.presets import TRAINING, model_fields, source
     from llmctl.render import render
 
@@ -69,7 +69,7 @@ def project_files(template: str, size: str, name: str, site_path: Path | None) -
     ctx = dict(
         name=name, version=__version__, model_name=model.name,
         model_file=f"configs/models/{model_file_name}", model_file_name=model_file_name,
-        parameters=human_count(model.num_parameters()), source=source(template, size),
+        parameters=human_count(count_parameters(model).total), source=source(template, size),
         t=t, seq_len=seq_len, vocab_size=model.vocab_size,
         site=site_path.stem if site_path else None,
     )
@@ -146,9 +146,9 @@ def scaffold_project(*, template: str, size: str, name: str, output_dir: str | o
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    from llmctl.plan.params import human_count
+    from llmctl.plan.params import count_parameters, human_count
 
-    n = model.num_parameters()
+    n = count_parameters(model).total
     return {
         "project_dir": str(target),
         "files": sorted(files),

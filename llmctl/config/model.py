@@ -165,9 +165,3 @@ class ModelConfig(StrictModel):
     def position(self) -> str:
         """'learned' or 'rope'."""
         return TEMPLATE_DEFAULTS[self.template]["position"]
-
-    def num_parameters(self) -> int:
-        """Exact parameter count (see llmctl.plan.params)."""
-        from llmctl.plan.params import count_parameters
-
-        return count_parameters(self).total

@@ -12,6 +12,7 @@ from llmctl.config.hardware import HardwareProfile
 from llmctl.config.model import ModelConfig
 from llmctl.config.train import TrainConfig
 from llmctl.errors import ConfigError
+from llmctl.plan.params import count_parameters
 
 # The seed README's configuration examples, exactly as written there.
 SEED_MODEL = """{
@@ -74,7 +75,7 @@ def test_seed_model_example_parses_as_llama_7b(tmp_path):
     assert (cfg.template, cfg.norm, cfg.activation, cfg.kv_heads, cfg.head_dim) == (
         "llama", "rmsnorm", "swiglu", 32, 128)
     assert cfg.rope.scaling == "linear"
-    assert round(cfg.num_parameters() / 1e9, 2) == 6.74
+    assert round(count_parameters(cfg).total / 1e9, 2) == 6.74
 
 
 def test_seed_hardware_example_parses(tmp_path):

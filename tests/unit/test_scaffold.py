@@ -10,6 +10,7 @@ import pytest
 from llmctl.config import load
 from llmctl.config.base import read_data
 from llmctl.errors import LlmctlError
+from llmctl.plan.params import count_parameters
 from llmctl.presets import MODELS, TEMPLATE
 from llmctl.scaffold import scaffold_project
 
@@ -28,7 +29,7 @@ def test_every_template_and_size_writes_valid_configs(tmp_path, template, size):
     root = tmp_path / "p"
     model = load("model", root / f"configs/models/{template}-{size}.json")
     assert model.name == f"{template}-{size}" and model.template == TEMPLATE[template]
-    assert result["model"]["parameters"] == model.num_parameters()
+    assert result["model"]["parameters"] == count_parameters(model).total
     for rel, kind in KIND_OF.items():
         load(kind, root / rel)
     train = load("train", root / "configs/train.toml")
