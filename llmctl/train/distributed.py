@@ -141,7 +141,7 @@ def train_parallel(s, verify: bool = True) -> int:
     from llmctl.train.metrics import GpuMonitor, MetricsLog, flops_per_token, memory_gb, peak_flops
     from llmctl.train.nonfinite import HINT, NonFiniteGuard, nonfinite_tensors, weights_error
     from llmctl.train.schedule import lr_at
-    from llmctl.train.trainer import _precision, build_optimizer
+    from llmctl.train.optim import build_optimizer, resolve_precision
 
     rdv = rendezvous.discover()
     device = rendezvous.init(rdv)
@@ -155,7 +155,7 @@ def train_parallel(s, verify: bool = True) -> int:
           file=sys.stderr, flush=True)
     hosts = [None] * rdv.world_size
     dist.all_gather_object(hosts, host)
-    precision = _precision(tcfg.precision, device)
+    precision = resolve_precision(tcfg.precision, device)
     mesh = build_mesh(dims, device.type)
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank, and as one process
     model = Transformer(s.model_cfg, attention=cfg.kernels.attention, norm=cfg.kernels.norm)

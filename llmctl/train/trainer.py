@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from llmctl.train.optim import build_optimizer, resolve_precision
 from llmctl.train.preempt import Preemption, finish, reason
 
 
@@ -28,28 +29,6 @@ def _device():
         # LOCAL_RANK); without binding each rank sees them all and takes its own.
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
-
-
-def _precision(setting: str, device) -> str:
-    if setting == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return setting
-
-
-def build_optimizer(model, cfg, device):
-    """AdamW with decoupled weight decay on matrices only (not on norms, biases)."""
-    import torch
-
-    o = cfg.optimizer
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": o.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    if o.type == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0])
-    cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
 
 
 def evaluate(model, batches, device, autocast) -> float:
@@ -100,7 +79,7 @@ def train(run_dir: str, verify: bool = True) -> int:
     from llmctl.train.schedule import lr_at
 
     device = _device()
-    precision = _precision(tcfg.precision, device)
+    precision = resolve_precision(tcfg.precision, device)
     # Bit-exact resume on a CPU needs nothing more: its kernels are deterministic for a
     # given thread count (torch.use_deterministic_algorithms would only add seconds of
     # compiler imports at start). On a GPU, speed wins: TF32 and nondeterministic kernels.

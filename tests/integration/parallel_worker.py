@@ -53,7 +53,7 @@ def run_one(out: str, name: str, layout: dict, device) -> None:
     from llmctl.parallel import rendezvous
     from llmctl.parallel.dims import ParallelDims, build_mesh
     from llmctl.parallel.runner import Runner
-    from llmctl.train.trainer import build_optimizer
+    from llmctl.train.optim import build_optimizer
 
     torch.set_num_threads(1)
     cfg = ModelConfig(**MODEL)

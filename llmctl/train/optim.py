@@ -1,0 +1,29 @@
+"""What the one-process loop (llmctl.train.trainer) and the distributed one
+(llmctl.train.distributed) build alike: the precision for the device and the optimizer.
+
+Kept apart from both loops so that neither imports the other for these."""
+
+from __future__ import annotations
+
+
+def resolve_precision(setting: str, device) -> str:
+    """`training.precision` for this device: 'auto' is bf16 on a GPU, fp32 on a CPU."""
+    if setting == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return setting
+
+
+def build_optimizer(model, cfg, device):
+    """AdamW with decoupled weight decay on matrices only (not on norms, biases)."""
+    import torch
+
+    o = cfg.optimizer
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if o.type == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0])
+    cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
