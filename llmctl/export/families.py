@@ -15,6 +15,8 @@ No torch here: `llmctl export --help` and the config checks stay light.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from llmctl.errors import LlmctlError
@@ -236,6 +238,18 @@ LLAMA_ACT_OUT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh
                  "quick_gelu": "quick_gelu"}
 GPT2_ACT_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu",
                 "quick_gelu": "quick_gelu"}
+
+
+def read_hf_config(p: Path):
+    """(ModelConfig, config.json) of a Hugging Face folder, every field honoured or refused."""
+    cfg_file = p / "config.json"
+    try:
+        cj = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise LlmctlError(f"{cfg_file}: cannot read: {e}") from None
+    except ValueError as e:
+        raise LlmctlError(f"{cfg_file}: not valid JSON: {e}") from None
+    return model_config_from_hf(cj, str(cfg_file)), cj
 
 
 def family_of(cfg) -> str:

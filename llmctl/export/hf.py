@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
+from llmctl.export.families import read_hf_config
 from llmctl.fsutil import atomic_write_text, writing
 
 MANIFEST = "llmctl-manifest.json"
@@ -447,18 +448,6 @@ class Artifact:
     @property
     def name(self) -> str:
         return self.path.name
-
-
-def read_hf_config(p: Path):
-    """(ModelConfig, config.json) of a Hugging Face folder, every field honoured or refused."""
-    cfg_file = p / "config.json"
-    try:
-        cj = json.loads(cfg_file.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise LlmctlError(f"{cfg_file}: cannot read: {e}") from None
-    except ValueError as e:
-        raise LlmctlError(f"{cfg_file}: not valid JSON: {e}") from None
-    return model_config_from_hf(cj, str(cfg_file)), cj
 
 
 def read_hf_folder(p: Path, dtype: str = "fp32"):

@@ -3,8 +3,9 @@
 FOLDER is an artifact `llmctl export` wrote, a Hugging Face folder transformers saved
 (llama, mistral, qwen2, gpt2: its config.json read field by field, llmctl.export.families)
 or what `llmctl export --artifact` imported (model.json + model.safetensors). The run's
-model config is taken from it, and at step 0 its weights replace the random ones; a run
-that already has a checkpoint resumes from the checkpoint instead. Everything else is as
+model config is taken from it (llmctl.train.setup.pretrained_config), and at step 0 its
+weights replace the random ones; a run that already has a checkpoint resumes from the
+checkpoint instead. Everything else is as
 for pretraining: the learning-rate warm-up and schedule, the layouts, the checkpoints.
 Chat data (`type = "chat"` sources) carries the loss mask that restricts the loss to
 the answers (llmctl.data.chat).
@@ -12,29 +13,7 @@ the answers (llmctl.data.chat).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from llmctl.errors import LlmctlError
-
-
-def pretrained_config(path: Path):
-    """The ModelConfig of a pretrained folder (no torch needed)."""
-    from llmctl.config.base import load_config
-    from llmctl.config.model import ModelConfig
-
-    if (path / "model.json").is_file():
-        return load_config(path / "model.json", ModelConfig)
-    if (path / "config.json").is_file():
-        from llmctl.export.hf import read_hf_config
-
-        cfg, cj = read_hf_config(path)
-        if cj.get("quantization_config"):
-            raise LlmctlError(f"{path}: a quantized artifact; fine-tune from full-precision weights",
-                              hint="export the checkpoint again without --quantize")
-        return cfg
-    raise LlmctlError(f"{path}: not a pretrained model folder (no config.json or model.json)",
-                      hint="pass an artifact (`llmctl export`), a Hugging Face folder, or an "
-                           "`llmctl export --artifact` import")
 
 
 def load_pretrained(model, s) -> bool:

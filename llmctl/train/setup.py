@@ -91,6 +91,26 @@ class RunSetup:
         }
 
 
+def pretrained_config(path: Path):
+    """The ModelConfig of a pretrained folder (no torch needed)."""
+    from llmctl.config.base import load_config
+    from llmctl.config.model import ModelConfig
+
+    if (path / "model.json").is_file():
+        return load_config(path / "model.json", ModelConfig)
+    if (path / "config.json").is_file():
+        from llmctl.export.families import read_hf_config
+
+        cfg, cj = read_hf_config(path)
+        if cj.get("quantization_config"):
+            raise LlmctlError(f"{path}: a quantized artifact; fine-tune from full-precision weights",
+                              hint="export the checkpoint again without --quantize")
+        return cfg
+    raise LlmctlError(f"{path}: not a pretrained model folder (no config.json or model.json)",
+                      hint="pass an artifact (`llmctl export`), a Hugging Face folder, or an "
+                           "`llmctl export --artifact` import")
+
+
 def load_run(run_dir: str | Path) -> RunSetup:
     """Read and check the run folder's config, plan, model and data."""
     from llmctl.config.base import load_config
@@ -113,8 +133,6 @@ def load_run(run_dir: str | Path) -> RunSetup:
 
     init_path = None
     if cfg.init_from:  # fine-tuning: the pretrained folder brings the model config
-        from llmctl.train.finetune import pretrained_config
-
         init_path = model_path = locate(cfg.init_from, starts, "pretrained model", where, "init.from")
         model_cfg = pretrained_config(init_path)
     else:
