@@ -26,8 +26,9 @@ def completion(shell: str) -> None:
     """Print the shell completion script: eval "$(llmctl completion bash)"."""
     from click.shell_completion import get_completion_class
 
-    from llmctl.cli import cli
-
+    # the root command from click's context, not `from llmctl.cli import cli`: that import
+    # would make a circle (llmctl.cli registers this module)
+    root = click.get_current_context().find_root().command
     comp_cls = get_completion_class(shell)
-    comp = comp_cls(cli, {}, "llmctl", "_LLMCTL_COMPLETE")
+    comp = comp_cls(root, {}, "llmctl", "_LLMCTL_COMPLETE")
     click.echo(comp.source())
