@@ -7,7 +7,7 @@ once for all of llmctl: command-line flag > job file > site-config > defaults.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -52,6 +52,10 @@ class Optimizer(StrictModel):
     """Decoupled weight decay."""
     grad_clip: float = Field(1.0, ge=0)
     """Clip the global gradient norm to this (0 = off)."""
+    fused: Union[bool, Literal["auto"]] = "auto"
+    """torch's fused optimizer step (one kernel over all parameters): `auto` = fused when the
+    parameters are on a CUDA GPU, torch's default otherwise; `true` = fused on any device
+    torch has the kernel for (CUDA, CPU); `false` = `foreach` (batched per-tensor ops)."""
 
     @model_validator(mode="after")
     def _betas(self) -> "Optimizer":
@@ -121,6 +125,10 @@ class Kernels(StrictModel):
     """Attention kernel: `sdpa` (torch's scaled_dot_product_attention: flash on GPU), `math`, or a plugin's."""
     norm: Optional[str] = None
     """Normalisation kernel (default: the model's `norm`, i.e. `layernorm` or `rmsnorm`), or a plugin's."""
+    fused_qkv: bool = False
+    """One matmul for each block's q, k and v projections (GQA-aware split) instead of three.
+    Parameter and checkpoint names stay wq/wk/wv (exports, eval and serving unchanged);
+    refused with tensor parallelism (tp > 1) and DeepSpeed ZeRO-3."""
 
 
 class Training(StrictModel):
@@ -138,8 +146,11 @@ class Training(StrictModel):
     """Batches per validation."""
     log_interval: int = Field(10, gt=0)
     """Metrics line every N steps."""
-    compile: bool = False
-    """Compile the model with torch.compile (GPU runs; slower start, faster steps)."""
+    compile: Union[bool, Literal["auto"]] = "auto"
+    """Compile the model with torch.compile (slower start, faster steps). `auto` = on for a
+    one-process run on a CUDA GPU, off on a CPU and with several ranks (provisional: to be
+    confirmed by `make gpu-check`'s measurement); `true` compiles on CPU too, and is refused
+    with several ranks (not supported there yet)."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN or infinite loss or gradient norm: `stop` the run at that step (exit 2, no checkpoint
     written, `latest` unchanged), or `skip` the step like a loss scaler (weights and optimizer

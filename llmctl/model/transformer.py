@@ -136,12 +136,29 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(d) / (index + 1) if cfg.attn_layer_scale else None
         self.attn_fn = attn_fn if self.scale is None else (lambda q, k, v: attn_fn(q, k, v, scale=self.scale))
         self.recompute_core = False
+        self.fused_qkv = False
+
+    def qkv(self, x):
+        """q, k, v projections of (…, hidden) inputs, (…, heads·head_dim) and twice (…, kv_heads·head_dim).
+
+        Fused (`set_fused_qkv`): one GEMM over the three weights stacked row-wise, its output
+        split at the GQA boundaries. The parameters stay wq/wk/wv, so checkpoints, optimizer
+        state, exports and serving see the same names either way; the stacking is one copy
+        of the three weights per call, small beside the GEMM over batch·seq rows (and folded
+        into the bf16 cast under autocast+torch.compile)."""
+        if not self.fused_qkv:
+            return self.wq(x), self.wk(x), self.wv(x)
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
+        b = (torch.cat([self.wq.bias, self.wk.bias, self.wv.bias]) if self.wq.bias is not None else None)
+        q_dim, kv_dim = self.wq.out_features, self.wk.out_features
+        return F.linear(x, w, b).split([q_dim, kv_dim, kv_dim], dim=-1)
 
     def forward(self, x, cos=None, sin=None):
         bsz, t, _ = x.shape
-        q = self.wq(x).view(bsz, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(bsz, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(bsz, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv(x)
+        q = q.reshape(bsz, t, self.heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(bsz, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(bsz, t, self.kv_heads, self.head_dim).transpose(1, 2)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.recompute_core and self.training:
@@ -255,6 +272,15 @@ class Transformer(nn.Module):
         for i, blk in enumerate(self.blocks):
             blk.recompute = mode == "full" and i < n
             blk.attn.recompute_core = mode == "selective"
+
+    def set_fused_qkv(self, on: bool = True) -> None:
+        """One GEMM for each block's q, k and v projections instead of three (`kernels.fused_qkv`).
+
+        The same parameters (wq/wk/wv), the same outputs up to float rounding. Not under
+        tensor parallelism, whose plan shards wq/wk/wv as separate modules (the trainer
+        refuses that mix)."""
+        for blk in self.blocks:
+            blk.attn.fused_qkv = on
 
     def forward(self, tokens: torch.Tensor, targets: Optional[torch.Tensor] = None):
         t = tokens.shape[1]

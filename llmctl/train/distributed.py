@@ -124,6 +124,10 @@ def train_parallel(s, verify: bool = True) -> int:
     if tcfg.nonfinite == "skip" and s.dims.dp_mode == "zero":
         raise LlmctlError('training.nonfinite = "skip" is not supported with DeepSpeed ZeRO: its engine '
                           "applies every step itself", hint='use "stop" (the default), or fsdp / ddp')
+    from llmctl.train.speed import check_fused_qkv, compile_enabled
+
+    compile_enabled(tcfg.compile, None, s.dims.world)  # true is refused with several ranks
+    check_fused_qkv(cfg.kernels.fused_qkv, s.dims)
     train_store = TokenStore(s.data_dir, "train")
     val_store = TokenStore(s.data_dir, "val")
     sampler = WindowSampler(train_store, s.seq_len, tcfg.seed)
@@ -161,6 +165,7 @@ def train_parallel(s, verify: bool = True) -> int:
     model = Transformer(s.model_cfg, attention=cfg.kernels.attention, norm=cfg.kernels.norm)
     load_pretrained(model, s)  # `[init] from`: whole weights on every rank, before any sharding
     model.set_recompute(s.recompute, s.recompute_layers)
+    model.set_fused_qkv(cfg.kernels.fused_qkv)
     runner = Runner(model, dims, mesh, device, lambda m: build_optimizer(m, cfg, device),
                     micro_batch=s.micro_batch, grad_accum=s.grad_accum,
                     grad_clip=cfg.optimizer.grad_clip, precision=precision)

@@ -22,8 +22,16 @@ def build_optimizer(model, cfg, device):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": o.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    if o.type == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0])
-    cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
+    from llmctl.train.speed import optimizer_options
+
+    extra = optimizer_options(o.fused, device)  # optimizer.fused: fused kernel, foreach or torch's default
+    try:
+        if o.type == "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.betas[0], **extra)
+        cls = torch.optim.AdamW if o.type == "adamw" else torch.optim.Adam
+        return cls(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, **extra)
+    except RuntimeError as e:  # e.g. no fused kernel for this device or dtype
+        from llmctl.errors import LlmctlError
+
+        raise LlmctlError(f"optimizer.fused = {o.fused}: torch refuses it on {device}: {e}",
+                          hint='set optimizer.fused = "auto"') from None

@@ -77,6 +77,7 @@ def train(run_dir: str, verify: bool = True) -> int:
     from llmctl.train.nonfinite import NonFiniteGuard, nonfinite_tensors, step_is_finite, weights_error
     from llmctl.train.plot import plot_run
     from llmctl.train.schedule import lr_at
+    from llmctl.train.speed import compile_enabled
 
     device = _device()
     precision = resolve_precision(tcfg.precision, device)
@@ -98,6 +99,7 @@ def train(run_dir: str, verify: bool = True) -> int:
     model = Transformer(s.model_cfg, attention=cfg.kernels.attention, norm=cfg.kernels.norm).to(device)
     load_pretrained(model, s)  # `[init] from`: fine-tuning starts from those weights
     model.set_recompute(s.recompute, s.recompute_layers)
+    model.set_fused_qkv(cfg.kernels.fused_qkv)
     optimizer = build_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
@@ -114,7 +116,8 @@ def train(run_dir: str, verify: bool = True) -> int:
         sampler.load_state_dict(state["data"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-    step_fn = torch.compile(model) if tcfg.compile else model
+    compiled = compile_enabled(tcfg.compile, device)
+    step_fn = torch.compile(model) if compiled else model
 
     fpt = flops_per_token(s.model_cfg, s.seq_len)
     peak, peak_source = peak_flops(s.hardware_path, device)
@@ -125,6 +128,7 @@ def train(run_dir: str, verify: bool = True) -> int:
                "micro_batch": s.micro_batch, "grad_accum": s.grad_accum, "seq_len": s.seq_len,
                "tokens_per_step": s.tokens_per_step, "flops_per_token": fpt, "peak_flops": peak,
                "peak_source": peak_source, "checkpoint": str(latest) if latest else None,
+               "compile": compiled, "fused_qkv": cfg.kernels.fused_qkv,
                "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
                "data": str(s.data_dir), "data_position": sampler.position})
 
