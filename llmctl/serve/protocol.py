@@ -411,6 +411,15 @@ def legacy_logprobs(seq, tokenizer) -> dict[str, Any]:
     def name(i: int) -> str:
         return _decode(tokenizer, [i]) if tokenizer is not None else str(i)
 
+    def by_name(top: list[tuple[int, float]]) -> dict[str, float]:
+        # top_logprobs is keyed by text, and ids that are parts of one UTF-8 character all
+        # decode to U+FFFD: keep the likeliest (topk lists it first), else the top one is
+        # lost and lm-eval's is_greedy (token logprob == max of the dict) turns false.
+        out: dict[str, float] = {}
+        for i, v in top:
+            out.setdefault(name(i), v)
+        return out
+
     ids: list[int] = []
     lps: list[Optional[float]] = []
     tops: list[Optional[dict[str, float]]] = []
@@ -419,11 +428,11 @@ def legacy_logprobs(seq, tokenizer) -> dict[str, Any]:
         for pos in range(len(seq.prompt_ids)):
             got = seq.prompt_logprobs.get(pos)
             lps.append(got[0] if got else None)
-            tops.append({name(i): v for i, v in got[1]} if got else None)
+            tops.append(by_name(got[1]) if got else None)
     for tok, (lp, top) in zip(seq.output_ids, seq.output_logprobs):
         ids.append(tok)
         lps.append(lp)
-        tops.append({name(i): v for i, v in top})
+        tops.append(by_name(top))
     tokens = [name(i) for i in ids]
     # Character offsets into the returned text (after the prompt when it is not echoed).
     offsets, at = [], 0 if seq.params.echo else len(_decode(tokenizer, seq.prompt_ids))
