@@ -54,6 +54,9 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
                                                     api_key_env, batch_size or size, verify=not skip_verify))
 
     suite_cfg, task_list = load_suite(suite, tasks)  # bad task files fail before the model loads
+    from llmctl.track import evalrun
+
+    evalrun.check(suite_cfg)  # a tracker's missing package, too
     lm = open_model(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env,
                     batch_size or suite_cfg.batch_size,
                     need_logprobs=any(t.cfg.output_type != "generate_until" for t in task_list),
@@ -64,6 +67,11 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
             click.echo(f"wrote {p}", err=True)
     click.echo(f"{lm.name}" + (f" (step {lm.step})" if lm.step is not None else "") + f", suite {suite_cfg.name}")
     click.echo(summary_table(results))
+    base = Path(output).parent if output else Path.cwd()
+    tracked = evalrun.log_results(suite_cfg, results, base, f"{lm.name}-eval", f"{base.absolute()}:eval:{lm.name}",
+                                  lm.step, files=(Path(output),) if output else ())
+    if tracked:
+        click.echo(f"tracking: {', '.join(suite_cfg.tracking.backends)} in {tracked}", err=True)
 
 
 def _run_harness(names, include, suite, tasks, output, limit, log_samples, open_lm) -> None:
@@ -120,6 +128,9 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, part
         click.echo(msg, err=True)
 
     suite_cfg, task_list = load_suite(suite, tasks)
+    from llmctl.track import evalrun
+
+    evalrun.check(suite_cfg)
     if submit:
         from llmctl.jobs.launch import prepare_eval_job, submit_run
 
@@ -139,6 +150,9 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, part
             lm = CheckpointLM(ckpt, batch_size=batch_size or suite_cfg.batch_size)
             results = evaluate(lm, suite_cfg, task_list, limit=limit)
             write_results(dict(results), results_path)
+            run = Path(run_dir).absolute()
+            evalrun.log_results(suite_cfg, results, run, f"{run.name}-eval", f"{run}:eval",
+                                results["config"].get("step"), files=(results_path,))
             return results
 
         out = W.watch(run_dir, evaluate_one, log)

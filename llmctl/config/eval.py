@@ -7,6 +7,7 @@ from typing import Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from llmctl.config.base import Name, StrictModel
+from llmctl.config.tracking import Tracking
 
 
 # Metrics each output type computes; the first ones are the default.
@@ -96,3 +97,5 @@ class EvalSuite(StrictModel):
     """Seed for few-shot sampling and bootstrap."""
     bootstrap_iters: int = Field(1000, ge=0)
     """Bootstrap resamples for standard errors."""
+    tracking: Optional[Tracking] = None
+    """Experiment tracking: each task's metrics (and standard errors) also go to these trackers."""

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from llmctl.config.base import Name, StrictModel
 from llmctl.config.model import MAX_SEQ_LEN
+from llmctl.config.tracking import Tracking
 
 
 class ModelRef(StrictModel):
@@ -180,6 +181,8 @@ class TrainConfig(StrictModel):
     """Run length, seed, precision, logging."""
     kernels: Kernels = Kernels()
     """Attention and normalisation kernels."""
+    tracking: Optional[Tracking] = None
+    """Experiment tracking (TensorBoard, MLflow, W&B) besides metrics.jsonl."""
 
     @property
     def init_from(self) -> Optional[str]:

@@ -55,6 +55,8 @@ def problems(run: Any, spec: Any) -> list[str]:
         out += found
         if not found and label == "data.config_file":
             out += _prepared(path)
+    if spec.kind == "train":
+        out += _tracking(run, spec)
     if spec.container.runtime == "bubblewrap":
         out += _bwrap_image(spec.container.image, spec.python)
     if spec.backend in ("slurm", "pbs") and spec.partition:
@@ -71,6 +73,41 @@ def problems(run: Any, spec: Any) -> list[str]:
     if spec.backend == "slurm" and not out and shutil.which("sbatch"):
         out += _sbatch_test_only(run.script("slurm"))
     return out
+
+
+def _tracking(run: Any, spec: Any) -> list[str]:
+    """The trackers the training config names can be imported by the job's Python (checked
+    here when that Python is this one or is on this host; a container's image is the
+    job's to check, at the start of the run)."""
+    import subprocess
+    import sys
+
+    from llmctl.config.base import tomllib
+    from llmctl.track.base import BACKENDS, missing
+
+    wanted: list[str] = []
+    for f in [run.config_file, *sorted(run.configs_dir.glob("*.toml"))]:
+        try:
+            data = tomllib.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        except (OSError, ValueError):
+            continue  # the run reports a broken config itself
+        wanted += [b for b in (data.get("tracking") or {}).get("backends", []) if b in BACKENDS]
+    wanted = list(dict.fromkeys(wanted))
+    if not wanted or spec.container.runtime != "none":
+        return []
+    python = Path(spec.python)
+    if python.is_file() and os.path.realpath(python) != os.path.realpath(sys.executable):
+        code = ("import importlib.util, sys; print(' '.join(m for m in sys.argv[1:] "
+                "if importlib.util.find_spec(m) is None))")
+        try:
+            r = subprocess.run([str(python), "-c", code, *(BACKENDS[b].packages[0] for b in wanted)], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        gone = set(r.stdout.split()) if r.returncode == 0 else set()
+        return [f"tracking.backends: {b!r} needs the {BACKENDS[b].packages[0]} package in {python} "
+                f"(pip install {BACKENDS[b].pip}, or pip install 'llmctl[track]')"
+                for b in wanted if BACKENDS[b].packages[0] in gone]
+    return missing(wanted) if python.is_file() or str(python) == sys.executable else []
 
 
 def _bwrap_image(image: str, python: str) -> list[str]:

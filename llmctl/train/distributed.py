@@ -191,7 +191,10 @@ def train_parallel(s, verify: bool = True) -> int:
     predicted = s.plan.predicted if s.plan is not None else None
     world = rdv.world_size
     gpu = GpuMonitor(device)
-    log = MetricsLog(s.run.metrics_file(s.task), console=rank == 0) if rank == 0 else None
+    from llmctl.track import training_tracker
+
+    # Rank 0 alone writes the metrics, and so alone talks to the trackers.
+    log = MetricsLog(s.run.metrics_file(s.task), tracker=training_tracker(s)) if rank == 0 else None
 
     def write(rec):
         if log is not None:

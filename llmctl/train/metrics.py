@@ -92,11 +92,13 @@ class GpuMonitor:
 class MetricsLog:
     """Append-only JSONL; each line is flushed so `llmctl job status` sees it at once."""
 
-    def __init__(self, path: Path, console: bool = True):
+    def __init__(self, path: Path, console: bool = True, tracker: Any = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a", encoding="utf-8")
         self.console = console
+        # llmctl.track.TrainingTracker: each record also goes to TensorBoard / MLflow / W&B.
+        self.tracker = tracker
 
     def write(self, record: dict[str, Any]) -> None:
         from llmctl.fsutil import writing
@@ -109,9 +111,13 @@ class MetricsLog:
             line = console_line(record)
             if line:
                 print(line, flush=True)
+        if self.tracker is not None:
+            self.tracker.record(record)
 
     def close(self) -> None:
         self.f.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def console_line(r: dict[str, Any]) -> str:

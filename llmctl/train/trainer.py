@@ -122,7 +122,9 @@ def train(run_dir: str, verify: bool = True) -> int:
     fpt = flops_per_token(s.model_cfg, s.seq_len)
     peak, peak_source = peak_flops(s.hardware_path, device)
     gpu = GpuMonitor(device)
-    log = MetricsLog(s.run.metrics_file(s.task))
+    from llmctl.track import training_tracker
+
+    log = MetricsLog(s.run.metrics_file(s.task), tracker=training_tracker(s))
     log.write({"kind": "start", "step": step, "max_steps": tcfg.max_steps, "model": s.model_cfg.name,
                "params": model.num_parameters(), "device": str(device), "precision": precision,
                "micro_batch": s.micro_batch, "grad_accum": s.grad_accum, "seq_len": s.seq_len,
