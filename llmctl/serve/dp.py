@@ -7,7 +7,7 @@ own engine included; ties go to the replica that has served fewest), and the
 workers send back, after every step, the tokens and text of the requests they
 touched, which rank 0 copies into the request the HTTP handler waits on.
 
-Failures are handled as in tensor-parallel mode (llmctl.serve.mpi): every wait
+Failures are handled as in tensor-parallel mode (llmctl.serve.rankloss): every wait
 polls; a worker that is gone (pid on this host, hydra's SIGUSR1, or no report
 for `TIMEOUT_S`) fails the requests it held and turns /health unhealthy, while
 requests on the live replicas finish. Workers report at least every
@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 
-from llmctl.serve import mpi
+from llmctl.serve import rankloss
 
 TAG_REQ, TAG_REPORT = 21, 22
 REPORT_EVERY_S = 0.5
@@ -92,7 +92,7 @@ class Router:
         self.local = EngineThread(engine)
         self.engine = EngineView(self)
         self.ranks = comm.allgather((socket.gethostname(), os.getpid()))
-        mpi.watch_local_pids(self.ranks)
+        rankloss.watch_local_pids(self.ranks)
         self.host = socket.gethostname()
         self.workers = list(range(1, comm.Get_size()))
         self.alive = set(self.workers)
@@ -172,8 +172,8 @@ class Router:
             os._exit(1)  # a rank is gone: MPI_Finalize would wait for it forever
         for r in sorted(self.alive):
             try:
-                mpi._wait(self.comm.isend(("stop",), dest=r, tag=TAG_REQ), f"stopping rank {r}")
-            except mpi.RankLost:
+                rankloss.wait(self.comm.isend(("stop",), dest=r, tag=TAG_REQ), f"stopping rank {r}")
+            except rankloss.RankLost:
                 os._exit(1)
 
     def tokens_per_second(self, window: float = 10.0) -> float:
@@ -216,8 +216,8 @@ class Router:
             except queue.Empty:
                 return sent
             if rank in self.alive:
-                mpi._wait(self.comm.isend(msg, dest=rank, tag=TAG_REQ), f"sending to rank {rank}",
-                          self._check_raise)
+                rankloss.wait(self.comm.isend(msg, dest=rank, tag=TAG_REQ), f"sending to rank {rank}",
+                              self._check_raise)
             sent = True
 
     def _receive(self) -> bool:
@@ -262,8 +262,9 @@ class Router:
                 del self.tokens_window[:1000]
 
     def _dead_ranks(self) -> list[int]:
-        dead = [r for r in self.alive if self.ranks[r][0] == self.host and mpi.pid_gone(self.ranks[r][1])]
-        late = [r for r in self.alive if time.monotonic() - self.last_heard[r] > mpi.TIMEOUT_S]
+        dead = [r for r in self.alive
+                if self.ranks[r][0] == self.host and rankloss.pid_gone(self.ranks[r][1])]
+        late = [r for r in self.alive if time.monotonic() - self.last_heard[r] > rankloss.TIMEOUT_S]
         return sorted(set(dead + late))
 
     def _check(self) -> None:
@@ -271,13 +272,13 @@ class Router:
         if dead:
             self._lose(dead, "MPI rank lost: " + ", ".join(
                 f"rank {r} (pid {self.ranks[r][1]}) is gone" for r in dead))
-        elif mpi.PEER_LOST.is_set():  # on another host: the launcher said so
+        elif rankloss.PEER_LOST.is_set():  # on another host: the launcher said so
             self._lose(sorted(self.alive), "MPI rank lost: the MPI launcher reports that a rank died")
 
     def _check_raise(self) -> None:
         self._check()
         if self.error:
-            raise mpi.RankLost(self.error)
+            raise rankloss.RankLost(self.error)
 
     def _lose(self, ranks: list[int], message: str) -> None:
         """Fail the requests that `ranks` held; /health turns unhealthy."""
@@ -292,14 +293,12 @@ class Router:
             loop.call_soon_threadsafe(q.put_nowait, seq)
 
 
-def replica_loop(comm, settings, artifact) -> None:
-    """Ranks > 0 in dp mode: a whole engine; run what rank 0 routes here, report back."""
+def replica_loop(comm, eng) -> None:
+    """Ranks > 0 in dp mode: `eng` a whole engine; run what rank 0 routes here, report back."""
     from llmctl.serve.sequence import Sequence
-    from llmctl.serve.start import build_engine
 
-    _, eng = build_engine(settings, artifact)
     ranks = comm.allgather((socket.gethostname(), os.getpid()))
-    mpi.watch_local_pids(ranks)
+    rankloss.watch_local_pids(ranks)
     rank0_pid = ranks[0][1] if ranks[0][0] == socket.gethostname() else None
     seqs: dict[int, Sequence] = {}  # rank 0's seq_id -> this replica's sequence
     sid_of: dict[int, int] = {}     # this replica's seq_id -> rank 0's
@@ -318,7 +317,7 @@ def replica_loop(comm, settings, artifact) -> None:
                 eng.submit(seqs[sid])
             elif op[0] == "abort" and op[1] in seqs:
                 eng.abort(seqs[op[1]])
-        if mpi.PEER_LOST.is_set() and (rank0_pid is None or mpi.pid_gone(rank0_pid)):
+        if rankloss.PEER_LOST.is_set() and (rank0_pid is None or rankloss.pid_gone(rank0_pid)):
             os._exit(1)  # rank 0 (or the job) is gone: nobody to answer
         touched = eng.step() if eng.has_work else []
         updates = []
@@ -340,7 +339,7 @@ def replica_loop(comm, settings, artifact) -> None:
             report = {"updates": updates, "running": len(eng.running),
                       "waiting": len(eng.waiting) + eng.inbox.qsize(), "stats": dict(eng.stats),
                       "kv_used": eng.cache.used_fraction}
-            mpi.await_leader(comm.isend(report, dest=0, tag=TAG_REPORT))
+            rankloss.await_leader(comm.isend(report, dest=0, tag=TAG_REPORT))
             last_report = now
         if not touched and not eng.has_work:
             time.sleep(0.001)

@@ -20,7 +20,7 @@ class PagedRunner:
     def __init__(self, model, cache):
         self.model, self.cache = model, cache
         self.cfg = model.cfg
-        # Tensor parallel (llmctl.serve.mpi): sums the ranks' partial outputs of the
+        # Tensor parallel (llmctl.serve.tp): sums the ranks' partial outputs of the
         # row-parallel layers. None on a single rank.
         self.reduce = None
 

@@ -1,10 +1,11 @@
 """`llmctl serve start`: load the artifact, start the engine thread, run uvicorn.
 
 Under MPI (more than one rank), rank 0 does all of this and the other ranks run
-`llmctl.serve.mpi.worker_loop`. When $LLMCTL_RUN_DIR is set (a job), the bound
-host and port go to RUN/endpoint.json for discovery, removed at shutdown. On one
-rank a failed engine is rebuilt in-process (llmctl.serve.restart); a server that
-gives up exits with status 2.
+`llmctl.serve.tp.worker_loop` (or `llmctl.serve.dp.replica_loop`) around the engine
+built here. When $LLMCTL_RUN_DIR is set (a job), the bound host and port go to
+RUN/endpoint.json for discovery, removed at shutdown. On one rank a failed engine
+is rebuilt in-process (llmctl.serve.restart); a server that gives up exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from llmctl.errors import LlmctlError
 
 def extra_rank() -> bool:
     """True in the 2nd..Nth process that torchrun or srun started without MPI: the
-    batch job and the server run once (on rank 0); MPI ranks are handled by serve.mpi."""
+    batch job and the server run once (on rank 0); MPI ranks are handled by serve.tp/dp."""
     for var in ("RANK", "SLURM_PROCID"):
         if os.environ.get(var, "0") not in ("", "0"):
             return True
@@ -45,7 +46,7 @@ def build_engine(settings, artifact_path: str, shard: tuple[int, int] | None = N
     dtype = "fp32" if settings.dtype == "auto" else settings.dtype
     art = load_artifact(artifact_path, dtype=dtype, device=_device())
     if shard is not None:
-        from llmctl.serve.mpi import shard_model
+        from llmctl.serve.tp import shard_model
 
         shard_model(art.model, *shard)
     return art, engine_for(art, settings)
@@ -70,33 +71,36 @@ def _device() -> str:
 
 
 def serve(settings) -> None:
-    from llmctl.serve import mpi
+    from llmctl.serve import rankloss
 
     artifact = settings.artifact
     if not artifact or not Path(artifact).is_dir():
         raise LlmctlError(f"--artifact {artifact}: artifact folder not found")
     key = api_key(settings)
-    supervised = mpi.supervise_rank()  # under hydra: the MPI work runs in a child
+    supervised = rankloss.supervise_rank()  # under hydra: the MPI work runs in a child
     if supervised is not None:
         raise SystemExit(supervised)
-    world = mpi.world()
+    world = rankloss.world()
     if world is None and extra_rank():
         print("llmctl serve: not rank 0 and not under MPI: nothing to do on this rank", flush=True)
         return
     if world is not None:
-        mpi.survive_rank_loss(world)  # a killed peer must not take this rank down with it
+        rankloss.survive_rank_loss(world)  # a killed peer must not take this rank down with it
     dp = world is not None and settings.mpi_mode == "dp"
     from llmctl.serve import threads
 
     n_threads, why = threads.apply(getattr(settings, "threads", None))
     print(f"llmctl serve: {n_threads} torch threads ({why})", flush=True)
+    shard = (world.Get_rank(), world.Get_size()) if world is not None and not dp else None
     if world is not None and world.Get_rank() > 0:
+        _, eng = build_engine(settings, artifact, shard=shard)
         if dp:
             from llmctl.serve.dp import replica_loop
 
-            return replica_loop(world, settings, artifact)
-        return mpi.worker_loop(world, settings, artifact)
-    shard = (0, world.Get_size()) if world is not None and not dp else None
+            return replica_loop(world, eng)
+        from llmctl.serve.tp import worker_loop
+
+        return worker_loop(world, eng)
     # Loading a large artifact takes a while: say so, so that a silent log is not mistaken for a hang.
     print(f"llmctl serve: loading {artifact} ...", flush=True)
     t0 = time.monotonic()
@@ -107,9 +111,10 @@ def serve(settings) -> None:
 
         worker = Router(world, eng).start()
     else:
+        from llmctl.serve import tp
         from llmctl.serve.worker import EngineThread
 
-        hook = mpi.attach_leader(world, eng) if world is not None else None
+        hook = tp.attach_leader(world, eng) if world is not None else None
         worker = EngineThread(eng, step_hook=hook).start()
     _run_http(settings, art, eng, worker, key, restartable=world is None)  # stops MPI workers at shutdown
 
@@ -119,7 +124,7 @@ def _run_http(settings, art, eng, worker, key, restartable: bool) -> None:
 
     from llmctl.fsutil import atomic_write_text
     from llmctl.jobs.rundir import RunDir
-    from llmctl.serve import httpconn, mpi, testhooks
+    from llmctl.serve import httpconn, testhooks, tp
     from llmctl.serve.server import ServerState, build_app
 
     timeouts = httpconn.Timeouts.from_env()
@@ -158,7 +163,7 @@ def _run_http(settings, art, eng, worker, key, restartable: bool) -> None:
                                                 "url": f"http://{host}:{port}/v1"}) + "\n")
         cleanups.append(lambda: endpoint.unlink(missing_ok=True))
     # Last: tell the MPI workers to stop (no-op on one rank); after a lost rank it exits at once.
-    cleanups.append(getattr(worker, "close", None) or (lambda: mpi.shutdown(eng)))
+    cleanups.append(getattr(worker, "close", None) or (lambda: tp.shutdown(eng)))
     # uvicorn re-raises the signal once it has shut down (the exit status says SIGTERM): the
     # last word is said here.
     cleanups.append(lambda: print("llmctl serve: stopped", flush=True))

@@ -1,4 +1,4 @@
-"""The pieces that keep an MPI serve rank alive when a peer dies (llmctl.serve.mpi),
+"""The pieces that keep an MPI serve rank alive when a peer dies (llmctl.serve.rankloss),
 each against real processes: zombie detection, the rank supervisor that turns a
 death by signal into an ordinary exit status, and the output relay that stops
 writing to the launcher's pipes once a peer is lost. Plus the serve config's
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from llmctl.errors import ConfigError
-from llmctl.serve.mpi import pid_gone
+from llmctl.serve.rankloss import pid_gone
 
 
 def test_pid_gone_sees_a_killed_child_before_it_is_reaped():
@@ -37,7 +37,7 @@ def test_pid_gone_sees_a_killed_child_before_it_is_reaped():
 
 SUPERVISED = textwrap.dedent("""
     import os, signal, sys
-    from llmctl.serve.mpi import supervise_rank
+    from llmctl.serve.rankloss import supervise_rank
     code = supervise_rank()
     if code is not None:          # the supervisor: report what the child did
         print("supervisor saw", code, flush=True)
@@ -73,11 +73,11 @@ def test_no_supervisor_outside_hydra_or_on_one_rank():
 
 GUARDED = textwrap.dedent("""
     import os, sys, time
-    from llmctl.serve import mpi
-    mpi.OutputGuard(3).install()
+    from llmctl.serve import rankloss
+    rankloss.OutputGuard(3).install()
     print("before the loss", flush=True)
     time.sleep(0.3)
-    mpi.PEER_LOST.set()
+    rankloss.PEER_LOST.set()
     print("after the loss", flush=True)
     print("on stderr too", file=sys.stderr, flush=True)
     time.sleep(0.5)
