@@ -91,9 +91,15 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
               help="persistent: the port to listen on.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
 @job_options
-@click.option("--gpus-per-node", type=click.IntRange(min=0), help="GPUs for the job.")
+@click.option("--gpus-per-node", type=click.IntRange(min=0),
+              help="GPUs per node (CPU ranks on a partition without GPUs). A persistent server on "
+                   "more than one rank in all runs them as MPI ranks, started by the site's mpirun.")
+@click.option("--nodes", type=click.IntRange(min=1), help="persistent: nodes for the server's MPI ranks.")
+@click.option("--mpi-mode", type=click.Choice(["tp", "dp"]),
+              help="persistent, several ranks: tensor-parallel shards (tp, the server's default) or "
+                   "data-parallel replicas (dp).")
 def launch(kind, artifact, input_path, output_path, port, config_path, launcher, site, partition,
-           gpus_per_node, time_limit, name, after, run_dir, dry_run, settings) -> None:
+           gpus_per_node, nodes, mpi_mode, time_limit, name, after, run_dir, dry_run, settings) -> None:
     """Render a serving job (a persistent server or a batch job) and submit it."""
     import shlex
     import sys
@@ -118,7 +124,8 @@ def launch(kind, artifact, input_path, output_path, port, config_path, launcher,
     run, dry = prepare_serve_job(
         kind=f"serve-{kind}", artifact=absolute[0], input_path=absolute[1], output_path=absolute[2],
         port=port, config_path=absolute[3], launcher=launcher, site=site, time_limit=time_limit, name=name,
-        after=after, partition=partition, gpus_per_node=gpus_per_node, run_dir=run_dir,
+        after=after, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes, mpi_mode=mpi_mode,
+        run_dir=run_dir,
         command=shlex.join(["llmctl", *sys.argv[1:]]), settings=settings)
     report(run, dry, dry_run, submit_run)
     if kind == "persistent" and not dry_run:

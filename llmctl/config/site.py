@@ -350,6 +350,17 @@ class SiteConfig(StrictModel):
     """MPI launcher (launcher = 'mpirun'); a full path avoids SLURM's `mpiexec` wrapper."""
     mpirun_args: list[str] = []
     """Extra mpirun arguments, e.g. `["--allow-run-as-root", "-x", "NCCL_IB_HCA"]` for Open MPI."""
+    serve_mpirun_args: list[str] = ["-disable-auto-cleanup"]
+    """Extra mpirun arguments for a server on several ranks (`serve launch --nodes/--gpus-per-node`,
+    which always starts its ranks with mpirun): they must keep the other ranks running when one
+    dies, so that rank 0 can say so on /health. MPICH's hydra: `-disable-auto-cleanup` (the
+    default); Open MPI: `--enable-recovery`."""
+    max_restarts: int = Field(0, ge=0, le=100)
+    """torchrun's elastic restarts (`--max-restarts`) of a training job's workers: after a rank
+    crashes, every worker is restarted in the same allocation and resumes from the last
+    checkpoint, without a requeue. Only where torchrun starts the ranks (launcher 'torchrun',
+    or a local job); a training job whose ranks start otherwise (srun tasks, mpirun, one process)
+    is refused. Across nodes the job also exports TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1."""
     python: Optional[str] = None
     """Python on the compute nodes, with llmctl importable: a venv or conda env on a shared
     filesystem (`/shared/envs/llmctl/bin/python`), or a name the `modules`/`setup` lines put on

@@ -75,6 +75,15 @@ def cases() -> Iterator[tuple[str, str, str, Any]]:
                                  name=f"{kind}-demo", python=python,
                                  command="python -m llmctl.jobs.golden write")
                 yield site.name, backend, kind, resolve(site, req, _plan(nodes, gpn))
+            if backend != "k8s" and nodes * gpn > 1:
+                # A server on MPI ranks over the nodes (mpirun whatever the site's launcher).
+                rd = f"{root}/runs/{site.name}-{backend}-serve-mpi"
+                req = JobRequest(kind="serve-persistent", backend=backend, run_dir=rd, name="serve-mpi-demo",
+                                 program=serve_program("serve-persistent", rd, f"{root}/artifacts/model",
+                                                       mpi_mode="tp"),
+                                 nodes=nodes, gpus_per_node=gpn, python=python,
+                                 command="python -m llmctl.jobs.golden write")
+                yield site.name, backend, "serve-persistent-mpi", resolve(site, req)
 
 
 def render_all() -> dict[Path, str]:

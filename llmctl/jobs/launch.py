@@ -268,7 +268,7 @@ def eval_program(run_dir: str, checkpoint: str, suite: Optional[str] = None,
 
 def serve_program(kind: str, run_dir: str, artifact: str, input_path: Optional[str] = None,
                   output_path: Optional[str] = None, port: int = 8080,
-                  config_path: Optional[str] = None) -> list[str]:
+                  config_path: Optional[str] = None, mpi_mode: Optional[str] = None) -> list[str]:
     art = str(Path(artifact).absolute())
     if kind == "serve-batch":
         if not input_path:
@@ -315,6 +315,8 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
     reads = {f"{s}.{k}": v for s, k in CONFIG_PATHS for v in [(rendered[0].get(s) or {}).get(k)]
              if isinstance(v, str) and v.startswith("/")}
     req = JobRequest(kind="train", backend=launcher, run_dir=rd, name=name, paths=reads,
+    if mpi_mode:
+        program += ["--mpi-mode", mpi_mode]
                      program=train_program(rd), partition=partition,
                      nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit,
                      after=list(after), array=len(rendered) if len(rendered) > 1 else 0,
@@ -348,15 +350,19 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
                       partition: Optional[str] = None, gpus_per_node: Optional[int] = None,
                       run_dir: Optional[str] = None, command: str = "",
                       settings: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
-    """A batch-inference job (resumable, requeued on preemption) or a persistent server."""
+    """A batch-inference job (resumable, requeued on preemption) or a persistent server
+    (on several MPI ranks with `nodes` x `gpus_per_node` > 1, in `mpi_mode` tp or dp)."""
     if kind not in ("serve-batch", "serve-persistent"):
         raise LlmctlError(f"unknown serve job kind {kind!r}; expected serve-batch or serve-persistent")
     name = job_name(name, kind)
     rd = _program_run_dir(run_dir, name)
     name = run_name(name, rd)
-    program = serve_program(kind, rd, artifact, input_path, output_path, port, config_path)
+    if kind != "serve-persistent" and ((nodes or 1) > 1 or mpi_mode):
+        raise LlmctlError("--nodes and --mpi-mode are for a persistent server; a batch job answers its "
+                          "file in one process")
+    program = serve_program(kind, rd, artifact, input_path, output_path, port, config_path, mpi_mode)
     req = JobRequest(kind=kind, backend=launcher, run_dir=rd, name=name, program=program,
-                     partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
+                     partition=partition, gpus_per_node=gpus_per_node, nodes=nodes, time=time_limit,
                      after=list(after), command=command, **_settings(settings))
     return prepare(req, site)
 
@@ -392,3 +398,4 @@ def submit_run(run_dir: str | Path, allow_edited: bool = False) -> tuple[RunDir,
         "edited": edited, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record_submission(run.path, spec.backend, job_id, spec.name)
     return run, job_id
+                      nodes: Optional[int] = None, mpi_mode: Optional[str] = None,

@@ -20,8 +20,10 @@ from llmctl.errors import LlmctlError
 # scheduler is not a batch system; the others need a site of their own kind.
 HOST_BACKENDS = {"local": ("local", "mpi"), "mpi": ("local", "mpi")}
 
-# Kinds that run many ranks; the others run one process on one node.
+# Kinds that run many ranks; the others run one process on one node, except a persistent
+# server asked for several ranks (--nodes/--gpus-per-node), whose ranks are MPI ranks.
 DISTRIBUTED_KINDS = ("train",)
+MPI_KINDS = ("serve-persistent",)
 # Kinds that checkpoint on a stop signal (and requeue themselves on USR1).
 REQUEUE_KINDS = ("train", "serve-batch")
 
@@ -262,8 +264,31 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         env.update(site.debug_env)
     env.update(req.env)
 
-    # One process needs no launcher (and no rendezvous).
-    launcher = _launcher(site.launcher, req.backend) if distributed and nodes * ranks_per_node > 1 else "single"
+    # One process needs no launcher (and no rendezvous). A server's ranks are MPI ranks
+    # (llmctl.serve.tp, llmctl.serve.dp), started by mpirun whatever the site's launcher for training.
+    ranks = nodes * ranks_per_node
+    mpi_ranks = req.kind in MPI_KINDS and ranks > 1
+    if mpi_ranks and req.backend == "k8s":
+        raise LlmctlError(f"a server on {ranks} ranks needs MPI, which Kubernetes jobs do not start",
+                          hint="serve on one rank per pod (drop --nodes/--gpus-per-node), or use --launcher slurm")
+    if distributed and ranks > 1:
+        launcher = _launcher(site.launcher, req.backend)
+    else:
+        launcher = "mpirun" if mpi_ranks else "single"
+    mpirun_args = list(site.mpirun_args) + (list(site.serve_mpirun_args) if mpi_ranks else [])
+    max_restarts = site.max_restarts if req.kind == "train" else 0
+    if max_restarts:
+        if launcher != "torchrun" or req.backend == "k8s":
+            how = {"srun": "one srun task per rank", "mpirun": "mpirun", "single": "one process, no launcher",
+                   "torchrun": "torchrun on Kubernetes, whose Job retries lost pods itself"}[launcher]
+            raise LlmctlError(f"{where}: max_restarts = {max_restarts} needs torchrun's elastic agent, "
+                              f"and this job's ranks start with {how}",
+                              hint="set launcher = 'torchrun' (--set launcher=torchrun) for a job of "
+                                   "several ranks, or max_restarts = 0 (--set max_restarts=0)")
+        if nodes > 1:
+            # A fresh rendezvous store per attempt: with the shared one the restarted workers
+            # read the last attempt's gloo addresses and fail to connect (docs/training.md).
+            env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if req.array and req.backend not in ("slurm", "pbs"):
         raise LlmctlError(f"job arrays need a batch scheduler (slurm or pbs), not {req.backend!r}",
                           hint="submit one job per config, or use --launcher slurm/pbs")
@@ -325,6 +350,10 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
                for k, v in chosen.items() if v}
     if not req.time:
         sources["time"] = "site (partition default)" if part.default_time else "site (partition max_time)"
+    # Size: flag > plan > one node with one rank (as decided above); for resolved.json.
+    req.sources["nodes"] = "flag --nodes" if req.nodes else ("plan" if plan is not None and distributed else "default")
+    req.sources["gpus_per_node"] = ("flag --gpus-per-node" if req.gpus_per_node is not None
+                                    else "plan" if plan_gpn is not None else "default")
     name = req.name or f"llmctl-{req.kind}"
     return JobSpec(
         name=name, kind=req.kind, backend=req.backend, site=site.name, run_dir=req.run_dir,
@@ -340,7 +369,7 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         mail_types=mail_types if mail_user else [], array=req.array,
         array_parallel=req.array_parallel, after=after, after_run_dirs=after_run_dirs, requeue=requeue,
         signal_grace_s=grace, pbs_dialect=site.pbs_dialect,
-        launcher=launcher, mpirun=site.mpirun, mpirun_args=list(site.mpirun_args),
+        launcher=launcher, mpirun=site.mpirun, mpirun_args=mpirun_args, max_restarts=max_restarts,
         master_port=req.master_port if req.backend == "k8s" else None, modules=list(site.modules), module_purge=site.module_purge,
         setup=list(site.setup),
         container=ContainerSpec(runtime=site.container.runtime, image=site.container.image,

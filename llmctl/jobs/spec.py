@@ -115,6 +115,8 @@ class JobSpec(StrictModel):
     """How ranks start: srun task per rank, torchrun per node, mpirun, or one process."""
     mpirun: str = "mpirun"
     mpirun_args: list[str] = []
+    max_restarts: int = Field(0, ge=0)
+    """torchrun's --max-restarts (elastic restarts in the same allocation); 0: none."""
     master_port: Optional[int] = Field(None, ge=1, le=65535)
     """Kubernetes: the rendezvous port (the headless Service's). Elsewhere None: the script
     derives one per job (20000 + job id % 20000; local and MPI jobs: from the wrapper's pid),

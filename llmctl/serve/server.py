@@ -84,6 +84,15 @@ class ServerState:
         """A restarted engine takes over (llmctl.serve.restart)."""
         self.worker, self.engine = worker, worker.engine
 
+    def rank_hosts(self) -> list[str]:
+        """Each MPI rank's host, in rank order ([] on one rank): gathered at start by the
+        data-parallel router (the worker) or the tensor-parallel leader (on the engine)."""
+        for holder in (self.worker, getattr(self.engine, "mpi_leader", None)):
+            ranks = getattr(holder, "ranks", None)
+            if isinstance(ranks, list) and ranks:
+                return [host for host, _ in ranks]
+        return []
+
 
 def build_app(state: ServerState, on_shutdown=()):
     """The Starlette app; `on_shutdown` callables run at a graceful stop (uvicorn re-raises
@@ -314,10 +323,12 @@ def build_app(state: ServerState, on_shutdown=()):
 
     async def health(request: Request):
         ranks = getattr(state.engine, "rank_pids", None) or []
+        hosts = state.rank_hosts()
         if state.worker.healthy:
-            return JSONResponse({"status": "ok", "ranks": len(ranks) or 1, "rank_pids": ranks})
-        return JSONResponse({"status": "unhealthy", "error": state.worker.error, "rank_pids": ranks},
-                            status_code=503)
+            return JSONResponse({"status": "ok", "ranks": len(ranks) or 1, "rank_pids": ranks,
+                                 "rank_hosts": hosts})
+        return JSONResponse({"status": "unhealthy", "error": state.worker.error, "rank_pids": ranks,
+                             "rank_hosts": hosts}, status_code=503)
 
     async def metrics(request: Request):
         e = state.engine

@@ -4,8 +4,8 @@ namespaces, so each has its own hostname and address, and gloo talks over a brid
 
 `train launch --launcher slurm --nodes 2` with 2 ranks per node, from a test copy of
 site-configs/local-multinode.toml: DDP under srun (a task per rank) and under torchrun
-with c10d rendezvous (a task per node), and tp=2 x pp=2 with the two pipeline stages on
-different nodes, each following the single-process losses (tolerance of
+with c10d rendezvous (a task per node), FSDP2 (dp=2 x tp=2, its shards on both nodes),
+and tp=2 x pp=2 with the two pipeline stages on different nodes, each following the single-process losses (tolerance of
 test_parallel_train); every rank names its host. A node lost mid-job (its link taken
 down) ends the job NODE_FAIL, SLURM requeues it, and the rerun resumes from the last
 checkpoint to the weights of an uninterrupted run.
@@ -202,6 +202,23 @@ def test_torchrun_c10d_ddp_across_two_nodes_follows_single_process(project):
     assert records(run, "start")[0]["launcher"] == "torchrun"
 
 
+DP2TP2 = "dp = 2\ntp = 2\nmicro_batch = 2\ngrad_accum = 2"
+
+
+def test_fsdp2_shards_across_two_nodes_and_follows_single_process(project):
+    """FSDP2 under srun, 2 nodes x 2 ranks: dp=2 x tp=2 (DDP cannot take tensor-parallel
+    parameters, so the data-parallel dimension is FSDP2's fully_shard). The mesh is (pp, dp, tp):
+    each tp pair on one node, so every FSDP2 group (ranks 0,2 and 1,3) spans node1 and node2,
+    and each parameter's shards live on both nodes."""
+    run = launch(project, "fsdp2", DP2TP2)
+    finish(project, run)
+    assert_follows_single(project, run)
+    assert_spans_both_nodes(run)
+    layout = records(run, "start")[0]["layout"]
+    assert (layout["dp"], layout["tp"], layout["pp"], layout["mode"]) == (2, 2, 1, "fsdp"), layout
+    assert "srun --ntasks=4 --ntasks-per-node=2" in (run / "job.sh").read_text()
+
+
 TP2PP2 = "tp = 2\npp = 2\nmicro_batch = 2\ngrad_accum = 4"
 
 
@@ -311,15 +328,17 @@ def test_mpirun_across_two_nodes_follows_single_process(project):
 
 
 def test_torchrun_elastic_restart_after_a_rank_crash_continues_without_requeue(project):
-    """torchrun's own fault tolerance: --max-restarts (PET_MAX_RESTARTS, from the site's env
-    or `--set env.PET_MAX_RESTARTS=N`). Rank 3 (node2) dies after step 4; both nodes' agents
-    restart their workers, which resume from the step-3 checkpoint in the same job: no
-    requeue, SLURM never sees a failure. TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: a fresh
-    store per attempt (with the shared rendezvous store the restarted workers find the last
-    attempt's gloo addresses and fail to connect; docs/training.md)."""
-    run = launch(project, "elastic", DDP, "--set", "launcher=torchrun", "--set", 'env.PET_MAX_RESTARTS="3"',
+    """torchrun's own fault tolerance: the site's `max_restarts` (here `--set max_restarts=3`),
+    rendered as --max-restarts, with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 exported on 2 nodes
+    (a fresh store per attempt: with the shared rendezvous store the restarted workers find the
+    last attempt's gloo addresses and fail to connect; docs/training.md). Rank 3 (node2) dies
+    after step 4; both nodes' agents restart their workers, which resume from the step-3
+    checkpoint in the same job: no requeue, SLURM never sees a failure."""
+    run = launch(project, "elastic", DDP, "--set", "launcher=torchrun", "--set", "max_restarts=3",
                  env={"PYTHONPATH": str(HOLDPOINT), "LLMCTL_TEST_CRASH_AT_STEP": "4",
-                      "LLMCTL_TEST_CRASH_RANK": "3", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
+                      "LLMCTL_TEST_CRASH_RANK": "3"})
+    script = (run / "job.sh").read_text()
+    assert "--max-restarts=3" in script and "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in script
     st = finish(project, run)
     assert st["restarts"] == 0 and not st.get("last_state"), st
     text = logs(run)

@@ -90,3 +90,56 @@ def test_gpu_request_follows_the_site_syntax(tmp_path, site, backend, g):
     assert expected in text
     directives = [line for line in text.splitlines() if line.startswith(("#SBATCH", "#PBS"))]
     assert directives == sorted(directives)
+
+
+def test_max_restarts_renders_torchrun_max_restarts_and_a_fresh_store_across_nodes(tmp_path):
+    """The site's max_restarts (here from --set) becomes torchrun's --max-restarts; on 2 nodes the
+    job also exports TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (a fresh rendezvous store per attempt)."""
+    r = launch(tmp_path, "--launcher", "slurm", "--site", "slurm-a100-ib", "--set", "launcher=torchrun",
+               "--set", "max_restarts=2", n=2, g=8)
+    assert r.returncode == 0, r.stderr
+    script = (tmp_path / "run" / "job.sh").read_text()
+    assert "-m torch.distributed.run --nnodes=2 --nproc-per-node=8 --max-restarts=2 " in script
+    assert "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in script
+
+
+def test_max_restarts_on_one_node_renders_no_store_setting(tmp_path):
+    r = launch(tmp_path, "--launcher", "slurm", "--site", "slurm-a100-ib", "--set", "launcher=torchrun",
+               "--set", "max_restarts=1", n=1, g=8)
+    assert r.returncode == 0, r.stderr
+    script = (tmp_path / "run" / "job.sh").read_text()
+    assert "--max-restarts=1 " in script and "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in script
+
+
+@pytest.mark.parametrize("args,how", [
+    (("--launcher", "slurm", "--site", "slurm-a100-ib"), "one srun task per rank"),
+    (("--launcher", "slurm", "--site", "slurm-a100-ib", "--set", "launcher=mpirun"), "with mpirun"),
+])
+def test_max_restarts_without_torchrun_is_refused(tmp_path, args, how):
+    r = launch(tmp_path, *args, "--set", "max_restarts=2")
+    assert_refused(r, tmp_path, "max_restarts = 2 needs torchrun", how, "--set launcher=torchrun")
+
+
+def test_max_restarts_of_a_one_process_job_is_refused(tmp_path):
+    r = launch(tmp_path, "--launcher", "slurm", "--site", "slurm-a100-ib", "--set", "launcher=torchrun",
+               "--set", "max_restarts=2", n=1, g=1)
+    assert_refused(r, tmp_path, "max_restarts = 2", "one process")
+
+
+def test_a_server_on_several_ranks_starts_them_with_mpirun(tmp_path):
+    """serve launch --nodes/--gpus-per-node: MPI ranks (mpirun with the site's serve_mpirun_args,
+    whatever the site's launcher for training), --mpi-mode passed to the server."""
+    see_tmp(tmp_path, "slurm-a100-ib")
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "config.json").write_text("{}")
+    r = run_cli("serve", "launch", "--artifact", str(art), "--launcher", "slurm", "--site", "slurm-a100-ib",
+                "--nodes", "2", "--gpus-per-node", "4", "--mpi-mode", "dp", "--dry-run",
+                "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    script = (tmp_path / "run" / "job.sh").read_text()
+    assert "#SBATCH --nodes=2" in script
+    assert "mpirun -disable-auto-cleanup -np 8 -machinefile" in script and "--mpi-mode dp" in script
+    r = run_cli("serve", "launch", "--artifact", str(art), "--launcher", "k8s", "--site", "k8s-h100",
+                "--gpus-per-node", "2", "--dry-run", "--run-dir", str(tmp_path / "k"), cwd=tmp_path)
+    assert r.returncode == 2 and "needs MPI" in r.stderr and not (tmp_path / "k").exists(), r.stderr
