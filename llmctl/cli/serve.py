@@ -38,6 +38,8 @@ def _settings(ctx: click.Context, config_path, **flags):
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
 @click.option("--api-key-env", help="Environment variable holding the bearer key.")
 @click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests before answering 429.")
+@click.option("--prefix-caching/--no-prefix-caching", default=None,
+              help="Reuse the KV blocks of prompt prefixes across requests [default: on].")
 @click.option("--mpi-mode", type=click.Choice(["tp", "dp"]), default="tp", show_default=True,
               help="Under MPI: tensor-parallel shards, or data-parallel replicas that rank 0 routes to.")
 @click.pass_context
@@ -58,6 +60,8 @@ def start(ctx: click.Context, config_path, **flags) -> None:
 @click.option("--scheduler", default="vllm-like", show_default=True,
               help="vllm-like, fcfs, or a plugin name.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.option("--prefix-caching/--no-prefix-caching", default=None,
+              help="Reuse the KV blocks of prompt prefixes across requests [default: on].")
 @click.pass_context
 def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> None:
     """Answer a file of requests (resumable)."""

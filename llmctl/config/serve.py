@@ -32,6 +32,9 @@ class ServeConfig(StrictModel):
     """Tokens per KV-cache block."""
     kv_blocks: Optional[int] = Field(None, gt=0)
     """KV-cache blocks (default: sized from free memory)."""
+    prefix_caching: bool = True
+    """Keep the KV blocks of computed prompts, keyed by a hash of the whole prefix, and reuse them
+    for later requests that start with the same tokens (evicted least recently used first)."""
     api_key_env: Optional[str] = None
     """Environment variable holding the bearer key (no auth when unset)."""
     dtype: str = "auto"

@@ -15,6 +15,15 @@ chunk and then a one-token probe failed, or a tensor-parallel step broke the
 ranks' lockstep) does `step` raise `EngineFailure`: its state is unknown and the
 caller must not step it again.
 
+Prefix caching (on by default): before each schedule, the waiting sequences the
+step could admit take the cached KV blocks of their longest cached prefix
+(llmctl.serve.kvcache) and so compute only the rest; after each pass the blocks
+that became full are filed for later requests. A waiting sequence whose next
+uncached block is one that a sequence ahead of it is about to compute (the same
+system prompt or few-shot header arriving in a burst) is held back for that step,
+to take the block once it is there instead of computing it again alongside.
+Sequences that score their prompt (echo + logprobs) compute it all themselves.
+
     engine = Engine.from_artifact(load_artifact("artifacts/tiny"), scheduler="vllm-like")
     outs = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=8, temperature=0))
 """
@@ -36,7 +45,7 @@ class EngineFailure(RuntimeError):
 class Engine:
     def __init__(self, model, tokenizer=None, eos_id: Optional[int] = None, scheduler: str = "vllm-like",
                  max_batch_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16,
-                 num_blocks: Optional[int] = None):
+                 num_blocks: Optional[int] = None, prefix_caching: bool = True):
         from llmctl.serve.kvcache import PagedKVCache
         from llmctl.serve.runner import PagedRunner
         from llmctl.serve.scheduling import get_scheduler
@@ -52,13 +61,17 @@ class Engine:
         dtype = model.tok_emb.weight.dtype
         kv_heads = model.blocks[0].attn.kv_heads  # this rank's share under tensor parallelism
         self.cache = PagedKVCache(cfg.layers, kv_heads, cfg.head_dim, num_blocks, block_size,
-                                  dtype=dtype, device=model.tok_emb.weight.device)
+                                  dtype=dtype, device=model.tok_emb.weight.device,
+                                  prefix_caching=prefix_caching)
         self.runner = PagedRunner(model, self.cache)
         self.waiting: collections.deque = collections.deque()
         self.running: list[Sequence] = []
         self.inbox: queue.Queue = queue.Queue()
         self.stats = {"generated_tokens": 0, "prompt_tokens": 0, "steps": 0, "preemptions": 0,
-                      "finished": 0, "failed": 0, "shared_prompt_tokens": 0}
+                      "finished": 0, "failed": 0, "shared_prompt_tokens": 0,
+                      # prefix cache: tokens of the sequences that looked (queries) and that it
+                      # held (hits); every token run through the model (prompt, recompute, decode)
+                      "prefix_cache_queries": 0, "prefix_cache_hits": 0, "computed_tokens": 0}
         self.forks: list[Sequence] = []  # samples waiting for a sibling's prompt blocks (`_fork`)
         self._failed: list[Sequence] = []  # failed outside a step's batch (admission): reported by step
 
@@ -121,6 +134,52 @@ class Engine:
                 still.append(seq)
         self.forks = still
 
+    def _match_prefixes(self) -> list[Sequence]:
+        """Before a schedule: the waiting sequences this step could admit (up to max_seqs
+        and the token budget, in queue order) take their cached prefixes. Returns (and
+        takes out of `waiting` for this step) those held back because their next uncached
+        block is being computed by a running sequence or one queued ahead of them."""
+        cache, bs = self.cache, self.cache.block_size
+        coming: set[bytes] = set()  # hashes of full blocks that someone is about to compute
+        for s in self.running:
+            if s.remaining > 1:  # still in its prompt (or a recompute)
+                full = (len(s.prompt_ids) + len(s.output_ids)) // bs
+                coming.update(cache.block_hashes(s, full)[s.num_computed // bs:])
+        held, slots, budget = [], self.max_seqs - len(self.running), self.max_batch_tokens
+        for s in list(self.waiting):
+            if slots <= 0 or budget <= 0:
+                break
+            scoring = s.params.echo and s.params.logprobs is not None  # needs every prompt position's logits
+            if not s.blocks and s.num_computed == 0 and not scoring:
+                hit, limit = cache.cached_prefix(s), cache.matchable(s)
+                if hit < limit and s.block_hashes[hit] in coming:
+                    held.append(s)
+                    continue
+                s.num_computed = cache.match(s)
+                self.stats["prefix_cache_queries"] += len(s.prompt_ids) + len(s.output_ids)
+                self.stats["prefix_cache_hits"] += s.num_computed
+            full = (len(s.prompt_ids) + len(s.output_ids)) // bs
+            coming.update(cache.block_hashes(s, full)[s.num_computed // bs:])
+            slots -= 1
+            budget -= s.remaining
+        for s in held:
+            self.waiting.remove(s)
+        return held
+
+    def _unhold(self, held: list[Sequence]) -> None:
+        """Held sequences back into `waiting`, each ahead of those that arrived after it
+        (a sequence preempted meanwhile, queued at the head, stays ahead of them)."""
+        if not held:
+            return
+        rest, merged, i = list(self.waiting), [], 0
+        for h in held:
+            while i < len(rest) and rest[i].arrival <= h.arrival:
+                merged.append(rest[i])
+                i += 1
+            merged.append(h)
+        self.waiting.clear()
+        self.waiting.extend(merged + rest[i:])
+
     def submit(self, seq: Sequence) -> None:
         self.inbox.put(("add", seq))
 
@@ -182,11 +241,20 @@ class Engine:
         self._drain_inbox()
         if self.forks:
             self._fork()
+        held: list[Sequence] = []
         try:
+            if self.cache.prefix_caching:
+                held = self._match_prefixes()
             chunks = self.scheduler.schedule(self)
+            if not chunks and not self.running and held:
+                # (cannot happen: what a held sequence waits for is running or queued ahead
+                # of it; but a plugin scheduler may admit differently) never wait on nothing
+                self._unhold(held)
+                held = []
+                chunks = self.scheduler.schedule(self)
             if not chunks and not self.running and any(q.blocks for q in self.waiting):
-                # Forked samples wait holding shared prompt blocks; when nothing runs and
-                # nothing fits, those blocks are what the queue's head lacks: give them back.
+                # Forked samples and matched prefixes wait holding shared blocks; when nothing
+                # runs and nothing fits, those are what the queue's head lacks: give them back.
                 for q in self.waiting:
                     if q.blocks:
                         self.cache.release(q)
@@ -194,6 +262,8 @@ class Engine:
                 chunks = self.scheduler.schedule(self)
         except Exception as e:
             raise EngineFailure(f"the scheduler failed: {type(e).__name__}: {e}") from e
+        finally:
+            self._unhold(held)
         started = time.monotonic()
         for seq, _ in chunks or ():
             if seq.scheduled_at is None:  # queue time ends when its first chunk runs
@@ -208,6 +278,7 @@ class Engine:
         if not chunks:
             return touched
         self.stats["steps"] += 1
+        self.stats["computed_tokens"] += sum(n for _, n in chunks)
         now = time.monotonic()
         greedy = logits.argmax(dim=-1).tolist()  # one call for the batch, not one per row
         for (seq, n), row, best in zip(chunks, logits, greedy):
@@ -227,6 +298,7 @@ class Engine:
         from llmctl.serve.sampling import sample
 
         seq.num_computed += n
+        self.cache.commit(seq, seq.num_computed - n, seq.num_computed)
         if seq.remaining > 0:  # a prompt chunk that did not reach the end: no sample yet
             return False
         if seq.params.max_tokens == 0:  # echo only: the prompt is scored, nothing to generate

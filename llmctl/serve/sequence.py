@@ -46,6 +46,7 @@ class Sequence:
         self.output_ids: list[int] = []
         self.num_computed = 0
         self.blocks: list[int] = []
+        self.block_hashes: list[bytes] = []  # chained hashes of its full blocks (prefix cache)
         self.arrival = time.monotonic()
         self.first_token_at: Optional[float] = None
         self.scheduled_at: Optional[float] = None  # first step that ran it (queue time)

@@ -58,7 +58,8 @@ def engine_for(art, settings):
     from llmctl.serve.engine import Engine
 
     eng = Engine.from_artifact(art, scheduler=settings.scheduler, max_batch_tokens=settings.max_batch_tokens,
-                               block_size=settings.kv_block_size, num_blocks=settings.kv_blocks)
+                               block_size=settings.kv_block_size, num_blocks=settings.kv_blocks,
+                               prefix_caching=settings.prefix_caching)
     if testhooks.enabled():
         testhooks.install(eng)
     return eng

@@ -59,7 +59,7 @@ def test_greedy_batch_equals_alone(model, prompts, refs, scheduler, budget, bloc
     outs = eng.generate(prompts, GREEDY)
     assert [o.output_ids for o in outs] == refs
     assert all(o.finish_reason == "length" for o in outs)
-    assert len(eng.cache.free) == eng.cache.num_blocks  # every block returned
+    assert eng.cache.num_free == eng.cache.num_blocks  # every block returned
     if blocks == 16:
         assert eng.stats["preemptions"] > 0
     alone = Engine(model, scheduler=scheduler, max_batch_tokens=budget, block_size=4, num_blocks=blocks)
@@ -207,4 +207,4 @@ def test_samples_of_one_prompt_share_its_kv_blocks(model, scheduler, blocks):
         assert eng.stats["shared_prompt_tokens"] == 3 * 32 and not eng.stats["preemptions"]
     else:
         assert eng.stats["preemptions"] and eng.stats["shared_prompt_tokens"] >= 32
-    assert len(eng.cache.free) == eng.cache.num_blocks and not eng.cache.refs
+    assert eng.cache.num_free == eng.cache.num_blocks and not eng.cache.refs

@@ -55,7 +55,7 @@ def test_a_request_that_raises_fails_alone(model, alone, params):
     seqs = run_with(eng, bad)
     assert bad.finish_reason == "error" and bad.error
     assert [s.output_ids for s in seqs] == alone
-    assert len(eng.cache.free) == eng.cache.num_blocks  # the failed request's blocks are back
+    assert eng.cache.num_free == eng.cache.num_blocks  # the failed request's blocks are back
     assert eng.stats["failed"] == 1
     assert eng.generate([PROMPTS[0]], GREEDY)[0].output_ids == alone[0]  # and it carries on
 
@@ -79,7 +79,7 @@ def test_a_forward_pass_that_fails_for_one_request_is_rerun_without_it(model, al
     seqs = run_with(eng, bad)
     assert bad.finish_reason == "error" and "forward pass" in bad.error
     assert [s.output_ids for s in seqs] == alone
-    assert len(eng.cache.free) == eng.cache.num_blocks
+    assert eng.cache.num_free == eng.cache.num_blocks
 
 
 def test_a_request_failing_alone_in_its_batch_is_still_its_own_failure(model):
@@ -137,7 +137,7 @@ def test_hold_parks_the_engine_until_the_request_is_aborted(model):
     eng.run_until_done()
     assert held.finish_reason == "abort" and len(held.output_ids) == 1
     assert other.finish_reason == "length"
-    assert len(eng.cache.free) == eng.cache.num_blocks
+    assert eng.cache.num_free == eng.cache.num_blocks
 
 
 class FakeWorker:
