@@ -284,6 +284,8 @@ def serve_program(kind: str, run_dir: str, artifact: str, input_path: Optional[s
                "--port", str(port)]
     if config_path:
         program += ["--config", str(Path(config_path).absolute())]
+    if mpi_mode:
+        program += ["--mpi-mode", mpi_mode]
     return program
 
 
@@ -315,8 +317,6 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
     reads = {f"{s}.{k}": v for s, k in CONFIG_PATHS for v in [(rendered[0].get(s) or {}).get(k)]
              if isinstance(v, str) and v.startswith("/")}
     req = JobRequest(kind="train", backend=launcher, run_dir=rd, name=name, paths=reads,
-    if mpi_mode:
-        program += ["--mpi-mode", mpi_mode]
                      program=train_program(rd), partition=partition,
                      nodes=nodes, gpus_per_node=gpus_per_node, time=time_limit,
                      after=list(after), array=len(rendered) if len(rendered) > 1 else 0,
@@ -348,6 +348,7 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
                       site: Optional[str] = None, time_limit: Optional[str] = None,
                       name: Optional[str] = None, after: Sequence[str] = (),
                       partition: Optional[str] = None, gpus_per_node: Optional[int] = None,
+                      nodes: Optional[int] = None, mpi_mode: Optional[str] = None,
                       run_dir: Optional[str] = None, command: str = "",
                       settings: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
     """A batch-inference job (resumable, requeued on preemption) or a persistent server
@@ -398,4 +399,3 @@ def submit_run(run_dir: str | Path, allow_edited: bool = False) -> tuple[RunDir,
         "edited": edited, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     record_submission(run.path, spec.backend, job_id, spec.name)
     return run, job_id
-                      nodes: Optional[int] = None, mpi_mode: Optional[str] = None,

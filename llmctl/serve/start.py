@@ -183,10 +183,10 @@ def _run_http(settings, art, eng, worker, key, restartable: bool) -> None:
     server.handle_exit = handle_exit
     print(f"llmctl serve: {art.name} on http://{settings.host}:{port}/v1 "
           f"(scheduler {settings.scheduler})", flush=True)
-    if restarter is not None:
     pids = getattr(state.engine, "rank_pids", None) or []
     for rank, host in enumerate(state.rank_hosts()):  # where each MPI rank runs (several nodes)
         print(f"llmctl serve: rank {rank} of {len(pids)} on {host} (pid {pids[rank]})", flush=True)
+    if restarter is not None:
         restarter.start()
     server.run(sockets=[sock])
     if restarter is not None and restarter.gave_up:
