@@ -77,6 +77,9 @@ FIELDS = {
                     "prediction", "web_search_options", "reasoning_effort", "verbosity", "metadata",
                     "store", "service_tier", "prompt_cache_key", "safety_identifier"},
 }
+# stream_options' keys: include_usage is honoured; include_obfuscation (random padding
+# against length side channels on OpenAI's TLS streams) is accepted with no effect.
+STREAM_OPTIONS = {"include_usage", "include_obfuscation"}
 MAX_CHOICES = 64  # n (or best_of) times the number of prompts
 
 
@@ -161,7 +164,13 @@ def sampling_params(body: dict, max_tokens_limit: int, chat: bool = False,
     opts = body.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
         raise ApiError(400, "stream_options must be an object", "stream_options")
-    _flag(opts or {}, "include_usage")
+    for k in opts or {}:
+        if k not in STREAM_OPTIONS:
+            raise ApiError(400, f"Unrecognized request argument supplied: stream_options.{k}",
+                           f"stream_options.{k}", code="unrecognized_argument")
+        _flag(opts, k)
+    if opts is not None and not stream:  # OpenAI's and vLLM's answer too
+        raise ApiError(400, "stream_options is only allowed when stream is true", "stream_options")
     _optional(body, "model", (str,), "a string")
     _optional(body, "user", (str,), "a string")
     bias = logit_bias(body, vocab_size)
