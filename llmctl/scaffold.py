@@ -156,3 +156,15 @@ def scaffold_project(*, template: str, size: str, name: str, output_dir: str | o
                   "parameters": n, "parameters_human": human_count(n)},
         "site": site_path.stem if site_path else None,
     }
+
+
+
+def project_train_config(folder: str | os.PathLike | None = None) -> Path | None:
+    """The training config of the scaffolded project in `folder` (default: the current one,
+    then as the relative path configs/train.toml), or None when it is not one. A project is
+    what `init scaffold` writes: configs/train.toml beside configs/models/. Its paths are
+    relative to the project folder, so only the folder llmctl runs in counts, not its parents."""
+    root = Path(folder) if folder is not None else Path.cwd()
+    if not ((root / "configs" / "train.toml").is_file() and (root / "configs" / "models").is_dir()):
+        return None
+    return Path("configs/train.toml") if folder is None else root / "configs" / "train.toml"

@@ -49,11 +49,22 @@ def settings_options(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         kwargs["settings"] = {k: kwargs.pop(k) for k in SETTINGS}
+        kwargs["settings"]["given"] = _defaulted(("launcher", "port"))  # for resolved.json's sources
         return f(*args, **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _defaulted(names: tuple[str, ...]) -> dict[str, str]:
+    """The options among `names` that took their defaults (name -> "default")."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    return {n: "default" for n in names if n in ctx.params and ctx.get_parameter_source(n) == ParameterSource.DEFAULT}
 
 
 def job_options(f):
@@ -103,8 +114,21 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(r[c].ljust(widths[c]) for c in columns).rstrip())
 
 
+def show_resolved(run_dir) -> None:
+    """Print the short block of a run folder's resolved.json (where each setting came from)."""
+    from pathlib import Path
+
+    from llmctl.jobs.provenance import block
+
+    path = Path(run_dir) / "resolved.json"
+    if path.is_file():
+        click.echo(block(json.loads(path.read_text(encoding="utf-8")), str(path)), err=True)
+
+
 def report(run, dry, dry_run, submit_run) -> None:
-    """Print the script (dry run) or submit it: the end of every job-making command."""
+    """Print the script (dry run) or submit it: the end of every job-making command. The
+    resolved settings and their sources (resolved.json in the run folder) go to stderr first."""
+    show_resolved(run.path)
     if dry_run:
         click.echo(dry.script, nl=False)
         for key, source in dry.spec.sources.items():

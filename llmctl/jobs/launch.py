@@ -40,39 +40,51 @@ def _load_plan(path: str | Path) -> tuple[Any, str]:
     return plan, text
 
 
-def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str]) -> dict[str, Any]:
+def _train_config(config_path: Optional[str], plan: Any, data_path: Optional[str],
+                  prov: Any = None, plan_path: Optional[str] = None, config_source: Optional[str] = None
+                  ) -> dict[str, Any]:
     """The resolved training config (as data): the file, else one made from the plan.
 
     The plan's layout fills what the file leaves to `strategy = "auto"`; --data
-    overrides the file's data config.
+    overrides the file's data config. `prov` (a Provenance) records where each value
+    came from as it is merged (llmctl.jobs.provenance).
     """
-    import tomli_w
-
-    from llmctl.config.base import load_config, validate_data
+    from llmctl.config.base import load_config, read_data, validate_data
     from llmctl.config.train import TrainConfig
+    from llmctl.jobs.provenance import Provenance, flatten
 
+    prov = prov if prov is not None else Provenance()
+    plan_src = f"plan {plan_path}" if plan_path else "plan"
     if config_path:
         cfg = load_config(config_path, TrainConfig)
         data = cfg.to_data()
         where = str(config_path)
         _refuse_plan_conflicts(cfg, config_path, plan)
+        given = flatten(read_data(config_path))  # the keys the file sets (the rest: defaults)
+        prov.set_all(given.items(), config_source or f"train config {config_path}")
     elif plan is not None:
         model = plan.inputs.model
         data = {"model": {"name": Path(model).stem, "config_file": model}}
         where = "(made from the plan)"
+        prov.set_all(flatten(data).items(), plan_src)
     else:
         raise LlmctlError("a training job needs --config or --plan")
     if plan is not None and data.get("parallel", {}).get("strategy", "auto") == "auto":
         par = plan.parallelism
-        data.setdefault("parallel", {}).update({
-            "tp": par.tp, "pp": par.pp, "cp": par.cp, "zero_stage": par.zero_stage,
-            "micro_batch_size": par.micro_batch, "global_batch_size": plan.inputs.global_batch})
+        layout = {"tp": par.tp, "pp": par.pp, "cp": par.cp, "zero_stage": par.zero_stage,
+                  "micro_batch_size": par.micro_batch, "global_batch_size": plan.inputs.global_batch}
+        data.setdefault("parallel", {}).update(layout)
         data.setdefault("data", {})["seq_len"] = plan.inputs.seq_len
+        prov.set_all([(f"parallel.{k}", v) for k, v in layout.items()] + [("data.seq_len", plan.inputs.seq_len)],
+                     plan_src)
     if data_path:
         data.setdefault("data", {})["config_file"] = str(Path(data_path).absolute())
+        prov.set("data.config_file", data["data"]["config_file"], "flag --data")
     out = validate_data(data, TrainConfig, where).to_data()
     if out["parallel"]["tp"] == 1:
         out["parallel"].pop("sequence_parallel", None)  # it means nothing without tensor parallelism
+        prov.unused("parallel.sequence_parallel", "tensor parallelism is off (tp = 1)")
+    prov.settle(flatten(out))
     return out
 
 
@@ -152,8 +164,12 @@ def _write_run(run: RunDir, dry: Any, files: dict[str, str]) -> None:
 
 
 def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
-            files: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
-    """Resolve, render and write a run folder; returns (RunDir, DryRun). Submits nothing."""
+            files: Optional[dict[str, Any]] = None,
+            resolved: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
+    """Resolve, render and write a run folder; returns (RunDir, DryRun). Submits nothing.
+
+    `resolved` (`{"train": [tables], "program": table, "given": {...}}` from the caller's own
+    merging) goes with the job settings' sources into the folder's resolved.json."""
     from llmctl.schedulers import get_scheduler
     from llmctl.sites import load_site
 
@@ -167,14 +183,29 @@ def prepare(req: JobRequest, site_ref: Optional[str] = None, plan: Any = None,
     # A file's text may depend on the site's mounts (paths as the job sees them).
     pmap = PathMap.for_site(site)
     texts = {rel: (v(pmap) if callable(v) else v) for rel, v in (files or {}).items()}
+    texts["resolved.json"] = _resolved_json(req, spec, site_ref, site_path, resolved or {})
     run = RunDir(req.run_dir)
     _write_run(run, dry, texts)
     return run, dry
 
 
+def _resolved_json(req: JobRequest, spec: Any, site_ref: Optional[str], site_path: Any,
+                   resolved: dict[str, Any]) -> str:
+    """resolved.json: every effective setting with its source (llmctl.jobs.provenance)."""
+    import json
+
+    from llmctl.config.base import read_data
+    from llmctl.jobs import provenance
+
+    site_data = read_data(site_path) if spec.overrides else None
+    job = provenance.job_table(spec, req.sources, site_data, site_ref, resolved.get("given"), resolved.get("plan"))
+    doc = provenance.document(req.kind, req.run_dir, job, resolved.get("train"), resolved.get("program"))
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
 def _settings(settings: Optional[dict[str, Any]]) -> dict[str, Any]:
     """The per-user flags a JobRequest takes (account, qos, reservation, mail_user, mail_type, --set)."""
-    out = {k: v for k, v in (settings or {}).items() if v not in (None, (), [])}
+    out = {k: v for k, v in (settings or {}).items() if v not in (None, (), []) and k != "given"}
     for key in ("mail_type", "overrides"):
         if key in out:
             out[key] = list(out[key])
@@ -301,8 +332,18 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
     plan = plan_text = None
     if plan_path:
         plan, plan_text = _load_plan(plan_path)
-    configs = list(config_paths) or [None]
-    rendered = [_train_config(c, plan, data_path) for c in configs]
+    from llmctl.jobs.provenance import Provenance
+    from llmctl.scaffold import project_train_config
+
+    configs: list[Optional[str]] = list(config_paths)
+    config_source = None
+    if not configs:
+        found = project_train_config()  # inside a scaffolded project: its configs/train.toml
+        configs = [str(found) if found else None]
+        config_source = f"train config {found} (project default)" if found else None
+    provs = [Provenance() for _ in configs]
+    rendered = [_train_config(c, plan, data_path, prov, plan_path, config_source)
+                for c, prov in zip(configs, provs)]
     name = job_name(name, "train")
     rd = _program_run_dir(run_dir, name)
     name = run_name(name, rd)
@@ -322,7 +363,9 @@ def prepare_train_job(*, plan_path: Optional[str], config_paths: Sequence[str] =
                      after=list(after), array=len(rendered) if len(rendered) > 1 else 0,
                      array_parallel=array_parallel, debug_env=debug_env, command=command,
                      **_settings(settings))
-    return prepare(req, site, plan, files)
+    resolved = {"train": [p.to_data() for p in provs], "given": (settings or {}).get("given"),
+                "plan": f"plan {plan_path}" if plan_path else None}
+    return prepare(req, site, plan, files, resolved)
 
 
 def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Optional[str] = None,
@@ -339,7 +382,25 @@ def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Op
     req = JobRequest(kind="eval", backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
                      after=list(after), command=command, **_settings(settings))
-    return prepare(req, site)
+    table = _program_table([("checkpoint", str(Path(checkpoint).absolute()), "--checkpoint", None),
+                            ("suite", suite and str(Path(suite).absolute()), "--suite", "the built-in suite"),
+                            ("output", program[program.index("--output") + 1], "--output" if output else None,
+                             None),
+                            ("tasks", tasks, "--tasks", "every task of the suite")])
+    return prepare(req, site, resolved={"program": table, "given": (settings or {}).get("given")})
+
+
+def _program_table(rows: list[tuple[str, Any, Optional[str], Optional[str]]]) -> dict[str, Any]:
+    """(key, value, flag that gave it or None, what the default means) -> provenance entries."""
+    from llmctl.jobs.provenance import DEFAULT
+
+    out = {}
+    for key, value, flag, meaning in rows:
+        if value is not None and flag:
+            out[key] = {"value": value, "source": f"flag {flag}"}
+        else:
+            out[key] = {"value": value if value is not None else meaning, "source": DEFAULT}
+    return out
 
 
 def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = None,
@@ -365,7 +426,15 @@ def prepare_serve_job(*, kind: str, artifact: str, input_path: Optional[str] = N
     req = JobRequest(kind=kind, backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, nodes=nodes, time=time_limit,
                      after=list(after), command=command, **_settings(settings))
-    return prepare(req, site)
+    given = (settings or {}).get("given") or {}
+    table = _program_table([("artifact", str(Path(artifact).absolute()), "--artifact", None),
+                            ("config", config_path and str(Path(config_path).absolute()), "--config",
+                             "built-in serve defaults")]
+                           + ([("input", str(Path(input_path).absolute()), "--input", None),
+                               ("output", program[program.index("--output") + 1],
+                                "--output" if output_path else None, None)] if kind == "serve-batch" else
+                              [("port", port, None if "port" in given else "--port", None)]))
+    return prepare(req, site, resolved={"program": table, "given": given})
 
 
 def submit_run(run_dir: str | Path, allow_edited: bool = False) -> tuple[RunDir, str]:

@@ -5,6 +5,7 @@
       spec.json             the resolved JobSpec
       plan.toml             the plan it was made from (if any)
       config.toml           the resolved config (configs/<i>.toml for an array)
+      resolved.json         every effective setting and where it came from (llmctl.jobs.provenance)
       manifest.json         llmctl version, command, sha256 of every file above
       submission.json       backend, job id, submit command (after submission)
       logs/                 scheduler output; SLURM names follow submitit's JobPaths

@@ -21,7 +21,7 @@ def test_unprepared_data_is_refused_before_submission(tmp_path):
     r = run_cli("train", "launch", "--plan", str(tmp_path / "plan.toml"), "--data", str(tmp_path / "data.toml"),
                 "--run-dir", str(tmp_path / "run"), cwd=tmp_path, env=env(tmp_path))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    line = next(ln for ln in r.stderr.splitlines() if "data.config_file" in ln)
+    line = next(ln for ln in r.stderr.splitlines() if "data.config_file" in ln and "  from flag" not in ln)
     assert "holds no prepared data" in line and "llmctl data prepare" in line
     assert not (tmp_path / "run" / "submission.json").exists()
     assert not (tmp_path / "state" / "jobs.jsonl").exists()
