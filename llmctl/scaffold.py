@@ -54,7 +54,8 @@ def check_project_name(name: str) -> str:
     return name
 
 
-def project_files(template: str, size: str, name: str, site_path: Path | None) -> tuple[dict[str, str], Any]:
+def project_files(template: str, size: str, name: str, site_path: Path | None,
+                  site: Any = None) -> tuple[dict[str, str], Any]:
     """(relative path -> file content, validated ModelConfig) for a new project."""
     from llmctl.config.base import validate_data
     from llmctl.config.model import ModelConfig
@@ -72,6 +73,8 @@ def project_files(template: str, size: str, name: str, site_path: Path | None) -
         parameters=human_count(count_parameters(model).total), source=source(template, size),
         t=t, seq_len=seq_len, vocab_size=model.vocab_size,
         site=site_path.stem if site_path else None,
+        next_steps=next_steps(f"configs/models/{model_file_name}", size, count_parameters(model).total, site,
+                              site_path.stem if site_path else None),
     )
     import tomli_w
 
@@ -94,6 +97,52 @@ def project_files(template: str, size: str, name: str, site_path: Path | None) -
     return files, model
 
 
+# Sizes that train on a CPU or one small GPU: the machine llmctl runs on can be the one probed.
+CPU_SIZES = ("tiny", "125m", "1b", "0.5b")
+
+
+def next_steps(model_file: str, size: str, parameters: int, site: Any = None,
+               site_name: str | None = None) -> list[str]:
+    """The commands that take a new project to a running job, in order. With a site, the
+    hardware comes from its node shape (`hw probe --site`), which works on a login node; a
+    small model may probe the machine llmctl runs on; a large one without a site names one."""
+    if site is not None or size not in CPU_SIZES:
+        name = site_name or "SITE"
+        nodes = _nodes_for(parameters, site)
+        hw, plan = f"configs/hw/{name}.toml", f"plans/{name}.toml"
+        steps = [] if site is not None else ["llmctl site list  # pick your cluster's site-config as SITE"]
+        steps.append(f"llmctl hw probe --site {name} --nodes {nodes} --emit {hw}")
+        launcher = site.scheduler if site is not None else "slurm"
+        launch_where = f"--launcher {launcher} --site {name}"
+    else:
+        hw, plan = "configs/hw/local.toml", "plans/local.toml"
+        steps = [f"llmctl hw probe --emit {hw}"]
+        launch_where = "--launcher local"
+    return steps + [
+        f"llmctl plan compute --model {model_file} --hardware {hw} --train configs/train.toml --out {plan}",
+        "llmctl data prepare --config configs/data/example.toml",
+        f"llmctl train launch --plan {plan} --config configs/train.toml --data configs/data/example.toml "
+        f"{launch_where}",
+    ]
+
+
+def _nodes_for(parameters: int, site: Any) -> int:
+    """Nodes whose GPU memory holds the model's training state: 16 bytes a parameter (bf16
+    weights and gradients, fp32 master weights and two Adam moments; ZeRO shards them), at
+    80% of the memory (activations and buffers take the rest); at least one."""
+    import math
+
+    gpus, mem = 8, 80.0  # without a site: an 8x80 GB node
+    if site is not None:
+        part = site.partitions[site.default_partition]
+        if part.gpus_per_node:
+            from llmctl.hw.accelerators import lookup
+
+            spec = lookup(part.gpu_model) if getattr(part, "gpu_model", None) else None
+            gpus, mem = part.gpus_per_node, (spec.memory_gb if spec else mem)
+    return max(1, math.ceil(parameters * 16 / (0.8 * gpus * mem * 1e9)))
+
+
 def scaffold_project(*, template: str, size: str, name: str, output_dir: str | os.PathLike = ".",
                      site: str | None = None, force: bool = False) -> dict[str, Any]:
     """Create the project folder `output_dir/name`; returns what was written."""
@@ -105,11 +154,11 @@ def scaffold_project(*, template: str, size: str, name: str, output_dir: str | o
         others = [t for t, s in MODELS if s == size]
         raise LlmctlError(f"no {template} preset of size {size!r}; {template} sizes: {', '.join(sizes) or 'none'}",
                           hint=f"{size} is a size of {', '.join(others)}" if others else None)
-    site_path = None
+    site_path = site_cfg = None
     if site is not None:
         from llmctl.sites import load_site
 
-        _, site_path = load_site(site)  # validates it, so the project never carries a broken one
+        site_cfg, site_path = load_site(site)  # validates it, so the project never carries a broken one
 
     out = Path(output_dir)
     target = out / name
@@ -118,7 +167,7 @@ def scaffold_project(*, template: str, size: str, name: str, output_dir: str | o
     if target.is_dir() and any(target.iterdir()) and not force:
         raise LlmctlError(f"{target} exists and is not empty",
                           hint="choose another --name or --output-dir, or pass --force to overwrite llmctl's files")
-    files, model = project_files(template, size, name, site_path)
+    files, model = project_files(template, size, name, site_path, site_cfg)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +204,8 @@ def scaffold_project(*, template: str, size: str, name: str, output_dir: str | o
         "model": {"name": model.name, "file": f"configs/models/{template}-{size}.json",
                   "parameters": n, "parameters_human": human_count(n)},
         "site": site_path.stem if site_path else None,
+        "next_steps": next_steps(f"configs/models/{template}-{size}.json", size, n, site_cfg,
+                                 site_path.stem if site_path else None),
     }
 
 

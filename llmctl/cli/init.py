@@ -56,4 +56,5 @@ def scaffold(template: str, size: str, name: str, output_dir: str, site: str | N
         click.echo(f"  {f}")
     click.echo("next:")
     click.echo(f"  cd {result['project_dir']}")
-    click.echo("  llmctl hw probe --emit configs/hw/local.toml")
+    for step in result["next_steps"]:
+        click.echo(f"  {step}")
