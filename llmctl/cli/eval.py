@@ -161,6 +161,8 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, part
     if table.is_file():
         click.echo(W.format_table(table))
         click.echo(f"results table: {table}")
+    if W.EvalDir(run_dir).plot.is_file():
+        click.echo(f"plot (each metric against the step, ± standard error): {W.EvalDir(run_dir).plot}")
     if out.get("failed"):
         from llmctl.errors import LlmctlError
 

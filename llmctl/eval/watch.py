@@ -3,7 +3,7 @@
     RUN/eval/
       state.json            committed evaluations: {checkpoint: row}; the one commit point
       results.jsonl         the results table, one row per checkpoint (rewritten from state)
-      metrics.png           metric against step (redrawn from state)
+      metrics.png           metric against step, ± standard error (redrawn from state)
       results/step-N.json   harness-shaped results of each checkpoint
       locks/                one lock file per checkpoint, and state.lock
 
@@ -94,9 +94,16 @@ def row_of(key: str, ckpt: Path, results: dict[str, Any], results_path: Path) ->
                            "results": str(results_path), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     for task, res in results["results"].items():
         for k, v in res.items():
-            if "," in k and "_stderr," not in k:
+            # "acc_stderr,none" too: the plot draws it as the error bar of "acc"
+            if "," in k and ("_stderr," not in k or isinstance(v, (int, float))):
                 row[f"{task}/{k.split(',')[0]}"] = v
     return row
+
+
+def _metric_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The task/metric columns of the rows, without their standard errors."""
+    return sorted({k for r in rows for k in r if "/" in k and not k.endswith("_stderr")
+                   and isinstance(r[k], (int, float))})
 
 
 def commit(ed: EvalDir, key: str, row: dict[str, Any]) -> None:
@@ -114,26 +121,42 @@ def commit(ed: EvalDir, key: str, row: dict[str, Any]) -> None:
 
 
 def plot_metrics(rows: list[dict[str, Any]], out: Path) -> Optional[Path]:
-    """Each task metric against the step, one panel per metric."""
-    from llmctl.charts import _pyplot, _save
+    """Each task metric against the step, one panel per metric (see `metrics_figure`)."""
+    from llmctl.charts import save
 
-    keys = sorted({k for r in rows for k in r if "/" in k and isinstance(r[k], (int, float))})
+    fig = metrics_figure(rows)
+    return save(fig, out) if fig is not None else None
+
+
+def metrics_figure(rows: list[dict[str, Any]]) -> Any:
+    """Each task metric against the checkpoint's step, one panel per metric, with the
+    bootstrap/analytic standard error the results carry as an error bar (± 1 s.e.)."""
+    from llmctl.charts import _pyplot
+
+    keys = _metric_keys(rows)
     if not keys:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7.2, 2.2 * len(keys)), squeeze=False)
-    try:
-        for ax, k in zip(axes[:, 0], keys):
-            pts = [(r["step"], r[k]) for r in rows if k in r and r.get("step") is not None]
-            if pts:
-                ax.plot(*zip(*pts), "o-", markersize=4)
-            ax.set(ylabel=k.split("/")[1], title=k)
-            ax.grid(True, alpha=0.3)
-        axes[-1, 0].set_xlabel("step")
-        fig.tight_layout()
-        return _save(fig, out)
-    finally:
-        plt.close(fig)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7.2, 2.4 * len(keys)), squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        pts = sorted((r["step"], r[k], r.get(f"{k}_stderr")) for r in rows
+                     if isinstance(r.get(k), (int, float)) and r.get("step") is not None)
+        if pts:
+            steps, vals, errs = zip(*pts)
+            yerr = [e if isinstance(e, (int, float)) else 0.0 for e in errs]
+            ax.errorbar(steps, vals, yerr=yerr if any(yerr) else None, fmt="o-", markersize=4, capsize=3,
+                        color="tab:blue", ecolor="tab:gray", label=f"{k.split('/')[1]} ± 1 standard error")
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0.0)
+        metric = k.split("/")[1]
+        ax.set(ylabel=f"{metric} ({UNITS.get(metric, 'fraction')})", title=k)
+        ax.grid(True, alpha=0.3)
+    axes[-1, 0].set_xlabel("checkpoint step")
+    fig.tight_layout()
+    return fig
+
+
+# What each metric counts (its axis label).
+UNITS = {"perplexity": "per token", "loss": "nats/token", "bits_per_byte": "bits/byte"}
 
 
 def watch(run_dir: str | Path, evaluate: Callable[[Path, Path], dict[str, Any]],
@@ -222,7 +245,7 @@ def watch_submit(run_dir: str | Path, submit: Callable[[str, Path, Path, Path], 
 def format_table(table: Path) -> str:
     """The results table as aligned text: one line per checkpoint, one column per metric."""
     rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
-    cols = sorted({k for r in rows for k in r if "/" in k})
+    cols = _metric_keys(rows)
     head = ["step", *cols]
     body = [[str(r.get("step"))] + [f"{r[c]:.4g}" if isinstance(r.get(c), (int, float)) else "-" for c in cols]
             for r in rows]

@@ -1,9 +1,10 @@
 """Showing a plan: text tables, the TOML file, and a PNG picture.
 
 The picture has two panels: stacked memory per pipeline stage (weights,
-gradients, optimizer, activations, other), and one stacked bar of where the step
-time goes. It is drawn with matplotlib (the `plot` extra), imported only when a
-picture is asked for.
+gradients, optimizer, activations, other) with a line at the device's memory, and
+where the step time goes, one labelled horizontal bar per part (llmctl.charts).
+It is drawn with matplotlib (the `plot` extra), imported only when a picture is
+asked for.
 """
 
 from __future__ import annotations
@@ -84,14 +85,22 @@ def write_plan(plan, path: str) -> None:
 
 
 def write_png(plan, path: str) -> None:
-    """Memory per stage (left: stacked parts per GPU) and where the step time goes (right)."""
-    from llmctl.charts import stacked_bars
+    """Memory per stage with the device's capacity (left) and where the step time goes (right)."""
+    from llmctl.charts import save
+
+    save(plan_picture(plan), Path(path))
+
+
+def plan_picture(plan):
+    """The plan's figure (matplotlib), unsaved."""
+    from llmctl.charts import plan_figure
 
     pr = plan.predicted
     i = plan.inputs
     mem = {f"stage {m.stage}": {part: getattr(m, part) for part in MEM_PARTS} for m in pr.memory_per_stage}
     p = plan.parallelism
-    title = (f"memory per GPU: tp={p.tp} pp={p.pp} dp={p.dp} cp={p.cp}"
-             + (f" (GPU has {i.memory_gb:g} GB)" if i.memory_gb else ""))
-    stacked_bars(title, "GB", mem, Path(path),
-                 second=(f"step time {pr.step_time_s:.3g} s", "seconds", dict(pr.time_breakdown_s)))
+    unit = "CPU process" if i.device == "cpu" else "GPU"
+    title = f"memory per {unit}: tp={p.tp} pp={p.pp} dp={p.dp} cp={p.cp}"
+    step = f"{pr.step_time_s:.3g} s" if pr.step_time_s >= 0.1 else f"{pr.step_time_s * 1e3:.3g} ms"
+    return plan_figure(mem, i.memory_gb, title, dict(pr.time_breakdown_s), f"where the step time goes ({step} per step)",
+                       unit=unit)

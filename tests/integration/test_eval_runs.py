@@ -171,6 +171,7 @@ def test_watchers_evaluate_each_checkpoint_exactly_once(trained, tmp_path):
     assert [line for line in r.stderr.splitlines() if line.endswith(": evaluating")] == \
         [f"{CKPT.format(200)}: evaluating"]
     assert [r["step"] for r in _table(run)] == [50, 100, 150, 200]
+    assert f"plot (each metric against the step, ± standard error): {run / 'eval' / 'metrics.png'}" in r.stdout
 
     # A watcher killed mid-evaluation leaves no row; the next run redoes that checkpoint.
     # The weights are a FIFO nobody writes to: opening them blocks, so the watcher is held

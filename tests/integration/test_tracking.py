@@ -155,6 +155,12 @@ def test_preempted_run_resumes_the_same_tracker_runs_with_the_restart_marked(pro
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, 7))
     assert [e.step for e in acc.Scalars("train/restart")] == [3]
+    # loss.png marks the same restart, read from metrics.jsonl
+    from llmctl.train.plot import run_figure
+
+    ax = run_figure(run / "metrics.jsonl").axes[0]
+    assert [ln.get_xdata()[0] for ln in ax.lines if (ln.get_gid() or "").startswith("restart-")] == [3]
+    assert [ln.get_gid() for ln in ax.lines if (ln.get_gid() or "").startswith("stop-")] == ["stop-3-preempted"]
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     import mlflow
     from mlflow.tracking import MlflowClient
