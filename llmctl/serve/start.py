@@ -87,6 +87,9 @@ def serve(settings) -> None:
         return
     if world is not None:
         rankloss.survive_rank_loss(world)  # a killed peer must not take this rank down with it
+        from llmctl.serve.allreduce import bind_local_gpu
+
+        bind_local_gpu(world)  # one GPU per rank of a node, before any loads (nothing on CPU)
     dp = world is not None and settings.mpi_mode == "dp"
     from llmctl.serve import threads
 

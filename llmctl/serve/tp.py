@@ -5,9 +5,9 @@ rank loads the artifact and keeps its shard (Megatron-style, Shoeybi et al. 2019
 rank r holds heads [r·H/N, (r+1)·H/N) of wq/wk/wv and the matching columns of wo,
 and a slice of the feed-forward width; embeddings, norms and the head are
 replicated. Rank 0 runs HTTP and the scheduler; for each engine step it sends the
-batch (token ids, positions, block tables) to every worker, and after each
-row-parallel layer (wo, down/proj) the partial sums go to rank 0, which adds them
-and sends the total back.
+batch (token ids, positions, block tables) to every worker (MPI, point to point),
+and after each row-parallel layer (wo, down/proj) all ranks sum their partial
+outputs with one all-reduce (llmctl.serve.allreduce: MPI on CPU, NCCL on GPUs).
 
 Every wait polls with a deadline (llmctl.serve.rankloss), so a dead rank makes
 the step fail: the engine thread then fails all in-flight requests and /health
@@ -22,10 +22,12 @@ import socket
 import time
 
 from llmctl.errors import LlmctlError
-from llmctl.serve.rankloss import PEER_LOST, Incoming, RankLost, await_leader, pid_gone, wait, watch_local_pids
+from llmctl.serve.allreduce import AllReduce
+from llmctl.serve.rankloss import (PEER_LOST, Incoming, RankLost, await_leader, pid_gone, wait,
+                                   watch_local_pids)
 
 PING_EVERY_S = 1.0
-TAG_PLAN, TAG_PART, TAG_SUM = 11, 12, 13
+TAG_PLAN, TAG_PONG = 11, 12
 
 
 def shard_model(model, rank: int, size: int) -> None:
@@ -73,7 +75,7 @@ class _Chunk:
 
 
 class Leader:
-    """Rank 0's side: ship each batch to the workers, add the partial sums."""
+    """Rank 0's side: ship each batch to the workers, then run it with them."""
 
     def __init__(self, comm, engine):
         self.comm, self.engine = comm, engine
@@ -81,9 +83,9 @@ class Leader:
         self.last_ping = time.monotonic()
         self.error = None
         self.host = socket.gethostname()
+        engine.runner.reduce = AllReduce(comm, engine.runner.model.tok_emb.weight.device, self._wait_sum)
         self.ranks = comm.gather((self.host, os.getpid()), root=0)
         watch_local_pids(self.ranks)
-        engine.runner.reduce = self.reduce
         inner = engine.runner.forward
 
         def forward(chunks, **kw):
@@ -109,21 +111,16 @@ class Leader:
         for r, req in zip(self.workers, reqs):
             wait(req, f"sending to rank {r}", self._alive)
 
-    def reduce(self, t):
-        import numpy as np
-        import torch
-
-        total = t.detach().float().cpu().numpy().copy()
-        bufs = {r: np.empty_like(total) for r in self.workers}
-        reqs = {r: self.comm.Irecv(bufs[r], source=r, tag=TAG_PART) for r in self.workers}
-        for r in self.workers:  # in rank order: every rank adds in the same order
-            wait(reqs[r], f"partial sum from rank {r}", self._alive)
-            total += bufs[r]
-        self._alive()
-        sends = [self.comm.Isend(total, dest=r, tag=TAG_SUM) for r in self.workers]
-        for r, req in zip(self.workers, sends):
-            wait(req, f"sum to rank {r}", self._alive)
-        return torch.from_numpy(total).to(t.dtype)
+    def _wait_sum(self, req, what: str) -> None:
+        """Rank 0 waits on a layer's all-reduce with a deadline; a lost rank fails the
+        step, and no MPI call follows (the collective may still be pending)."""
+        if self.error:
+            raise RankLost(self.error)
+        try:
+            wait(req, what, self._alive)
+        except RankLost as e:
+            self.error = f"MPI rank lost: {e}"
+            raise
 
     def check(self):
         """The engine thread's between-steps hook: ping the workers now and then."""
@@ -135,7 +132,7 @@ class Leader:
         try:
             self._send_all(("ping", None))
             for r in self.workers:
-                wait(Incoming(self.comm, r, TAG_PART), f"ping of rank {r}", self._alive)
+                wait(Incoming(self.comm, r, TAG_PONG), f"ping of rank {r}", self._alive)
         except RankLost as e:
             self.error = f"MPI rank lost: {e}"
         return self.error
@@ -164,18 +161,9 @@ def attach_leader(comm, engine):
 def worker_loop(comm, eng) -> None:
     """Ranks > 0: with `eng` around this rank's shard (shard_model), run every batch
     rank 0 sends until told to stop."""
-
-    def reduce(t):
-        import numpy as np
-        import torch
-
-        part = t.detach().float().cpu().numpy().copy()
-        await_leader(comm.Isend(part, dest=0, tag=TAG_PART))
-        total = np.empty_like(part)
-        await_leader(comm.Irecv(total, source=0, tag=TAG_SUM))
-        return torch.from_numpy(total).to(t.dtype)
-
-    eng.runner.reduce = reduce
+    # no deadline here: a worker waits on rank 0 for as long as rank 0 lives (await_leader)
+    device = eng.runner.model.tok_emb.weight.device
+    eng.runner.reduce = AllReduce(comm, device, lambda req, _: await_leader(req))
     comm.gather((socket.gethostname(), os.getpid()), root=0)
     import torch
 
@@ -184,7 +172,7 @@ def worker_loop(comm, eng) -> None:
         if kind == "stop":
             return
         if kind == "ping":
-            await_leader(comm.isend("pong", dest=0, tag=TAG_PART))
+            await_leader(comm.isend("pong", dest=0, tag=TAG_PONG))
             continue
         chunks = [(_Chunk(toks, c, blocks), n) for toks, c, blocks, n in plan]
         with torch.inference_mode():
