@@ -193,3 +193,36 @@ def test_missing_tracker_package_stops_the_launch_at_preflight(project, tmp_path
     assert "'wandb'" in line and "llmctl[track]" in line
     assert not (tmp_path / "run" / "submission.json").exists()
     assert not records(tmp_path / "run")
+
+
+def test_eval_results_go_to_the_suite_trackers_with_their_standard_errors(tracked, tmp_path, monkeypatch):
+    """`eval run` with a suite that has [tracking]: each task metric and its standard error
+    at the checkpoint's step, read back with MLflow's and TensorBoard's readers."""
+    from llmctl.eval import tasks as T
+
+    builtin = Path(T.__file__).parent / "builtin"
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'name = "s"\nbootstrap_iters = 20\n\n[[tasks]]\nname = "code_completion"\n'
+                     f'path = "{builtin / "code_completion.toml"}"\n\n'
+                     '[tracking]\nbackends = ["mlflow", "tensorboard"]\nproject = "evals"\nrun_name = "ev"\n')
+    out = tmp_path / "res" / "results.json"
+    r = subprocess.run([sys.executable, "-m", "llmctl", "eval", "run", "--checkpoint", str(tracked),
+                        "--suite", str(suite), "--limit", "8", "--output", str(out)],
+                       cwd=tmp_path, env=quiet_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"tracking: mlflow, tensorboard in {tmp_path / 'res' / 'tracking'}" in r.stderr
+    res = json.loads(out.read_text())["results"]["code_completion"]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'res' / 'tracking' / 'mlruns'}")
+    run = client.search_runs([client.get_experiment_by_name("evals").experiment_id])[0]
+    assert run.data.metrics["eval/code_completion/acc"] == pytest.approx(res["acc,none"])
+    assert run.data.metrics["eval/code_completion/acc_stderr"] == pytest.approx(res["acc_stderr,none"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/code_completion/acc")] == [6]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "res" / "tracking" / "tensorboard" / "ev"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("eval/code_completion/acc")] == \
+        [(6, pytest.approx(res["acc,none"]))]
