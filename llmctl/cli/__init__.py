@@ -13,7 +13,7 @@ import sys
 import click
 
 from llmctl import __version__
-from llmctl.cli import data, doctor, env, eval as eval_, export, hw, init, job, plan, schema, serve, site, train
+from llmctl.cli import data, doctor, env, eval as eval_, examples, export, hw, init, job, plan, schema, serve, site, train
 from llmctl.errors import LlmctlError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -44,6 +44,7 @@ for _group in (init.group, hw.group, plan.group, data.group, train.group, eval_.
                export.command, serve.group, job.group, site.group, env.command,
                schema.command, doctor.command, env.completion):
     cli.add_command(_group)
+examples.apply(cli)  # each command's "Examples:" and --json shape (llmctl/cli/examples.py)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,10 +125,17 @@ def show_resolved(run_dir) -> None:
         click.echo(block(json.loads(path.read_text(encoding="utf-8")), str(path)), err=True)
 
 
-def report(run, dry, dry_run, submit_run) -> None:
+def report(run, dry, dry_run, submit_run, as_json: bool = False) -> None:
     """Print the script (dry run) or submit it: the end of every job-making command. The
-    resolved settings and their sources (resolved.json in the run folder) go to stderr first."""
+    resolved settings and their sources (resolved.json in the run folder) go to stderr first.
+    With `as_json`, stdout is one object (llmctl/cli/examples.py's JSON_SHAPES "train launch")."""
     show_resolved(run.path)
+    if as_json:
+        job_id = None if dry_run else submit_run(run.path)[1]
+        print_json({"run_dir": str(run.path), "backend": dry.spec.backend, "dry_run": bool(dry_run),
+                    "job_id": job_id, "script": str(run.script(dry.spec.backend)),
+                    "resolved": json.loads((run.path / "resolved.json").read_text(encoding="utf-8"))})
+        return
     if dry_run:
         click.echo(dry.script, nl=False)
         for key, source in dry.spec.sources.items():

@@ -23,7 +23,7 @@ def command(as_json: bool) -> None:
 @click.command("completion")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
-    """Print the shell completion script: eval "$(llmctl completion bash)"."""
+    """Print the completion script for SHELL (bash, zsh or fish): eval "$(llmctl completion bash)"."""
     from click.shell_completion import get_completion_class
 
     # the root command from click's context, not `from llmctl.cli import cli`: that import

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llmctl.cli.common import settings_options
+from llmctl.cli.common import json_option, print_json, settings_options
 
 
 @click.group("eval")
@@ -32,8 +32,9 @@ def group() -> None:
               help="With --harness-tasks: a folder of local harness task YAMLs.")
 @click.option("--skip-verify", is_flag=True,
               help="With --checkpoint: load it even if its files do not match the digests in its state.json.")
+@json_option
 def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, suite, tasks, output, limit,
-        batch_size, log_samples, harness_tasks, harness_include, skip_verify) -> None:
+        batch_size, log_samples, harness_tasks, harness_include, skip_verify, as_json) -> None:
     """Evaluate one checkpoint, exported artifact or served endpoint.
 
     Exactly one of --checkpoint, --artifact, --endpoint. Without --suite, the
@@ -49,7 +50,7 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
     from llmctl.eval.tasks import load_suite
 
     if harness_tasks or harness_include:
-        return _run_harness(harness_tasks, harness_include, suite, tasks, output, limit, log_samples,
+        return _run_harness(harness_tasks, harness_include, suite, tasks, output, limit, log_samples, as_json,
                             lambda size: open_model(checkpoint, artifact, endpoint, tokenizer, served_model,
                                                     api_key_env, batch_size or size, verify=not skip_verify))
 
@@ -65,8 +66,11 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
     if output:
         for p in write_results(results, Path(output)):
             click.echo(f"wrote {p}", err=True)
-    click.echo(f"{lm.name}" + (f" (step {lm.step})" if lm.step is not None else "") + f", suite {suite_cfg.name}")
-    click.echo(summary_table(results))
+    if as_json:
+        print_json({k: v for k, v in results.items() if k != "samples"})
+    else:
+        click.echo(f"{lm.name}" + (f" (step {lm.step})" if lm.step is not None else "") + f", suite {suite_cfg.name}")
+        click.echo(summary_table(results))
     base = Path(output).parent if output else Path.cwd()
     tracked = evalrun.log_results(suite_cfg, results, base, f"{lm.name}-eval", f"{base.absolute()}:eval:{lm.name}",
                                   lm.step, files=(Path(output),) if output else ())
@@ -74,7 +78,7 @@ def run(checkpoint, artifact, endpoint, tokenizer, served_model, api_key_env, su
         click.echo(f"tracking: {', '.join(suite_cfg.tracking.backends)} in {tracked}", err=True)
 
 
-def _run_harness(names, include, suite, tasks, output, limit, log_samples, open_lm) -> None:
+def _run_harness(names, include, suite, tasks, output, limit, log_samples, as_json, open_lm) -> None:
     from pathlib import Path
 
     from llmctl.errors import LlmctlError
@@ -93,6 +97,9 @@ def _run_harness(names, include, suite, tasks, output, limit, log_samples, open_
     if output:
         for p in write_results(results, Path(output)):
             click.echo(f"wrote {p}", err=True)
+    if as_json:
+        print_json({k: v for k, v in results.items() if k != "samples"})
+        return
     click.echo(f"{lm.name}, lm-evaluation-harness tasks {', '.join(task_names)}")
     click.echo(harness.table(results))
 

@@ -15,11 +15,15 @@ def group() -> None:
 @group.command("submit")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--allow-edited", is_flag=True, help="Submit even if the script changed since rendering.")
-def submit(run_dir, allow_edited) -> None:
-    """Submit a reviewed run folder exactly as rendered."""
+@json_option
+def submit(run_dir, allow_edited, as_json) -> None:
+    """Submit a reviewed run folder (RUN_DIR, made by a launch command's --dry-run) exactly as rendered."""
     from llmctl.jobs.launch import submit_run
 
     run, job_id = submit_run(run_dir, allow_edited=allow_edited)
+    if as_json:
+        print_json({"run_dir": str(run.path), "backend": run.load_spec().backend, "job_id": job_id})
+        return
     click.echo(f"submitted job {job_id}: {run.path}")
 
 
@@ -81,7 +85,7 @@ def _progress_line(p: dict) -> str:
 @click.argument("run")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 def logs(run, follow) -> None:
-    """Print a job's logs."""
+    """Print a job's logs (RUN: run folder or job id)."""
     from llmctl.jobs import track
 
     if follow:
@@ -103,7 +107,8 @@ def logs(run, follow) -> None:
               help="Seconds to wait for the scheduler to report the job ended.")
 @json_option
 def cancel(run, wait_s, as_json) -> None:
-    """Cancel a job in any state (pending, held, running, requeued); it is not requeued.
+    """Cancel a job (RUN: run folder or job id) in any state (pending, held, running, requeued); it is
+    not requeued.
 
     Reports CANCELLED once the scheduler does; exits 1 if it has not within --wait.
     """

@@ -7,6 +7,8 @@ import click
 from llmctl.cli.common import json_option
 
 
+FIXED = "auto: fixed, the solver chooses the rest; manual: the layout to cost"
+
 @click.group("plan")
 def group() -> None:
     """Compute and explain parallelism plans."""
@@ -32,13 +34,18 @@ def group() -> None:
               help="Peak TFLOP/s per GPU, for GPUs the table does not know.")
 @click.option("--strategy", type=click.Choice(["auto", "manual"]), default="auto", show_default=True,
               help="auto: solve; manual: cost the given layout.")
-@click.option("--tp", type=click.IntRange(min=1))
-@click.option("--pp", type=click.IntRange(min=1))
-@click.option("--dp", type=click.IntRange(min=1))
-@click.option("--cp", type=click.IntRange(min=1))
-@click.option("--vpp", type=click.IntRange(min=1))
-@click.option("--micro-batch", type=click.IntRange(min=1))
-@click.option("--zero-stage", type=click.IntRange(0, 3))
+@click.option("--tp", type=click.IntRange(min=1),
+              help=f"Tensor-parallel degree ({FIXED}).")
+@click.option("--pp", type=click.IntRange(min=1), help=f"Pipeline-parallel stages ({FIXED}).")
+@click.option("--dp", type=click.IntRange(min=1), help=f"Data-parallel replicas ({FIXED}).")
+@click.option("--cp", type=click.IntRange(min=1),
+              help=f"Context-parallel degree: the sequence split across GPUs ({FIXED}).")
+@click.option("--vpp", type=click.IntRange(min=1),
+              help=f"Virtual pipeline stages per GPU, interleaved 1F1B ({FIXED}).")
+@click.option("--micro-batch", type=click.IntRange(min=1),
+              help=f"Sequences per micro-batch on each GPU ({FIXED}).")
+@click.option("--zero-stage", type=click.IntRange(0, 3),
+              help=f"ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also weights ({FIXED}).")
 @click.option("--recompute", type=click.Choice(["none", "selective", "full", "partial"]),
               help="none; selective (attention core); full (every block); partial (full recomputation of "
                    "only some blocks per stage, as many as memory needs: the solver's choice).")
@@ -107,7 +114,7 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
 @click.option("--png", type=click.Path(dir_okay=False), help="Write the picture here.")
 @json_option
 def explain(plan_file, png, as_json) -> None:
-    """Show a plan as tables and a picture."""
+    """Show a plan (PLAN_FILE) as tables and a picture."""
     from llmctl.config.base import load_config
     from llmctl.config.plan import PlanFile
     from llmctl.plan.report import print_plan, write_png
@@ -148,7 +155,7 @@ def explain(plan_file, png, as_json) -> None:
               help="First steps of each run to leave out (start-up).")
 @json_option
 def calibrate(run_dirs, hardware, out, skip, as_json) -> None:
-    """Fit the hardware profile's sustained rate from real runs' step times."""
+    """Fit the hardware profile's sustained rate from real runs' step times (RUN_DIRS: their run folders)."""
     from llmctl.cli.common import print_json
     from llmctl.plan.calibrate import calibrate as fit
 

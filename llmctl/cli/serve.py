@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from llmctl.cli.common import job_options, report
+from llmctl.cli.common import job_options, json_option, print_json, report
 
 
 @click.group("serve")
@@ -32,10 +32,13 @@ def _settings(ctx: click.Context, config_path, **flags):
 @click.option("--artifact", required=True, type=click.Path(), help="Model artifact folder.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="TCP port to listen on.")
 @click.option("--scheduler", default="vllm-like", show_default=True,
               help="vllm-like, fcfs, or a plugin name.")
-@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Most tokens (prompt chunks and one per decoding sequence) one engine step computes; "
+                   "bounds a step's memory and latency.")
 @click.option("--api-key-env", help="Environment variable holding the bearer key.")
 @click.option("--max-queue", type=click.IntRange(min=1), help="Waiting requests before answering 429.")
 @click.option("--prefix-caching/--no-prefix-caching", default=None,
@@ -59,11 +62,14 @@ def start(ctx: click.Context, config_path, **flags) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
 @click.option("--scheduler", default="vllm-like", show_default=True,
               help="vllm-like, fcfs, or a plugin name.")
-@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True)
+@click.option("--max-batch-tokens", type=click.IntRange(min=1), default=8192, show_default=True,
+              help="Most tokens (prompt chunks and one per decoding sequence) one engine step computes; "
+                   "bounds a step's memory and latency.")
 @click.option("--prefix-caching/--no-prefix-caching", default=None,
               help="Reuse the KV blocks of prompt prefixes across requests [default: on].")
+@json_option
 @click.pass_context
-def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> None:
+def batch(ctx: click.Context, input_path, output_path, config_path, as_json, **flags) -> None:
     """Answer a file of requests (resumable)."""
     from pathlib import Path
 
@@ -80,6 +86,9 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
     read_requests(Path(input_path))  # bad input fails before the model loads
     art, eng = build_engine(settings, settings.artifact)
     counts = run_batch(eng, art.name, input_path, output_path, settings)
+    if as_json:
+        print_json({"output": str(output_path), "counts": counts})
+        return
     click.echo(f"serve batch: {counts['answered']} answered, {counts['errors']} errors, "
                f"{counts['skipped']} already done (of {counts['total']}) -> {output_path}")
 
@@ -95,6 +104,7 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
               help="persistent: the port to listen on.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Serve config (TOML).")
 @job_options
+@json_option
 @click.option("--gpus-per-node", type=click.IntRange(min=0),
               help="GPUs per node (CPU ranks on a partition without GPUs). A persistent server on "
                    "more than one rank in all runs them as MPI ranks, started by the site's mpirun.")
@@ -103,7 +113,8 @@ def batch(ctx: click.Context, input_path, output_path, config_path, **flags) -> 
               help="persistent, several ranks: tensor-parallel shards (tp, the server's default) or "
                    "data-parallel replicas (dp).")
 def launch(kind, artifact, input_path, output_path, port, config_path, launcher, site, partition,
-           gpus_per_node, nodes, mpi_mode, time_limit, name, after, run_dir, dry_run, settings) -> None:
+           gpus_per_node, nodes, mpi_mode, time_limit, name, after, run_dir, dry_run, settings,
+           as_json=False) -> None:
     """Render a serving job (a persistent server or a batch job) and submit it."""
     import shlex
     import sys
@@ -131,6 +142,6 @@ def launch(kind, artifact, input_path, output_path, port, config_path, launcher,
         after=after, partition=partition, gpus_per_node=gpus_per_node, nodes=nodes, mpi_mode=mpi_mode,
         run_dir=run_dir,
         command=shlex.join(["llmctl", *sys.argv[1:]]), settings=settings)
-    report(run, dry, dry_run, submit_run)
-    if kind == "persistent" and not dry_run:
+    report(run, dry, dry_run, submit_run, as_json)
+    if kind == "persistent" and not dry_run and not as_json:
         click.echo(f"the server writes its address to {run.endpoint_file} once it listens", err=True)

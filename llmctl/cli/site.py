@@ -29,7 +29,7 @@ def list_(as_json: bool) -> None:
 @click.argument("site")
 @json_option
 def show(site: str, as_json: bool) -> None:
-    """Show a site-config (NAME or PATH) with every default filled in."""
+    """Show a site-config (SITE: its name or path) with every default filled in."""
     from llmctl.sites import load_site
 
     cfg, path = load_site(site)
@@ -46,7 +46,7 @@ def show(site: str, as_json: bool) -> None:
 @click.argument("site")
 @json_option
 def check(site: str, as_json: bool) -> None:
-    """Validate a site-config (NAME or PATH); exit 2 on problems."""
+    """Validate a site-config (SITE: its name or path); exit 2 on problems."""
     from llmctl.sites import check_site
 
     report = check_site(site)
