@@ -117,8 +117,9 @@ def _run_harness(names, include, suite, tasks, output, limit, log_samples, as_js
 @click.option("--partition", help="With --submit: partition or queue (default: the site's).")
 @click.option("--time", "time_limit", help="With --submit: time limit, e.g. 01:00:00.")
 @settings_options
+@json_option
 def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, partition, time_limit,
-          settings) -> None:
+          settings, as_json) -> None:
     """Evaluate every complete checkpoint not yet evaluated (cron-safe).
 
     Results go to RUN/eval/: results/<checkpoint>.json, the table results.jsonl
@@ -163,13 +164,20 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, part
             return results
 
         out = W.watch(run_dir, evaluate_one, log)
-    click.echo(", ".join(f"{k}: {len(v)}" for k, v in out.items()))
-    table = W.EvalDir(run_dir).table
-    if table.is_file():
-        click.echo(W.format_table(table))
-        click.echo(f"results table: {table}")
-    if W.EvalDir(run_dir).plot.is_file():
-        click.echo(f"plot (each metric against the step, ± standard error): {W.EvalDir(run_dir).plot}")
+    ed = W.EvalDir(run_dir)
+    if as_json:  # every list present (empty when it does not apply), so the shape is one
+        lists = {k: out.get(k, []) for k in ("evaluated", "skipped", "busy", "failed", "submitted", "pending")}
+        print_json({"run_dir": str(ed.run), **lists,
+                    "table": str(ed.table) if ed.table.is_file() else None,
+                    "plot": str(ed.plot) if ed.plot.is_file() else None,
+                    "rows": W.read_table(ed.table) if ed.table.is_file() else []})
+    else:
+        click.echo(", ".join(f"{k}: {len(v)}" for k, v in out.items()))
+        if ed.table.is_file():
+            click.echo(W.format_table(ed.table))
+            click.echo(f"results table: {ed.table}")
+        if ed.plot.is_file():
+            click.echo(f"plot (each metric against the step, ± standard error): {ed.plot}")
     if out.get("failed"):
         from llmctl.errors import LlmctlError
 
@@ -190,9 +198,20 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, part
 @click.option("--install", is_flag=True,
               help="Install the entry with scrontab/crontab (slurm-chain: write RUN/eval/schedule-slurm.sh "
                    "and queue it) instead of printing it.")
-def schedule(every, run_dir, suite, launcher, time_limit, partition, install) -> None:
+@json_option
+def schedule(every, run_dir, suite, launcher, time_limit, partition, install, as_json) -> None:
     """Print or install a scrontab/crontab entry that runs the watcher."""
+    from pathlib import Path
+
     from llmctl.eval import schedule as S
+
+    def result(entry: str, installed: bool, script=None, job_id=None) -> None:
+        if as_json:
+            print_json({"launcher": launcher, "every": every, "run_dir": str(Path(run_dir).absolute()),
+                        "entry": entry, "installed": installed, "script": script and str(script),
+                        "job_id": job_id})
+        elif not installed or launcher != "slurm-chain":
+            click.echo(entry, nl=False)
 
     if launcher == "slurm-chain":
         text = S.chain_script(every, run_dir, suite, time_limit, partition)
@@ -201,9 +220,8 @@ def schedule(every, run_dir, suite, launcher, time_limit, partition, install) ->
             script, stop = S.chain_paths(run_dir)
             click.echo(f"wrote {script}; " + (f"queued job {job}" if job else "a run is already queued")
                        + f"; stop the chain with: touch {stop}", err=True)
-        else:
-            click.echo(text, nl=False)
-        return
+            return result(text, True, script, job)
+        return result(text, False)
     if launcher == "slurm":
         entry = S.scrontab_entry(every, run_dir, suite, time_limit, partition)
         # SLURM cannot create the folder of --output: a job with a missing one fails unseen.
@@ -213,4 +231,4 @@ def schedule(every, run_dir, suite, launcher, time_limit, partition, install) ->
     if install:
         S.install(entry, launcher, run_dir)
         click.echo(f"installed in your {'scrontab' if launcher == 'slurm' else 'crontab'}:", err=True)
-    click.echo(entry, nl=False)
+    result(entry, install)

@@ -30,8 +30,11 @@ EXAMPLES: dict[str, list[str]] = {
                      "--launcher slurm --site slurm-a100-ib --time 04:00:00 --json"],
     "eval run": ["llmctl eval run --checkpoint runs/train-20260101-120000 --output eval/results.json",
                  "llmctl eval run --artifact artifacts/demo --tasks arithmetic --limit 20 --json"],
-    "eval watch": ["llmctl eval watch --run-dir runs/train-20260101-120000 --submit --site slurm-a100-ib"],
-    "eval schedule": ["llmctl eval schedule --every 6h --run-dir runs/train-20260101-120000"],
+    "eval watch": ["llmctl eval watch --run-dir runs/train-20260101-120000 --submit --site slurm-a100-ib",
+                   "llmctl eval watch --run-dir runs/train-20260101-120000 --tasks arithmetic --json"],
+    "eval schedule": ["llmctl eval schedule --every 6h --run-dir runs/train-20260101-120000",
+                      "llmctl eval schedule --every 1h --run-dir runs/train-20260101-120000 --launcher slurm "
+                      "--install --json"],
     "export": ["llmctl export --checkpoint runs/train-20260101-120000 --out artifacts/demo --dtype bf16",
                "llmctl export --artifact hf/Llama-3.2-1B --out artifacts/llama3-1b --json"],
     "serve start": ["llmctl serve start --artifact artifacts/demo --port 8080",
@@ -48,7 +51,8 @@ EXAMPLES: dict[str, list[str]] = {
     "site list": ["llmctl site list --json"],
     "site show": ["llmctl site show slurm-a100-ib"],
     "site check": ["llmctl site check site-configs/mycluster.toml"],
-    "site init": ["llmctl site init --scheduler slurm --name mycluster --output site-configs/mycluster.toml"],
+    "site init": ["llmctl site init --scheduler slurm --name mycluster --output site-configs/mycluster.toml",
+                  "llmctl site init --output site-configs/mycluster.toml --json"],
     "env": ["llmctl env --json"],
     "schema": ["llmctl schema train", "llmctl schema train --check configs/train.toml"],
     "doctor": ["llmctl doctor --site slurm-a100-ib --no-job"],
@@ -66,12 +70,27 @@ JSON_SHAPES: dict[str, tuple[str, list[str]]] = {
                                                 "solver"]),
     "plan explain": ("an object (the plan file, and the picture's path)", ["version", "inputs", "parallelism",
                                                                         "predicted", "png"]),
-    "plan calibrate": ("an object", ["runs", "factor", "key", "hardware", "written"]),
+    "plan calibrate": ("an object (written: the calibrated profile, null without --out)",
+                       ["runs", "factor", "key", "hardware", "old_tflops", "new_tflops", "written"]),
     "data prepare": ("an object", ["output", "up_to_date", "name", "tokens", "documents", "shards", "vocab_size",
                                 "dtype", "tokenizer_sha256", "seconds", "tokens_per_s"]),
     "train launch": ("an object", ["run_dir", "backend", "dry_run", "job_id", "script", "resolved"]),
-    "eval run": ("an object (the results file: lm-evaluation-harness's layout)",
-                 ["results", "configs", "versions", "n-shot", "higher_is_better", "n-samples"]),
+    "eval run": ("an object (the results file, without the samples: lm-evaluation-harness's layout, its "
+                 "keys that mean nothing for llmctl null; with --harness-tasks, what lm-evaluation-harness "
+                 "returns)",
+                 ["results", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples",
+                  "config", "git_hash", "date", "pretty_env_info", "transformers_version", "upper_git_hash",
+                  "tokenizer_pad_token", "tokenizer_eos_token", "tokenizer_bos_token", "eot_token_id",
+                  "max_length", "task_hashes", "model_source", "model_name", "model_name_sanitized",
+                  "system_instruction", "system_instruction_sha", "fewshot_as_multiturn", "chat_template",
+                  "chat_template_sha", "start_time", "end_time", "total_evaluation_time_seconds"]),
+    "eval watch": ("an object (the checkpoints by what happened to them, each a list, empty where it does not "
+                   "apply; table and plot: RUN/eval/results.jsonl and metrics.png, null until written; rows: "
+                   "the table's rows)", ["run_dir", "evaluated", "skipped", "busy", "failed", "submitted",
+                                         "pending", "table", "plot", "rows"]),
+    "eval schedule": ("an object (entry: the crontab or scrontab lines, or slurm-chain's script; installed: "
+                      "whether --install installed it; script and job_id: an installed slurm-chain's, else null)",
+                      ["launcher", "every", "run_dir", "entry", "installed", "script", "job_id"]),
     "export": ("an object", ["direction", "source", "artifact", "format", "dtype", "quantize"]),
     "serve batch": ("an object", ["output", "counts"]),
     "serve launch": ("an object", ["run_dir", "backend", "dry_run", "job_id", "script", "resolved"]),
@@ -82,8 +101,19 @@ JSON_SHAPES: dict[str, tuple[str, list[str]]] = {
     "site list": ("a list of objects", ["name", "origin", "path", "scheduler", "description", "shadowed"]),
     "site show": ("an object", ["path", "site"]),
     "site check": ("an object", ["name", "path", "ok", "summary", "warnings"]),
+    "site init": ("an object (text: the draft; written: its file, null without --output)",
+                  ["scheduler", "cluster", "name", "partitions", "written", "text"]),
     "env": ("an object", ["llmctl", "python", "executable", "platform", "packages", "tools", "paths"]),
     "doctor": ("an object", ["site", "ok", "checks"]),
+}
+
+# The commands without --json, and why: they produce no result to print as JSON.
+NO_JSON: dict[str, str] = {
+    "serve start": "a server: it answers HTTP until stopped (in a job, its address is in RUN/endpoint.json)",
+    "job logs": "the job's log, as the program wrote it",
+    "completion": "a shell script",
+    "schema": "JSON already (the JSON Schema of KIND); --check prints one line per valid file and exits 2 "
+              "on an invalid one",
 }
 
 
@@ -93,6 +123,8 @@ def epilog(path: str) -> str:
     if path in JSON_SHAPES:
         what, keys = JSON_SHAPES[path]
         lines += ["", f"--json prints {what} with the keys: {', '.join(keys)}."]
+    elif path in NO_JSON:
+        lines += ["", f"No --json: it prints {NO_JSON[path]}."]
     return "\n".join(lines)
 
 

@@ -73,7 +73,8 @@ def check(site: str, as_json: bool) -> None:
               help="Read recorded command outputs from DIR instead of asking the scheduler "
                    "(scontrol_show_{config,partition,node}.txt or qstat_Bf.txt, qstat_Qf.txt, "
                    "pbsnodes_a.txt; see docs/site-admin.md).")
-def init(scheduler, name, python, output, force, from_dir) -> None:
+@json_option
+def init(scheduler, name, python, output, force, from_dir, as_json) -> None:
     """Draft a site-config from the cluster's scheduler: partitions, nodes, GPUs, limits.
 
     \b
@@ -86,7 +87,7 @@ def init(scheduler, name, python, output, force, from_dir) -> None:
     from pathlib import Path
 
     from llmctl.errors import LlmctlError
-    from llmctl.siteinit import detect_scheduler, draft, inventory, write
+    from llmctl.siteinit import detect_scheduler, draft, inventory, site_name, write
 
     if output and not force and Path(output).exists():
         raise LlmctlError(f"{output} already exists", hint="pass --force to replace it")
@@ -94,10 +95,15 @@ def init(scheduler, name, python, output, force, from_dir) -> None:
         raise LlmctlError(f"--name {name!r} differs from the file name {Path(output).stem!r}",
                           hint="`--site NAME` finds NAME.toml: name the file after the site")
     cluster = inventory(scheduler or detect_scheduler(), from_dir=from_dir)
-    text = draft(cluster, name=name or (Path(output).stem if output else None), python=python)
-    if not output:
+    name = name or (Path(output).stem if output else None)
+    text = draft(cluster, name=name, python=python)
+    path = write(text, output, force=force) if output else None
+    if as_json:
+        print_json({"scheduler": cluster.scheduler, "cluster": cluster.name, "name": name or site_name(cluster.name),
+                    "partitions": list(cluster.partitions), "written": path and str(path), "text": text})
+    elif not output:
         click.echo(text, nl=False)
+    if not output:
         return
-    path = write(text, output, force=force)
     click.echo(f"wrote {path}: {len(cluster.partitions)} partition(s) from {cluster.scheduler} cluster "
                f"{cluster.name!r}; next: llmctl site check {path} && llmctl doctor --site {path}", err=True)

@@ -242,9 +242,14 @@ def watch_submit(run_dir: str | Path, submit: Callable[[str, Path, Path, Path], 
     return out
 
 
+def read_table(table: Path) -> list[dict[str, Any]]:
+    """The rows of the results table (results.jsonl), one per evaluated checkpoint."""
+    return [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def format_table(table: Path) -> str:
     """The results table as aligned text: one line per checkpoint, one column per metric."""
-    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_table(table)
     cols = _metric_keys(rows)
     head = ["step", *cols]
     body = [[str(r.get("step"))] + [f"{r[c]:.4g}" if isinstance(r.get(c), (int, float)) else "-" for c in cols]

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from llmctl.cli import cli
-from llmctl.cli.examples import EXAMPLES, JSON_SHAPES
+from llmctl.cli.examples import EXAMPLES, JSON_SHAPES, NO_JSON
 from test_cli import resolve
 
 
@@ -63,6 +63,10 @@ def test_json_options_and_documented_shapes_match():
         assert "--json prints " in LEAVES[path].epilog
     # The result-producing commands the issue named have it.
     assert {"train launch", "job submit", "export", "eval run", "serve launch", "serve batch"} <= with_json
+    # Every other command says why it has none (a new command must pick one or the other).
+    assert set(LEAVES) - with_json == set(NO_JSON)
+    for path in NO_JSON:
+        assert "No --json: it prints " in LEAVES[path].epilog
 
 
 def test_generated_reference_shows_examples_and_shapes():
@@ -135,3 +139,51 @@ def test_json_shape_of_a_serve_launch(project, tmp_path):
     (art / "config.json").write_text("{}")
     out = cli_json(project, "serve launch", "--artifact", str(art), "--dry-run", "--run-dir", str(project / "runs" / "s"))
     assert out["resolved"]["program"]["port"] == {"value": 8080, "source": "default"}
+
+
+def exact(out: str, path: str):
+    """The --json output of `path`, its top-level keys exactly the documented ones."""
+    data = json.loads(out)
+    assert isinstance(data, dict) and list(data) == JSON_SHAPES[path][1], f"{path}: {list(data)}"
+    return data
+
+
+def test_json_shape_of_site_init(tmp_path):
+    from test_site_init import FIXTURES
+
+    r = run_cli("site", "init", "--scheduler", "slurm", "--from", str(FIXTURES / "slurm"), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    printed = exact(r.stdout, "site init")
+    assert printed["written"] is None and printed["scheduler"] == "slurm" and printed["partitions"]
+    plain = run_cli("site", "init", "--scheduler", "slurm", "--from", str(FIXTURES / "slurm"), cwd=tmp_path)
+    assert printed["text"] == plain.stdout  # the same draft the command prints without --json
+    r = run_cli("site", "init", "--scheduler", "pbs", "--from", str(FIXTURES / "pbs"), "-o", "mine.toml", "--json",
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = exact(r.stdout, "site init")
+    assert written["name"] == "mine" and written["scheduler"] == "pbs"
+    assert (tmp_path / written["written"]).read_text() == written["text"]
+    assert f"name = {json.dumps('mine')}" in written["text"]
+    assert run_cli("site", "check", written["written"], cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("launcher", ["cron", "slurm", "slurm-chain"])
+def test_json_shape_of_eval_schedule(tmp_path, launcher):
+    (tmp_path / "run").mkdir()
+    args = ("eval", "schedule", "--every", "2h", "--run-dir", "run", "--launcher", launcher)
+    r = run_cli(*args, "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = exact(r.stdout, "eval schedule")
+    assert out["entry"] == run_cli(*args, cwd=tmp_path).stdout  # what it prints without --json
+    assert out["installed"] is False and out["script"] is None and out["job_id"] is None
+    assert (out["launcher"], out["every"], out["run_dir"]) == (launcher, "2h", str(tmp_path / "run"))
+
+
+def test_json_shape_of_eval_watch_before_any_checkpoint(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    r = run_cli("eval", "watch", "--run-dir", "run", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = exact(r.stdout, "eval watch")
+    assert out["run_dir"] == str(tmp_path / "run")
+    assert all(out[k] == [] for k in ("evaluated", "skipped", "busy", "failed", "submitted", "pending", "rows"))
+    assert out["table"] is None and out["plot"] is None
