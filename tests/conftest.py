@@ -7,6 +7,7 @@ for what CI can run. Use `needs("slurm", available, why)` rather than pytest.ski
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -73,8 +74,16 @@ def machine_load():
     priority so that they really compete with the tests.
     """
     n = int(os.environ.get("LLMCTL_TEST_LOAD", "0") or 0)
+    with spinning(n):
+        yield max(n, 0)
+
+
+@contextlib.contextmanager
+def spinning(n: int):
+    """`n` busy-loop processes for the duration (the load of `LLMCTL_TEST_LOAD`; the thread
+    policy benchmark uses it for other jobs' work on a shared node)."""
     if n <= 0:
-        yield 0
+        yield []
         return
     import multiprocessing
 
@@ -83,7 +92,7 @@ def machine_load():
     for p in procs:
         p.start()
     try:
-        yield n
+        yield procs
     finally:
         for p in procs:
             p.kill()

@@ -41,6 +41,7 @@ class ServeConfig(StrictModel):
     """Weights dtype: auto, bf16, fp16, fp32."""
     threads: Optional[int] = Field(None, ge=1, le=4096)
     """torch intra-op threads (default: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else the CPU
-    affinity mask shared by this node's ranks, capped by the cgroup quota; never all cores)."""
+    affinity mask shared by this node's ranks, capped by the cgroup quota; never all cores;
+    llmctl/hw/threads.py)."""
     mpi_mode: Literal["tp", "dp"] = "tp"
     """Under MPI: tp (each rank a tensor-parallel shard) or dp (whole replicas; rank 0 routes)."""

@@ -158,6 +158,10 @@ class Training(StrictModel):
     state untouched) up to `max_skipped_steps` times. The step is never applied either way."""
     max_skipped_steps: int = Field(10, ge=0)
     """With nonfinite = "skip": steps a run may skip in all (counted across restarts); one more stops it."""
+    threads: Optional[int] = Field(None, ge=1, le=4096)
+    """torch intra-op threads per rank (default: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK shared by
+    the ranks of one task, else the CPU affinity mask shared by this node's ranks, capped by their
+    share of the cgroup quota; never all cores of a shared node; llmctl/hw/threads.py)."""
 
 
 class TrainConfig(StrictModel):

@@ -77,10 +77,12 @@ def answered(path: Path) -> set[str]:
 
 def run_batch(engine, model_name: str, input_path: str, output_path: str, settings) -> dict[str, int]:
     from llmctl.serve import protocol as P
-    from llmctl.serve import testhooks, threads
+    from llmctl.hw import threads
+    from llmctl.serve import testhooks
     from llmctl.serve.validate import check_tree
 
-    threads.apply(getattr(settings, "threads", None))  # the job's CPUs, not the node's
+    # the job's CPUs, not the node's
+    threads.apply(getattr(settings, "threads", None), "the serve config's threads")
 
     inp, outp = Path(input_path), Path(output_path)
     reqs = read_requests(inp)

@@ -87,13 +87,13 @@ def serve(settings) -> None:
         return
     if world is not None:
         rankloss.survive_rank_loss(world)  # a killed peer must not take this rank down with it
-        from llmctl.serve.allreduce import bind_local_gpu
+        from llmctl.serve.allreduce import bind_local
 
-        bind_local_gpu(world)  # one GPU per rank of a node, before any loads (nothing on CPU)
+        bind_local(world)  # one GPU per rank of a node, before any loads; spin or sleep in waits
     dp = world is not None and settings.mpi_mode == "dp"
-    from llmctl.serve import threads
+    from llmctl.hw import threads
 
-    n_threads, why = threads.apply(getattr(settings, "threads", None))
+    n_threads, why = threads.apply(getattr(settings, "threads", None), "the serve config's threads")
     print(f"llmctl serve: {n_threads} torch threads ({why})", flush=True)
     shard = (world.Get_rank(), world.Get_size()) if world is not None and not dp else None
     if world is not None and world.Get_rank() > 0:

@@ -146,7 +146,9 @@ def train_parallel(s, verify: bool = True) -> int:
     from llmctl.train.nonfinite import HINT, NonFiniteGuard, nonfinite_tensors, weights_error
     from llmctl.train.schedule import lr_at
     from llmctl.train.optim import build_optimizer, resolve_precision
+    from llmctl.train.trainer import threads_line
 
+    threads_line(tcfg.threads)
     rdv = rendezvous.discover()
     device = rendezvous.init(rdv)
     dims = s.dims
@@ -207,6 +209,7 @@ def train_parallel(s, verify: bool = True) -> int:
            "peak_source": peak_source, "checkpoint": str(latest) if latest else None,
            "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "data": str(s.data_dir),
            "data_position": sampler.position, "world_size": world, "launcher": rdv.source, "hosts": hosts,
+           "threads": torch.get_num_threads(),
            "layout": {"dp": dims.dp, "tp": dims.tp, "pp": dims.pp, "vpp": dims.vpp, "mode": dims.dp_mode,
                       "zero_stage": dims.zero_stage, "schedule": dims.schedule,
                       "sequence_parallel": dims.sequence_parallel},

@@ -45,6 +45,21 @@ def evaluate(model, batches, device, autocast) -> float:
     return total / max(sum(len(x) for x, _ in batches), 1)
 
 
+def threads_line(configured) -> int:
+    """Size torch's intra-op threads by the job's CPUs (llmctl.hw.threads) before any work,
+    and say so: torch's default (every core of the node) oversubscribes a shared node. The
+    count is fixed by the job, not the load, so a resumed run computes as the first did."""
+    import sys
+
+    from llmctl.hw import threads
+
+    n, why = threads.apply(configured, "the training config's training.threads")
+    rank = os.environ.get("RANK")
+    who = f"rank {rank}: " if rank is not None else ""
+    print(f"llmctl.train: {who}{n} torch threads ({why})", file=sys.stderr, flush=True)
+    return n
+
+
 def train(run_dir: str, verify: bool = True) -> int:
     """Train the run in `run_dir` to its max_steps (or until preempted); returns the exit code.
 
@@ -79,6 +94,7 @@ def train(run_dir: str, verify: bool = True) -> int:
     from llmctl.train.schedule import lr_at
     from llmctl.train.speed import compile_enabled
 
+    threads_line(tcfg.threads)
     device = _device()
     precision = resolve_precision(tcfg.precision, device)
     # Bit-exact resume on a CPU needs nothing more: its kernels are deterministic for a
@@ -130,7 +146,7 @@ def train(run_dir: str, verify: bool = True) -> int:
                "micro_batch": s.micro_batch, "grad_accum": s.grad_accum, "seq_len": s.seq_len,
                "tokens_per_step": s.tokens_per_step, "flops_per_token": fpt, "peak_flops": peak,
                "peak_source": peak_source, "checkpoint": str(latest) if latest else None,
-               "compile": compiled, "fused_qkv": cfg.kernels.fused_qkv,
+               "compile": compiled, "fused_qkv": cfg.kernels.fused_qkv, "threads": torch.get_num_threads(),
                "restart": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
                "data": str(s.data_dir), "data_position": sampler.position})
 

@@ -217,7 +217,7 @@ def test_samples_share_the_prompts_kv_blocks(c, server):
 
 def test_the_thread_count_comes_from_the_config(artifact, tmp_path):
     """The serve config's `threads` wins over OMP_NUM_THREADS=1 (servekit's); the order of
-    the other sources is unit-tested (tests/unit/test_serve_protocol.py)."""
+    the other sources is unit-tested (tests/unit/test_thread_policy.py)."""
     cfg = tmp_path / "serve.toml"
     cfg.write_text("threads = 2\n")
     s = K.Server(artifact, "--config", str(cfg)).wait()

@@ -215,24 +215,3 @@ def test_prompt_plus_max_tokens_beyond_the_context_names_the_lengths():
     assert "256" in e.value.message and "401" in e.value.message and "201 in the prompt" in e.value.message
     # an unstated max_tokens (16) shrinks to the room left
     assert P.fit_context(list(range(250)), SamplingParams(max_tokens=16), 256, False, False).max_tokens == 6
-
-
-def test_threads_follow_the_allocation_not_the_machine():
-    from llmctl.serve.threads import default_threads
-
-    assert default_threads({"SLURM_CPUS_PER_TASK": "4"}, affinity=64, quota=None)[0] == 4
-    assert default_threads({"OMP_NUM_THREADS": "2", "SLURM_CPUS_PER_TASK": "4"}, affinity=64, quota=None)[0] == 2
-    assert default_threads({}, affinity=8, quota=None)[0] == 8
-    assert default_threads({"OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, affinity=8, quota=None)[0] == 2
-    assert default_threads({}, affinity=64, quota=3)[0] == 3
-    assert default_threads({"MPI_LOCALNRANKS": "16"}, affinity=8, quota=None)[0] == 1
-
-
-def test_cgroup_quota_is_read_from_cpu_max(tmp_path):
-    from llmctl.serve.threads import cgroup_cpus
-
-    (tmp_path / "cpu.max").write_text("250000 100000\n")
-    assert cgroup_cpus(tmp_path) == 3  # 2.5 CPUs of quota: 3 threads, rounded up
-    (tmp_path / "cpu.max").write_text("max 100000\n")
-    assert cgroup_cpus(tmp_path) is None
-    assert cgroup_cpus(tmp_path / "absent") is None
