@@ -9,7 +9,7 @@ EXTRAS ?= dev,train,mpi,serve
 STAMP  := $(VENV)/.installed-$(subst /,_,$(EXTRAS))
 DEMO   ?= demo
 
-.PHONY: all venv demo test test-loaded test-unit bench docs docs-check services services-down clean
+.PHONY: all venv demo test test-loaded test-unit bench docs docs-check services services-down clean gpu-check gpu-check-wheels
 
 all: test
 
@@ -56,3 +56,19 @@ docs-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO) dist build .pytest_cache .benchmarks
+
+# One run that measures a GPU node against reference implementations (docs/performance.md):
+# JSON report + text summary in $OUT or ./gpu-check-out. ARGS=--cpu: tiny shapes on a CPU.
+# No venv dependency: a device machine runs it with its own torch (scripts/gpu-check.sh).
+gpu-check:
+	bash scripts/gpu-check.sh $(ARGS)
+
+# Wheels of what gpu-check needs beyond a device machine's packages (torch, numpy,
+# nvidia-ml-py, h5py, jinja2, mpi4py), for that machine's Python; carry the folder along.
+GPU_CHECK_PYTHON ?= 3.11
+gpu-check-wheels: $(STAMP)
+	$(BIN)/python -m pip download -q --only-binary=:all: --python-version $(GPU_CHECK_PYTHON) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 -d gpu-check-wheels pydantic tomli-w tomli pulp highspy "transformers>=4.44"
+	rm -f gpu-check-wheels/numpy-*.whl
+	du -sh gpu-check-wheels

@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import importlib
 
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        print(f"gpu-check: torch is not importable with {sys.executable}: {e}", file=sys.stderr)
+        return 2
     from llmctl.gpucheck.report import Context, header, run_section, write
 
     started = time.time()

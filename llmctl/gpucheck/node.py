@@ -17,8 +17,13 @@ def _smi() -> list[dict]:
                           "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30)
     if out.returncode != 0:
         raise RuntimeError(f"nvidia-smi failed: {(out.stderr or out.stdout).strip()[:200]}")
+    return parse_smi_csv(out.stdout)
+
+
+def parse_smi_csv(text: str) -> list[dict]:
+    """Rows of `--query-gpu=index,name,memory.total,driver_version --format=csv,noheader,nounits`."""
     rows = []
-    for line in out.stdout.strip().splitlines():
+    for line in text.strip().splitlines():
         idx, name, mem, driver = (c.strip() for c in line.split(","))
         rows.append({"index": int(idx), "name": name, "memory_mib": float(mem), "driver": driver})
     return rows
