@@ -93,18 +93,20 @@ def nccl_group(comm, device):
     return dist.group.WORLD
 
 
-def bind_local_gpu(comm) -> None:
-    """With CUDA, each rank takes the GPU of its rank on its node (one device per rank,
-    as NCCL wants; with one visible GPU per rank, that one). Nothing without CUDA.
-    A collective: every rank calls it before loading the model."""
+def bind_local(comm) -> None:
+    """Per node: with CUDA, each rank takes the GPU of its rank on the node (one device
+    per rank, as NCCL wants; with one visible GPU per rank, that one); the waits spin
+    only if the node's ranks fit its CPUs (rankloss.set_spin). A collective: every
+    rank calls it before loading the model."""
     import torch
-
-    if not torch.cuda.is_available():
-        return
     from mpi4py import MPI
+
+    from llmctl.serve.rankloss import set_spin
 
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
-        torch.cuda.set_device(local.Get_rank() % torch.cuda.device_count())
+        set_spin(local.Get_size())
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local.Get_rank() % torch.cuda.device_count())
     finally:
         local.Free()

@@ -91,9 +91,9 @@ def serve(settings) -> None:
 
         bind_local(world)  # one GPU per rank of a node, before any loads; spin or sleep in waits
     dp = world is not None and settings.mpi_mode == "dp"
-    from llmctl.hw import threads
+    from llmctl.serve import threads
 
-    n_threads, why = threads.apply(getattr(settings, "threads", None), "the serve config's threads")
+    n_threads, why = threads.apply(getattr(settings, "threads", None))
     print(f"llmctl serve: {n_threads} torch threads ({why})", flush=True)
     shard = (world.Get_rank(), world.Get_size()) if world is not None and not dp else None
     if world is not None and world.Get_rank() > 0:

@@ -108,3 +108,21 @@ def test_serve_config_mpi_mode_is_validated(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(bad, ServeConfig)
     assert "bad.toml" in str(e.value) and "mpi_mode" in str(e.value)
+
+
+def test_waits_spin_only_when_the_nodes_ranks_fit_its_cpus(monkeypatch):
+    from llmctl.errors import LlmctlError
+    from llmctl.serve import rankloss
+
+    monkeypatch.setattr(rankloss, "SPIN_S", 0.0)
+    monkeypatch.delenv("LLMCTL_MPI_SPIN_US", raising=False)
+    cpus = len(os.sched_getaffinity(0))
+    assert rankloss.set_spin(cpus) > 0
+    assert rankloss.set_spin(cpus + 1) == 0.0  # oversubscribed: sleep between polls
+    monkeypatch.setenv("LLMCTL_MPI_SPIN_US", "50")
+    assert rankloss.set_spin(cpus + 1) == pytest.approx(50e-6)
+    for bad in ("fast", "-1", "2e6"):
+        monkeypatch.setenv("LLMCTL_MPI_SPIN_US", bad)
+        with pytest.raises(LlmctlError) as e:
+            rankloss.set_spin(1)
+        assert "LLMCTL_MPI_SPIN_US" in str(e.value)
