@@ -71,7 +71,7 @@ JSON_SHAPES: dict[str, tuple[str, list[str]]] = {
     "plan explain": ("an object (the plan file, and the picture's path)", ["version", "inputs", "parallelism",
                                                                         "predicted", "png"]),
     "plan calibrate": ("an object (written: the calibrated profile, null without --out)",
-                       ["runs", "factor", "key", "hardware", "old_tflops", "new_tflops", "written"]),
+                       ["runs", "factor", "hardware", "key", "old_tflops", "new_tflops", "written"]),
     "data prepare": ("an object", ["output", "up_to_date", "name", "tokens", "documents", "shards", "vocab_size",
                                 "dtype", "tokenizer_sha256", "seconds", "tokens_per_s"]),
     "train launch": ("an object", ["run_dir", "backend", "dry_run", "job_id", "script", "resolved"]),
