@@ -96,10 +96,11 @@ def run_section(name: str, fn: Callable[[Section], None], budget_s: float, ctx: 
 def _free(ctx: Context) -> None:
     import gc
 
+    import torch
+
+    torch._dynamo.reset()  # compiled graphs hold their models: let the next section have the memory
     gc.collect()
     if not ctx.cpu:
-        import torch
-
         torch.cuda.empty_cache()
 
 
