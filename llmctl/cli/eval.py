@@ -146,6 +146,7 @@ def watch(run_dir, suite, tasks, limit, batch_size, submit, launcher, site, part
             rd, _ = prepare_eval_job(checkpoint=str(ckpt), suite=suite, output=str(results_path), tasks=tasks,
                                      launcher=launcher, site=site, name="eval", run_dir=str(job_dir),
                                      partition=partition, time_limit=time_limit, settings=settings,
+                                     limit=limit, batch_size=batch_size,
                                      command=f"llmctl eval watch --run-dir {run_dir} --submit")
             return submit_run(rd.path)[1]
 

@@ -287,13 +287,18 @@ def train_program(run_dir: str) -> list[str]:
 
 
 def eval_program(run_dir: str, checkpoint: str, suite: Optional[str] = None,
-                 output: Optional[str] = None, tasks: Optional[str] = None) -> list[str]:
+                 output: Optional[str] = None, tasks: Optional[str] = None,
+                 limit: Optional[int] = None, batch_size: Optional[int] = None) -> list[str]:
     program = ["-m", "llmctl", "eval", "run", "--checkpoint", str(Path(checkpoint).absolute()),
                "--output", str(Path(output).absolute()) if output else str(Path(run_dir) / "results.json")]
     if suite:
         program += ["--suite", str(Path(suite).absolute())]
     if tasks:
         program += ["--tasks", tasks]
+    if limit is not None:
+        program += ["--limit", str(int(limit))]
+    if batch_size is not None:
+        program += ["--batch-size", str(int(batch_size))]
     return program
 
 
@@ -373,12 +378,13 @@ def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Op
                      time_limit: Optional[str] = None, name: Optional[str] = None,
                      after: Sequence[str] = (), partition: Optional[str] = None,
                      gpus_per_node: Optional[int] = None, run_dir: Optional[str] = None,
-                     command: str = "", settings: Optional[dict[str, Any]] = None) -> tuple[RunDir, Any]:
+                     command: str = "", settings: Optional[dict[str, Any]] = None,
+                     limit: Optional[int] = None, batch_size: Optional[int] = None) -> tuple[RunDir, Any]:
     """An evaluation job (`llmctl eval run` in the allocation), e.g. after a train job."""
     name = job_name(name, "eval")
     rd = _program_run_dir(run_dir, name)
     name = run_name(name, rd)
-    program = eval_program(rd, checkpoint, suite, output, tasks)
+    program = eval_program(rd, checkpoint, suite, output, tasks, limit, batch_size)
     req = JobRequest(kind="eval", backend=launcher, run_dir=rd, name=name, program=program,
                      partition=partition, gpus_per_node=gpus_per_node, time=time_limit,
                      after=list(after), command=command, **_settings(settings))
@@ -386,7 +392,9 @@ def prepare_eval_job(*, checkpoint: str, suite: Optional[str] = None, output: Op
                             ("suite", suite and str(Path(suite).absolute()), "--suite", "the built-in suite"),
                             ("output", program[program.index("--output") + 1], "--output" if output else None,
                              None),
-                            ("tasks", tasks, "--tasks", "every task of the suite")])
+                            ("tasks", tasks, "--tasks", "every task of the suite"),
+                            ("limit", limit, "--limit", "every document"),
+                            ("batch_size", batch_size, "--batch-size", "the suite's batch size")])
     return prepare(req, site, resolved={"program": table, "given": (settings or {}).get("given")})
 
 

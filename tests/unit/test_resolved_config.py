@@ -154,3 +154,20 @@ def test_an_eval_job_records_its_sources(tmp_path, monkeypatch):
     assert doc["program"]["suite"] == {"value": "the built-in suite", "source": "default"}
     assert doc["program"]["output"] == {"value": str(tmp_path / "ev" / "results.json"), "source": "default"}
     assert doc["job"]["account"] == {"value": "a1", "source": "flag"}
+
+
+def test_an_eval_job_carries_limit_and_batch_size_into_its_script(tmp_path, monkeypatch):
+    """`eval watch --submit --limit N --batch-size B` hands both to the job's `eval run`."""
+    from llmctl.jobs.launch import prepare_eval_job
+
+    monkeypatch.setenv("LLMCTL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt").mkdir()
+    run, _ = prepare_eval_job(checkpoint=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "ev"), limit=7,
+                              batch_size=3)
+    script = next(p for p in run.path.iterdir() if p.suffix == ".sh").read_text()
+    assert "--limit 7" in script and "--batch-size 3" in script
+    doc = json.loads((run.path / "resolved.json").read_text())
+    assert doc["program"]["limit"] == {"value": 7, "source": "flag --limit"}
+    assert doc["program"]["batch_size"] == {"value": 3, "source": "flag --batch-size"}
