@@ -2,7 +2,8 @@
 model's with and without it (every scheduler, chunked prompts, preemption, eviction);
 a request sharing a prefix computes only the rest, counted token for token; a burst
 sharing a header computes it once; cached blocks are never rewritten; failed requests
-give their blocks back; prompt scoring (echo + logprobs) is not cut short by a hit."""
+give their blocks back; prompt scoring (echo + logprobs) is not cut short by a hit;
+arrivals and aborts mid-run in a small pool (preemption, eviction) change no answer."""
 
 from __future__ import annotations
 
@@ -200,4 +201,36 @@ def test_samples_of_one_prompt_and_the_prefix_cache_together(model):
     eng.run_until_done()
     assert [s.output_ids for s in seqs] == [reference(model, seqs[0].prompt_ids, GREEDY.max_tokens)] * 3
     assert eng.stats["prefix_cache_hits"] >= 32 and eng.stats["shared_prompt_tokens"] == 2 * 36
+    consistent(eng.cache)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_arrivals_and_aborts_mid_run_under_pressure(model, seed):
+    """Requests from three headers arrive a few per step into a small pool while others
+    run, some are aborted midway (their cached blocks shared by others): every answer
+    that finishes equals the same request's answer without the cache."""
+    import random
+
+    rng = random.Random(seed)
+    prompts = header_prompts(3, 8, header_len=20 + 4 * seed, seed=seed)
+    rng.shuffle(prompts)
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    want = [o.output_ids for o in Engine(model, block_size=BS, prefix_caching=False).generate(prompts, params)]
+    eng = Engine(model, block_size=BS, num_blocks=36, max_batch_tokens=24)
+    seqs = [Sequence(p, params) for p in prompts]
+    pending, aborted = list(seqs), set()
+    while pending or eng.has_work:
+        for _ in range(rng.randint(0, 3)):
+            if pending:
+                eng.add(pending.pop(0))
+        live = [s for s in eng.running if s.output_ids]
+        if live and rng.random() < 0.15:
+            victim = rng.choice(live)
+            eng.abort(victim)
+            aborted.add(victim.seq_id)
+        eng.step()
+    done = [(s, w) for s, w in zip(seqs, want) if s.seq_id not in aborted]
+    assert all(s.output_ids == w for s, w in done)
+    assert eng.stats["prefix_cache_hits"] > 0 and aborted
+    assert eng.stats["preemptions"] > 0 or eng.cache.evictions > 0, "no pressure: the pool is too big"
     consistent(eng.cache)
