@@ -3,7 +3,9 @@
 A scheduler's `schedule(state) -> list[(sequence, n_tokens)]` sees the engine's
 `state` (`waiting` deque, `running` list, `cache`, `max_batch_tokens`,
 `max_seqs`, and `preempt(seq)`); it moves sequences from waiting to running and
-reserves their KV blocks itself. Built in:
+reserves their KV blocks itself. A waiting sequence may already hold blocks (a
+sibling's shared prompt, or its cached prefix) with `num_computed` past them: a
+reservation covers the total it needs, as for any sequence. Built in:
 
 - `vllm-like`: continuous batching (Yu et al. 2022, Orca; Kwon et al. 2023, vLLM).
   Each step fills the token budget with the running decodes first (1 token
