@@ -107,9 +107,12 @@ def hf_run(hf, prompts: list[list[int]], new_tokens: int, cache: str | None) -> 
             torch.cuda.synchronize(dev)
         return time.perf_counter() - t0, out.shape[1] - ids.shape[1]
 
-    ttft, _ = timed(1)
+    ttft = min(timed(1)[0] for _ in range(2))  # prefill + first token (+ generate's own set-up)
     total, got = timed(new_tokens)
-    return {"ttft_s": ttft, "decode_tokens_per_s": len(prompts) * (got - 1) / max(total - ttft, 1e-9),
+    if total <= ttft * 1.05 or got < 2:
+        raise RuntimeError(f"cannot tell decode from set-up: {got} tokens took {total:.3f} s, "
+                           f"the first alone {ttft:.3f} s (noisy machine?)")
+    return {"ttft_s": ttft, "decode_tokens_per_s": len(prompts) * (got - 1) / (total - ttft),
             "total_s": total, "tokens": len(prompts) * got}
 
 
