@@ -74,7 +74,8 @@ class Runner:
             self.optimizer = self.engine.optimizer
         else:
             model.to(device)
-            self.modules = [tx.parallelize(model, dims, mesh, device) if mesh is not None else model]
+            self.modules = [tx.parallelize(model, dims, mesh, device, autocast=self.autocast)
+                            if mesh is not None else model]
             self.state_module = self.modules[0]
             self.optimizer = make_optimizer(self.modules[0])
 

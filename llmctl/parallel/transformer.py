@@ -97,19 +97,54 @@ def apply_fsdp(model, dp_mesh, reshard_after_forward: bool = True):
     return model
 
 
-def apply_ddp(model, dp_mesh, device):
+def apply_ddp(model, dp_mesh, device, autocast=None):
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, process_group=dp_mesh.get_group(), device_ids=ids)
+    ddp = DistributedDataParallel(model, process_group=dp_mesh.get_group(), device_ids=ids)
+    settle_buckets(ddp, device, autocast)
+    return ddp
 
 
-def parallelize(model, dims, mesh, device, data_parallel: bool = True):
+def settle_buckets(ddp, device, autocast=None) -> None:
+    """One throw-away forward and backward, so that DDP's gradient buckets take their final
+    layout before the first real step: a resumed run then sums its gradients as an
+    uninterrupted one does, bit for bit.
+
+    DDP reduces the gradients of its first backward after construction in one bucket, in
+    parameter order; before the next forward it regroups them (the Reducer's bucket
+    rebuild) in the order they became ready, in buckets of 1 and 25 MB. Each bucket is one
+    flat all-reduce, and a ring all-reduce over more than two ranks (gloo's, NCCL's) adds
+    the ranks' values of an element in an order set by its offset in the buffer. So the
+    first step of every process sums in another order than the steps after it: a run
+    resumed at step k would reduce step k+1 in the first-iteration layout where the
+    uninterrupted run used the regrouped one, and the weights part in the last bits (seen
+    with 4 ranks; two ranks add two numbers, which is the same either way). With this, the
+    rebuild happens here, on gradients that are then dropped, and every real step of every
+    process reduces in the regrouped layout. Costs one forward and backward of one short
+    sequence at start; the weights, the optimizer and the random state are left untouched.
+    """
+    import contextlib
+
+    import torch
+
+    x = torch.zeros((1, 2), dtype=torch.long, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # Under the run's autocast: its casts are nodes of the graph whose backward order
+        # sets the regrouped layout.
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            loss = ddp(x, x)
+        loss.float().backward()
+    ddp.zero_grad(set_to_none=True)
+
+
+def parallelize(model, dims, mesh, device, data_parallel: bool = True, autocast=None):
     """Apply `dims` (a ParallelDims) to `model` on `mesh`; returns the module to train.
 
     `data_parallel=False` applies tensor parallelism only: pipeline stages run several
     micro-batch forwards before their backwards, which DDP's bucket rebuild rejects,
-    so the runner all-reduces their gradients itself.
+    so the runner all-reduces their gradients itself. `autocast` (a context factory, or
+    None for float32) is the one the steps run under (DDP's bucket layout: settle_buckets).
     """
     if dims.tp > 1:
         apply_tp(model, mesh["tp"], sequence_parallel=dims.sequence_parallel)
@@ -118,7 +153,7 @@ def parallelize(model, dims, mesh, device, data_parallel: bool = True):
     if dims.dp_mode == "fsdp" and (dims.dp > 1 or dims.tp > 1):
         return apply_fsdp(model, mesh["dp"])
     if dims.dp > 1:
-        return apply_ddp(model, mesh["dp"], device)
+        return apply_ddp(model, mesh["dp"], device, autocast)
     return model
 
 
