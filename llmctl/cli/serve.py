@@ -12,20 +12,20 @@ def group() -> None:
     """Serve a model (OpenAI-compatible HTTP) or run batch inference."""
 
 
-def _settings(ctx: click.Context, config_path, **flags):
-    """Flag given on the command line > serve config file > defaults."""
+def _resolved(ctx: click.Context, config_path, **flags):
+    """(ServeConfig, resolved document): flag given on the command line > serve config file >
+    defaults, with each setting's source (llmctl/serve/resolved.py)."""
     from click.core import ParameterSource
 
-    from llmctl.config.base import load_config
-    from llmctl.config.serve import ServeConfig
+    from llmctl.serve.resolved import document, resolve
 
-    cfg = load_config(config_path, ServeConfig) if config_path else ServeConfig()
-    data = cfg.model_dump()
-    for key, value in flags.items():
-        if value is not None and (ctx.get_parameter_source(key) != ParameterSource.DEFAULT
-                                  or not config_path or data.get(key) is None):
-            data[key] = value
-    return ServeConfig(**data)
+    given = {k: (v, ctx.get_parameter_source(k) != ParameterSource.DEFAULT) for k, v in flags.items()}
+    cfg, table = resolve(config_path, given)
+    return cfg, document(config_path, table)
+
+
+def _settings(ctx: click.Context, config_path, **flags):
+    return _resolved(ctx, config_path, **flags)[0]
 
 
 @group.command("start")
@@ -47,10 +47,16 @@ def _settings(ctx: click.Context, config_path, **flags):
               help="Under MPI: tensor-parallel shards, or data-parallel replicas that rank 0 routes to.")
 @click.pass_context
 def start(ctx: click.Context, config_path, **flags) -> None:
-    """Start the server."""
+    """Start the server.
+
+    Each setting comes from its flag when given, else the --config file, else the
+    default; the server prints every one with its source as it starts (in a job, also
+    to RUN/serve-resolved.json).
+    """
     from llmctl.serve.start import serve
 
-    serve(_settings(ctx, config_path, **flags))
+    settings, resolved = _resolved(ctx, config_path, **flags)
+    serve(settings, resolved)
 
 
 @group.command("batch")

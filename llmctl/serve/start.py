@@ -71,7 +71,9 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def serve(settings) -> None:
+def serve(settings, resolved: dict | None = None) -> None:
+    """Serve `settings` (a ServeConfig); `resolved`: where each came from (llmctl.serve.resolved),
+    printed by rank 0 and, in a job, written to RUN/serve-resolved.json."""
     from llmctl.serve import rankloss
 
     artifact = settings.artifact
@@ -91,9 +93,9 @@ def serve(settings) -> None:
 
         bind_local(world)  # one GPU per rank of a node, before any loads; spin or sleep in waits
     dp = world is not None and settings.mpi_mode == "dp"
-    from llmctl.serve import threads
+    from llmctl.hw import threads
 
-    n_threads, why = threads.apply(getattr(settings, "threads", None))
+    n_threads, why = threads.apply(getattr(settings, "threads", None), "the serve config's threads")
     print(f"llmctl serve: {n_threads} torch threads ({why})", flush=True)
     shard = (world.Get_rank(), world.Get_size()) if world is not None and not dp else None
     if world is not None and world.Get_rank() > 0:
@@ -105,6 +107,9 @@ def serve(settings) -> None:
         from llmctl.serve.tp import worker_loop
 
         return worker_loop(world, eng)
+    from llmctl.serve.resolved import announce
+
+    announce(resolved, os.environ.get("LLMCTL_RUN_DIR"))
     # Loading a large artifact takes a while: say so, so that a silent log is not mistaken for a hang.
     print(f"llmctl serve: loading {artifact} ...", flush=True)
     t0 = time.monotonic()
