@@ -122,11 +122,11 @@ class Limits(StrictModel):
     estimated_flops: Optional[float] = Field(None, gt=0)
     """Peak dense FLOP/s of the whole node in the training precision (bf16 on GPUs); absent for an unknown GPU."""
     memory_bw_gbps: Optional[float] = Field(None, gt=0)
-    """Aggregate device-memory bandwidth of the node in GB/s."""
+    """Device-memory bandwidth per node in GB/s (gigabytes per second, not gigabits): GPUs × each GPU's HBM bandwidth."""
     intra_node_bw_gbps: Optional[float] = Field(None, gt=0)
-    """Intra-node link rate per GPU in GB/s, one direction (all its NVLink links, else its PCIe link): a link rate, not a collective's bus bandwidth (the planner derives that; `measured.allgather_busbw_gbps` replaces it)."""
+    """Intra-node link rate per GPU in GB/s (gigabytes per second, not gigabits), one direction: all its NVLink links together (A100 300, H100 450), else its PCIe link (gen × width). A link rate, not a collective's bus bandwidth (the planner derives that; `measured.allgather_busbw_gbps` replaces it)."""
     inter_node_bw_gbps: Optional[float] = Field(None, gt=0)
-    """Network link rate per node in GB/s, one direction (the sum of its InfiniBand/RoCE ports); each GPU gets its share."""
+    """Network link rate per node in GB/s (gigabytes per second, not gigabits), one direction: the sum of its InfiniBand/RoCE ports (8 × HDR200, 200 Gb/s each, = 200 GB/s); each GPU gets its share. A site-config's `network.inter_node_bw_gbps` means the same."""
     source: Optional[str] = None
     """Where the numbers come from: `datasheet`, `estimate` (CPU), `site` or `unknown`."""
 
@@ -149,9 +149,9 @@ class Accelerator(StrictModel):
     fp32_tflops: Optional[float] = None
     """Peak fp32 (non-tensor) TFLOP/s."""
     memory_bw_gbps: Optional[float] = None
-    """Device-memory bandwidth in GB/s."""
+    """Device-memory bandwidth per GPU in GB/s (gigabytes per second, not gigabits)."""
     nvlink_bw_gbps: Optional[float] = None
-    """NVLink bandwidth per GPU in GB/s, one direction (absent: no NVLink)."""
+    """NVLink bandwidth per GPU in GB/s (gigabytes per second, not gigabits), one direction: H100's "900 GB/s" is 450 (absent: no NVLink)."""
     source: Optional[str] = None
     """Datasheet the numbers come from."""
 
@@ -187,7 +187,7 @@ class IbPort(StrictModel):
     port: int = Field(ge=1)
     """Port number."""
     rate_gbps: Optional[float] = None
-    """Signalling rate in Gb/s (bits), e.g. 400 for NDR."""
+    """Signalling rate of the port in Gb/s (gigabits per second, as the port reports it; ÷ 8 for GB/s), e.g. 400 for NDR: unlike the `*_bw_gbps` keys, bits."""
     state: Optional[str] = None
     """Logical state, e.g. `ACTIVE`."""
     link_layer: Optional[str] = None
@@ -269,7 +269,7 @@ class HardwareProfile(StrictModel):
     cluster: ClusterInfo = ClusterInfo()
     """How many such nodes the profile stands for."""
     measured: dict[str, float] = {}
-    """Micro-benchmark results (e.g. `matmul_tflops_bf16`, `memory_bw_gbps` per GPU, `allgather_busbw_gbps` among the node's GPUs), preferred by the planner over `[limits]`."""
+    """Micro-benchmark results (e.g. `matmul_tflops_bf16`; in GB/s: `memory_bw_gbps` per GPU, `allgather_busbw_gbps` the bus bandwidth of collectives among the node's GPUs), preferred by the planner over `[limits]`."""
     probe: ProbeInfo = ProbeInfo()
     """When and how the profile was taken."""
     notes: list[str] = []

@@ -219,7 +219,7 @@ class Network(StrictModel):
     inter_node: str = "none"
     """`InfiniBand`, `RoCE`, `Ethernet`, or `none` for a single node."""
     inter_node_bw_gbps: Optional[float] = Field(None, gt=0)
-    """Per-node injection bandwidth in GB/s (one direction), e.g. 4×HDR200 = 100."""
+    """Network link rate per node in GB/s (gigabytes per second, not gigabits), one direction: the sum of its InfiniBand/RoCE ports, e.g. 4 × HDR200 (200 Gb/s each) = 100. The same as a hardware profile's `limits.inter_node_bw_gbps`."""
     intra_node: Optional[str] = None
     """GPU-to-GPU link inside a node, e.g. `NVLink`, `PCIe`."""
 
