@@ -255,9 +255,8 @@ def test_node_lost_mid_job_is_requeued_and_resumes_to_the_uninterrupted_weights(
     written): SLURM marks node2 down, ends the run NODE_FAIL and requeues it (--requeue).
     node2 comes back as after a reboot (its job processes gone, slurmd up, link up); the
     rerun on both nodes resumes from step 3 and ends with the uninterrupted run's weights,
-    bit for bit (same layout, same rank placement, RNG and data position restored). tp=2 x pp=2:
-    its reductions are the same ops in the same order on a rerun; DDP's are not bit-exact across
-    a resume (it regroups its gradient buckets after the first step of each process)."""
+    bit for bit (same layout, same rank placement, RNG and data position restored). DDP's resume
+    is bit-exact too: test_ddp_resumed_across_two_nodes_ends_with_the_uninterrupted_weights."""
     ns, slurmd_pid = "llm-n2", Path("/run/slurm/slurmd-node2.pid")
     needs("slurm", Path(f"/run/netns/{ns}").exists() and slurmd_pid.is_file(),
           "node2's namespace is not this script's (scripts/slurm-multinode.sh)")
@@ -309,6 +308,36 @@ def test_node_lost_mid_job_is_requeued_and_resumes_to_the_uninterrupted_weights(
     assert sorted(a) == sorted(b)
     assert all(torch.equal(a[k], b[k]) for k in a), {k: (a[k] - b[k]).abs().max().item() for k in a}
     print(f"node lost -> requeued in {lost_after:.0f} s; whole test {time.monotonic() - t0:.0f} s")
+
+
+def test_ddp_resumed_across_two_nodes_ends_with_the_uninterrupted_weights(project, ddp_run):
+    """DDP, 2 nodes x 2 ranks: a job started from the uninterrupted run's step-3 checkpoint (as a
+    requeued job finds it) ends with its step-6 weights and optimizer state bit for bit. A ring
+    all-reduce over 4 ranks sums each element in an order set by its offset in DDP's bucket, whose
+    layout DDP changes after a process's first backward; llmctl settles it before the first step
+    (llmctl.parallel.transformer.settle_buckets), so the resumed process's step 4 sums as the
+    uninterrupted run's did."""
+    run = launch(project, "ddp-rerun", DDP, "--dry-run")
+    ck = ddp_run / "checkpoints" / "step-00000003"
+    shutil.copytree(ck, run / "checkpoints" / ck.name)
+    (run / "checkpoints" / "latest").write_text(ck.name + "\n")
+    r = run_cli("job", "submit", str(run), cwd=project, env=cli_env(project))
+    assert r.returncode == 0, r.stderr
+    finish(project, run)
+    start = records(run, "start")
+    assert len(start) == 1 and start[0]["step"] == 3 and start[0]["hosts"] == HOSTS_2X2, start
+    ref = losses(ddp_run)
+    assert losses(run) == {k: v for k, v in ref.items() if k > 3}, (losses(run), ref)
+    import torch
+
+    from llmctl.parallel.checkpoint import Source
+
+    a, b = (Source(d / "checkpoints" / "step-00000006") for d in (ddp_run, run))
+    keys = [k for k, md in a._meta.items() if k.startswith(("model.", "optim.state.")) and hasattr(md, "size")]
+    ta, tb = a.read(keys), b.read(keys)
+    differ = {k: (ta[k].double() - tb[k].double()).abs().max().item()
+              for k in keys if not torch.equal(ta[k], tb[k])}
+    assert not differ, differ
 
 
 @pytest.mark.mpi
