@@ -38,7 +38,7 @@ class ServeConfig(StrictModel):
     api_key_env: Optional[str] = None
     """Environment variable holding the bearer key (no auth when unset)."""
     dtype: str = "auto"
-    """Weights dtype: auto, bf16, fp16, fp32."""
+    """Weights dtype: auto (bf16 on a GPU, fp32 on a CPU), bf16, fp16, fp32."""
     threads: Optional[int] = Field(None, ge=1, le=4096)
     """torch intra-op threads (default: OMP_NUM_THREADS, else SLURM_CPUS_PER_TASK, else the CPU
     affinity mask shared by this node's ranks, capped by the cgroup quota; never all cores;

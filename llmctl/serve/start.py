@@ -43,8 +43,9 @@ def build_engine(settings, artifact_path: str, shard: tuple[int, int] | None = N
     """(artifact, engine); with `shard` = (rank, size) the model keeps its tensor-parallel slice."""
     from llmctl.export.hf import load_artifact
 
-    dtype = "fp32" if settings.dtype == "auto" else settings.dtype
-    art = load_artifact(artifact_path, dtype=dtype, device=_device())
+    device = _device()
+    dtype = settings.dtype if settings.dtype != "auto" else auto_dtype(device)
+    art = load_artifact(artifact_path, dtype=dtype, device=device)
     if shard is not None:
         from llmctl.serve.tp import shard_model
 
@@ -63,6 +64,12 @@ def engine_for(art, settings):
     if testhooks.enabled():
         testhooks.install(eng)
     return eng
+
+
+def auto_dtype(device: str) -> str:
+    """`dtype = "auto"`: bf16 on a GPU (a decode step reads every weight: half fp32's bytes),
+    fp32 on a CPU (where bf16 matmuls are slower on most CPUs)."""
+    return "bf16" if device.startswith("cuda") else "fp32"
 
 
 def _device() -> str:

@@ -147,3 +147,10 @@ def test_config_values(tmp_path):
     p.write_text(base + '[training]\ncompile = "yes"\n')
     with pytest.raises(ConfigError, match="training.compile"):
         load_config(p, TrainConfig)
+
+
+def test_serving_dtype_auto_is_bf16_on_a_gpu():
+    from llmctl.serve.start import auto_dtype
+
+    assert auto_dtype("cuda") == "bf16" and auto_dtype("cuda:1") == "bf16"
+    assert auto_dtype("cpu") == "fp32"
