@@ -146,7 +146,7 @@ def train_parallel(s, verify: bool = True) -> int:
     from llmctl.train.nonfinite import HINT, NonFiniteGuard, nonfinite_tensors, weights_error
     from llmctl.train.schedule import lr_at
     from llmctl.train.optim import build_optimizer, resolve_precision
-    from llmctl.train.trainer import threads_line
+    from llmctl.train.optim import threads_line
 
     threads_line(tcfg.threads)
     rdv = rendezvous.discover()

@@ -1,9 +1,12 @@
 """What the one-process loop (llmctl.train.trainer) and the distributed one
-(llmctl.train.distributed) build alike: the precision for the device and the optimizer.
+(llmctl.train.distributed) set up alike: torch's threads, the precision for the
+device and the optimizer.
 
 Kept apart from both loops so that neither imports the other for these."""
 
 from __future__ import annotations
+
+import os
 
 
 def resolve_precision(setting: str, device) -> str:
@@ -35,3 +38,18 @@ def build_optimizer(model, cfg, device):
 
         raise LlmctlError(f"optimizer.fused = {o.fused}: torch refuses it on {device}: {e}",
                           hint='set optimizer.fused = "auto"') from None
+
+
+def threads_line(configured) -> int:
+    """Size torch's intra-op threads by the job's CPUs (llmctl.hw.threads) before any work,
+    and say so: torch's default (every core of the node) oversubscribes a shared node. The
+    count is fixed by the job, not the load, so a resumed run computes as the first did."""
+    import sys
+
+    from llmctl.hw import threads
+
+    n, why = threads.apply(configured, "the training config's training.threads")
+    rank = os.environ.get("RANK")
+    who = f"rank {rank}: " if rank is not None else ""
+    print(f"llmctl.train: {who}{n} torch threads ({why})", file=sys.stderr, flush=True)
+    return n

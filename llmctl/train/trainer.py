@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from llmctl.train.optim import build_optimizer, resolve_precision
+from llmctl.train.optim import build_optimizer, resolve_precision, threads_line
 from llmctl.train.preempt import Preemption, finish, reason
 
 
@@ -43,21 +43,6 @@ def evaluate(model, batches, device, autocast) -> float:
             total += float(loss) * len(x)  # a mean over sequences: a short last batch weighs less
     model.train()
     return total / max(sum(len(x) for x, _ in batches), 1)
-
-
-def threads_line(configured) -> int:
-    """Size torch's intra-op threads by the job's CPUs (llmctl.hw.threads) before any work,
-    and say so: torch's default (every core of the node) oversubscribes a shared node. The
-    count is fixed by the job, not the load, so a resumed run computes as the first did."""
-    import sys
-
-    from llmctl.hw import threads
-
-    n, why = threads.apply(configured, "the training config's training.threads")
-    rank = os.environ.get("RANK")
-    who = f"rank {rank}: " if rank is not None else ""
-    print(f"llmctl.train: {who}{n} torch threads ({why})", file=sys.stderr, flush=True)
-    return n
 
 
 def train(run_dir: str, verify: bool = True) -> int:
