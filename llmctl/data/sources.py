@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from llmctl.errors import ConfigError
+from llmctl.jsonl import read_objects
 
 # Test suites and IDLE are left out of the stdlib corpus: the tests are large,
 # repetitive and full of deliberately odd text; the rest is ~11 MB of real code.
@@ -87,37 +87,24 @@ def read_documents(unit: Unit) -> Iterator[tuple[str, str]]:
         with open(unit.path, "rb") as f:
             yield unit.path, f.read().decode("utf-8", errors="replace")
         return
-    for n, obj in _jsonl(unit.path):
-        if not isinstance(obj, dict) or unit.text_field not in obj:
-            raise ValueError(f"{unit.path}: line {n}: no field {unit.text_field!r}")
+    for n, obj in read_objects(unit.path, "a record"):
+        if unit.text_field not in obj:
+            raise ValueError(f"{unit.path}:{n}: no field {unit.text_field!r}")
         text = obj[unit.text_field]
         if not isinstance(text, str):
-            raise ValueError(f"{unit.path}: line {n}: field {unit.text_field!r} is not a string")
+            raise ValueError(f"{unit.path}:{n}: field {unit.text_field!r} is not a string")
         yield f"{unit.path}:{n}", text
-
-
-def _jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed record) for each non-blank line of a JSONL file."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                yield n, json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{path}: line {n}: not valid JSON ({e})") from None
 
 
 def read_conversations(unit: Unit) -> Iterator[tuple[str, list[dict[str, str]]]]:
     """Yield (document key, messages) for each record of a chat unit: a conversation
     (`messages`: [{role, content}, ...]) or an instruction (`instruction`, optional `input`,
     `output`: a user turn and the assistant's answer)."""
-    for n, obj in _jsonl(unit.path):
-        where = f"{unit.path}: line {n}"
-        if isinstance(obj, dict) and unit.text_field in obj:
+    for n, obj in read_objects(unit.path, "a record"):
+        where = f"{unit.path}:{n}"
+        if unit.text_field in obj:
             msgs = obj[unit.text_field]
-        elif isinstance(obj, dict) and "instruction" in obj and "output" in obj:
+        elif "instruction" in obj and "output" in obj:
             prompt = obj["instruction"] + (f"\n\n{obj['input']}" if obj.get("input") else "")
             msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": obj["output"]}]
         else:

@@ -62,24 +62,12 @@ class Task:
 
 
 def read_jsonl(path: Path, where: str) -> list[dict]:
-    """Documents of a JSONL file; a bad line is an error naming file and line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise LlmctlError(f"{where}: dataset_path: {path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LlmctlError(f"{path}: cannot read: {e}") from None
-    docs = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except ValueError as e:
-            raise LlmctlError(f"{path}: line {n}: not valid JSON ({e})") from None
-        if not isinstance(doc, dict):
-            raise LlmctlError(f"{path}: line {n}: a document must be a JSON object")
-        docs.append(doc)
+    """Documents of a JSONL file (llmctl.jsonl: a bad line is an error naming file:line)."""
+    from llmctl.jsonl import read_objects
+
+    if not path.exists():
+        raise LlmctlError(f"{where}: dataset_path: {path} not found")
+    docs = [doc for _, doc in read_objects(path, "a document")]
     if not docs:
         raise LlmctlError(f"{path}: no documents")
     return docs

@@ -18,8 +18,7 @@ import uuid
 from pathlib import Path
 
 from llmctl.errors import LlmctlError
-from llmctl.serve.protocol import ApiError
-from llmctl.serve.validate import parse_json
+from llmctl.jsonl import read_objects
 
 URLS = {"/v1/completions": False, "/v1/chat/completions": True}
 IN_FLIGHT = 256  # requests handed to the engine at once
@@ -29,20 +28,8 @@ def read_requests(path: Path) -> list[dict]:
     if not path.is_file():
         raise LlmctlError(f"{path}: input file not found")
     out, seen = [], set()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LlmctlError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may be in a string
-        if not line.strip():
-            continue
+    for n, req in read_objects(path, "a line", finite=True):  # NaN would reach the sampler
         where = f"{path}:{n}"
-        try:
-            req = parse_json(line)
-        except ApiError as e:
-            raise LlmctlError(f"{where}: {e.message}") from None
-        if not isinstance(req, dict):
-            raise LlmctlError(f"{where}: a line must be a JSON object")
         cid = req.get("custom_id")
         if not isinstance(cid, str) or not cid:
             raise LlmctlError(f"{where}: custom_id: missing or not a string")

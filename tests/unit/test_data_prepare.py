@@ -150,7 +150,7 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, case):
     (tmp_path / "tok.json").write_text("{}")
     body = {
         "no-match": ('[[sources]]\ntype = "glob"\npaths = ["nowhere/*.txt"]\n', "sources[0].paths[0]"),
-        "bad-jsonl": ('[[sources]]\ntype = "jsonl"\npaths = ["c.jsonl"]\n', "line 2"),
+        "bad-jsonl": ('[[sources]]\ntype = "jsonl"\npaths = ["c.jsonl"]\n', "c.jsonl:2: not valid JSON"),
         "tokenizer-without-eos": ('[[sources]]\ntype = "jsonl"\npaths = ["c.jsonl"]\n'
                                   '[tokenizer]\ntype = "file"\npath = "tok.json"\n', "tok.json"),
     }[case]

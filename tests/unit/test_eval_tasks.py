@@ -110,4 +110,4 @@ def test_unknown_task_and_bad_dataset_exit_2(cli, tmp_path):
     (tmp_path / "d.jsonl").write_text('{"c": ["x"], "a": 0}\n{not json\n')
     with pytest.raises(LlmctlError) as e:
         T.load_task(tmp_path / "t.toml").docs()
-    assert "line 2" in e.value.message and "d.jsonl" in e.value.message
+    assert "d.jsonl:2: not valid JSON" in e.value.message
