@@ -101,12 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(args.cpu, out)
     report = header(ctx, started)
     report["sections"] = {}
-    for name, target, gpu_budget, cpu_budget in SECTIONS:
-        if only and name not in only:
-            continue
+    chosen = [(n, t, c if ctx.cpu else g) for n, t, g, c in SECTIONS if not only or n in only]
+    total = sum(b for *_, b in chosen)
+    for i, (name, target, budget) in enumerate(chosen):
+        # A section that overran shrinks the later ones' budgets (to half their share at
+        # least), so that the run as a whole keeps close to the sum of the budgets.
+        left = total - (time.time() - started)
+        rest = sum(b for *_, b in chosen[i + 1:])
+        budget = max(min(budget, left - rest / 2), budget / 2)
         mod, fn = target.split(":")
         func = getattr(importlib.import_module(f"llmctl.gpucheck.{mod}"), fn)
-        report["sections"][name] = run_section(name, func, cpu_budget if ctx.cpu else gpu_budget, ctx)
+        report["sections"][name] = run_section(name, func, round(budget, 1), ctx)
         report["seconds"] = round(time.time() - started, 2)
         write(out, report, summary(report))  # after every section: a crash later keeps what was measured
     lines = summary(report)
