@@ -75,7 +75,8 @@ FIELDS = {
     True: COMMON | {"messages", "top_logprobs", "response_format", "tools", "tool_choice",
                     "parallel_tool_calls", "functions", "function_call", "audio", "modalities",
                     "prediction", "web_search_options", "reasoning_effort", "verbosity", "metadata",
-                    "store", "service_tier", "prompt_cache_key", "safety_identifier"},
+                    "store", "service_tier", "prompt_cache_key", "safety_identifier", "moderation",
+                    "prompt_cache_options", "prompt_cache_retention"},
 }
 # stream_options' keys: include_usage is honoured; include_obfuscation (random padding
 # against length side channels on OpenAI's TLS streams) is accepted with no effect.
@@ -114,6 +115,10 @@ def check_fields(body: dict, chat: bool) -> None:
     _refuse_unless(body, "reasoning_effort", lambda v: False, "not a reasoning model")
     _refuse_unless(body, "verbosity", lambda v: False, "no verbosity control")
     _refuse_unless(body, "store", lambda v: v is False, "completions are not stored")
+    _refuse_unless(body, "moderation", lambda v: False, "no moderation model")
+    _optional(body, "prompt_cache_options", (dict,), "an object")
+    if body.get("prompt_cache_retention") not in (None, "in_memory", "24h"):
+        raise ApiError(400, 'prompt_cache_retention must be "in_memory" or "24h"', "prompt_cache_retention")
     _optional(body, "metadata", (dict,), "an object")
     for key in ("service_tier", "prompt_cache_key", "safety_identifier"):
         _optional(body, key, (str,), "a string")

@@ -45,6 +45,20 @@ def test_the_table_lists_exactly_the_fields_protocol_knows():
         assert options == P.STREAM_OPTIONS
 
 
+def test_every_field_the_openai_client_sends_is_known():
+    """The official client's request types follow OpenAI's API reference: a field added
+    there must get a row (supported, refused or no effect), never an "Unrecognized" 400."""
+    openai = pytest.importorskip("openai")
+    from openai.types import completion_create_params as completions
+    from openai.types.chat import chat_completion_stream_options_param as stream_options
+    from openai.types.chat import completion_create_params as chat
+
+    assert openai.__version__
+    assert set(completions.CompletionCreateParamsBase.__annotations__) <= P.FIELDS[False]
+    assert set(chat.CompletionCreateParamsBase.__annotations__) <= P.FIELDS[True]
+    assert set(stream_options.ChatCompletionStreamOptionsParam.__annotations__) == P.STREAM_OPTIONS
+
+
 # A value each refused field cannot take, and the value that asks for nothing (accepted).
 REFUSED = {
     "suffix": ("tail", ""),
@@ -60,9 +74,11 @@ REFUSED = {
     "web_search_options": ({}, None),
     "reasoning_effort": ("low", None),
     "verbosity": ("low", None),
+    "moderation": ({"model": "omni-moderation-latest"}, None),
 }
 NO_EFFECT = {"user": "u-1", "metadata": {"k": "v"}, "service_tier": "auto", "prompt_cache_key": "k",
              "safety_identifier": "s", "parallel_tool_calls": True, "llmctl_test": "hold",
+             "prompt_cache_options": {"mode": "implicit", "ttl": "30m"}, "prompt_cache_retention": "24h",
              "stream_options.include_obfuscation": True}
 
 
