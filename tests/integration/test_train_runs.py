@@ -1,5 +1,6 @@
-"""The real trainer in real processes: it learns, resumes bit-exactly after SIGUSR1,
-survives kill -9 during a checkpoint write, and refuses bad input cleanly."""
+"""The real trainer in real processes: it learns, resumes bit-exactly after SIGUSR1 (one
+process) and after a rank crash (4 DDP ranks under torchrun), survives kill -9 during a
+checkpoint write, and refuses bad input cleanly."""
 
 from __future__ import annotations
 
