@@ -58,7 +58,7 @@ def run_one(out: str, name: str, layout: dict, device) -> None:
     torch.set_num_threads(1)
     cfg = ModelConfig(**MODEL)
     opt = types.SimpleNamespace(optimizer=types.SimpleNamespace(
-        type="adamw", lr=1e-2, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1))
+        type="adamw", lr=1e-2, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, fused="auto"))
     dims = ParallelDims(**layout)
     if device is None:
         rank, mesh, device = 0, None, torch.device("cpu")
