@@ -75,8 +75,9 @@ def cases() -> Iterator[tuple[str, str, str, Any]]:
                                  name=f"{kind}-demo", python=python,
                                  command="python -m llmctl.jobs.golden write")
                 yield site.name, backend, kind, resolve(site, req, _plan(nodes, gpn))
-            if backend != "k8s" and nodes * gpn > 1:
-                # A server on MPI ranks over the nodes (mpirun whatever the site's launcher).
+            if backend != "k8s" and nodes * gpn > 1 and site.container.runtime != "pyxis":
+                # A server on MPI ranks over the nodes (mpirun whatever the site's launcher;
+                # refused under pyxis, whose containers start only through srun).
                 rd = f"{root}/runs/{site.name}-{backend}-serve-mpi"
                 req = JobRequest(kind="serve-persistent", backend=backend, run_dir=rd, name="serve-mpi-demo",
                                  program=serve_program("serve-persistent", rd, f"{root}/artifacts/model",

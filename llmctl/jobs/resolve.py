@@ -275,6 +275,14 @@ def resolve(site: Any, req: JobRequest, plan: Any = None) -> Any:
         launcher = _launcher(site.launcher, req.backend)
     else:
         launcher = "mpirun" if mpi_ranks else "single"
+    if launcher == "mpirun" and site.container.runtime == "pyxis":
+        # pyxis puts a rank in its image through srun's --container-image: ranks that
+        # mpirun starts would run on the bare host, without the image or its mounts.
+        what = f"a server on {ranks} ranks" if mpi_ranks and not distributed else "this job's ranks"
+        raise LlmctlError(f"{where}: {what} would start with mpirun, outside the pyxis container "
+                          "(pyxis starts containers only through srun)",
+                          hint="serve on one rank (drop --nodes/--gpus-per-node)" if mpi_ranks and not distributed
+                          else "set launcher = 'srun' or 'torchrun' (--set launcher=srun)")
     mpirun_args = list(site.mpirun_args) + (list(site.serve_mpirun_args) if mpi_ranks else [])
     max_restarts = site.max_restarts if req.kind == "train" else 0
     if max_restarts:

@@ -139,7 +139,27 @@ def test_a_server_on_several_ranks_starts_them_with_mpirun(tmp_path):
     assert r.returncode == 0, r.stderr
     script = (tmp_path / "run" / "job.sh").read_text()
     assert "#SBATCH --nodes=2" in script
-    assert "mpirun -disable-auto-cleanup -np 8 -machinefile" in script and "--mpi-mode dp" in script
+    # slurm-a100-ib loads Open MPI: its serve_mpirun_args say --enable-recovery (hydra's flag would
+    # be an unknown option there)
+    assert "mpirun --enable-recovery -np 8 -machinefile" in script and "--mpi-mode dp" in script
     r = run_cli("serve", "launch", "--artifact", str(art), "--launcher", "k8s", "--site", "k8s-h100",
                 "--gpus-per-node", "2", "--dry-run", "--run-dir", str(tmp_path / "k"), cwd=tmp_path)
     assert r.returncode == 2 and "needs MPI" in r.stderr and not (tmp_path / "k").exists(), r.stderr
+
+
+def test_mpirun_is_refused_under_pyxis_whose_containers_start_through_srun(tmp_path):
+    """Ranks started by mpirun on a pyxis site would run on the bare host, outside the image
+    and its mounts: refused, for a training launcher and for a server on several ranks."""
+    r = launch(tmp_path, "--launcher", "slurm", "--site", "slurm-h100-pyxis", "--set", "launcher=mpirun", n=2)
+    assert_refused(r, tmp_path, "outside the pyxis container", "--set launcher=srun")
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "config.json").write_text("{}")
+    r = run_cli("serve", "launch", "--artifact", str(art), "--launcher", "slurm", "--site", "slurm-h100-pyxis",
+                "--nodes", "2", "--gpus-per-node", "8", "--dry-run", "--run-dir", str(tmp_path / "run"),
+                cwd=tmp_path)
+    assert_refused(r, tmp_path, "a server on 16 ranks", "outside the pyxis container", "one rank")
+    r = run_cli("serve", "launch", "--artifact", str(art), "--launcher", "slurm", "--site", "slurm-h100-pyxis",
+                "--dry-run", "--run-dir", str(tmp_path / "one"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "--container-image=" in (tmp_path / "one" / "job.sh").read_text()

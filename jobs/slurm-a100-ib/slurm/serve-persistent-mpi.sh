@@ -68,7 +68,7 @@ export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-mpirun -disable-auto-cleanup -np 16 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${PALS_RANKID:-0}}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-${PALS_LOCAL_RANKID:-0}}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank /shared/envs/llmctl/bin/python -m llmctl serve start --artifact /shared/artifacts/model --host 0.0.0.0 --port 8080 --mpi-mode tp &
+mpirun --enable-recovery -np 16 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${PALS_RANKID:-0}}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-${PALS_LOCAL_RANKID:-0}}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank /shared/envs/llmctl/bin/python -m llmctl serve start --artifact /shared/artifacts/model --host 0.0.0.0 --port 8080 --mpi-mode tp &
 child=$!
 rc=0
 while true; do

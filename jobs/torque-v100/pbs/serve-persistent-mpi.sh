@@ -49,7 +49,7 @@ export MASTER_PORT=$((20000 + ${pbs_job_number:-0} % 20000))
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
-mpirun -disable-auto-cleanup -np 8 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${PALS_RANKID:-0}}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-${PALS_LOCAL_RANKID:-0}}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank /gpfs/projects/llm/envs/llmctl/bin/python -m llmctl serve start --artifact /gpfs/projects/artifacts/model --host 0.0.0.0 --port 8080 --mpi-mode tp &
+mpirun --enable-recovery -np 8 -machinefile "$HOSTFILE" bash -c 'export RANK=${OMPI_COMM_WORLD_RANK:-${PMI_RANK:-${PALS_RANKID:-0}}} LOCAL_RANK=${OMPI_COMM_WORLD_LOCAL_RANK:-${MPI_LOCALRANKID:-${PALS_LOCAL_RANKID:-0}}} WORLD_SIZE=${OMPI_COMM_WORLD_SIZE:-${PMI_SIZE:-1}}; exec "$@"' llmctl-rank /gpfs/projects/llm/envs/llmctl/bin/python -m llmctl serve start --artifact /gpfs/projects/artifacts/model --host 0.0.0.0 --port 8080 --mpi-mode tp &
 child=$!
 rc=0
 while true; do
