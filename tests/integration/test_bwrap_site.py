@@ -31,38 +31,14 @@ sys.path.insert(0, str(REPO / "tests" / "unit"))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from jobsupport import slurm_up, wait_state  # noqa: E402
-from trainkit import make_project, prepare_data, quiet_env  # noqa: E402
+from trainkit import make_project, prepare_data, quiet_env, train_toml  # noqa: E402
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-TRAIN = """[model]
-name = "llama-test"
-config_file = "configs/models/tiny.json"
-
-[parallel]
-micro_batch_size = 4
-global_batch_size = 8
-
-[data]
-config_file = "configs/data/tiny.toml"
-seq_len = 32
-
-[schedule]
-warmup_steps = 2
-
-[checkpoint]
-interval_steps = 3
-keep_last = 2
-
-[training]
-max_steps = 6
-eval_interval = 6
-eval_batches = 1
-log_interval = 1
-"""
+TRAIN = train_toml(steps=6, interval=3, warmup=2, eval_batches=1, lr=None, seed=None, schedule=None)
 
 # Two CPU ranks (one srun task each), data parallel.
 PLAN = """[inputs]

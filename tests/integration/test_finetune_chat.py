@@ -68,11 +68,9 @@ def project(tmp_path_factory):
         '[output]\ndir = "data/chat"\n')
     run = root / "runs" / "ft"
     run.mkdir(parents=True)
-    (run / "config.toml").write_text(
-        '[model]\nname = "qwen-ft"\n\n[init]\nfrom = "imported"\n\n[optimizer]\nlr = 0.001\n\n'
-        '[parallel]\nmicro_batch_size = 2\nglobal_batch_size = 4\n\n[data]\nconfig_file = "data.toml"\n'
-        'seq_len = 32\n\n[schedule]\ntype = "cosine"\nwarmup_steps = 2\n\n[checkpoint]\ninterval_steps = 6\n\n'
-        '[training]\nmax_steps = 6\nseed = 1\neval_interval = 6\neval_batches = 1\nlog_interval = 1\n')
+    (run / "config.toml").write_text(T.train_toml(
+        steps=6, interval=6, keep_last=None, warmup=2, micro_batch=2, global_batch=4, eval_batches=1, lr=0.001,
+        seed=1, model="qwen-ft", model_file=None, init_from="imported", data_file="data.toml"))
     return root, hf
 
 

@@ -18,34 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jobsupport import slurm_up, wait_state  # noqa: E402
+from trainkit import train_toml  # noqa: E402
 
 pytestmark = [pytest.mark.slurm]
 
-TRAIN = """[model]
-name = "llama-test"
-config_file = "configs/models/tiny.json"
-
-[parallel]
-micro_batch_size = 4
-global_batch_size = 4
-
-[data]
-config_file = "configs/data/tiny.toml"
-seq_len = 32
-
-[schedule]
-warmup_steps = 1
-
-[checkpoint]
-interval_steps = 1000
-keep_last = 1
-
-[training]
-max_steps = 2
-eval_interval = 2
-eval_batches = 1
-log_interval = 1
-"""
+TRAIN = train_toml(steps=2, global_batch=4, eval_batches=1, keep_last=1, lr=None, seed=None, schedule=None)
 
 PLAN = """[inputs]
 model = "configs/models/tiny.json"

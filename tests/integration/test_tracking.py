@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
-from trainkit import (TRAIN_TOML, held_env, make_project, make_run, prepare_data, quiet_env, records,  # noqa: E402
-                      run_train, train_cmd)
+from trainkit import (held_env, make_project, make_run, prepare_data, quiet_env, records,  # noqa: E402
+                      run_train, train_cmd, train_toml)
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +177,7 @@ def test_missing_tracker_package_stops_the_launch_at_preflight(project, tmp_path
     """A Python that cannot import wandb (this one, with wandb hidden from find_spec)
     refuses the job before it is queued, naming the key and what to install."""
     cfg = project / "configs" / "train-wandb.toml"
-    cfg.write_text(TRAIN_TOML.format(steps=4, interval=4, eval_interval=4, warmup=1)
+    cfg.write_text(train_toml(steps=4, interval=4, eval_interval=4, warmup=1)
                    + '\n[tracking]\nbackends = ["wandb"]\n')
     plan = tmp_path / "plan.toml"
     plan.write_text('[inputs]\nmodel = "configs/models/tiny.json"\nnodes = 1\ngpus_per_node = 1\n'

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from jobsupport import slurm_up, wait_state  # noqa: E402
-from trainkit import HOLDPOINT, make_project, prepare_data, records  # noqa: E402
+from trainkit import HOLDPOINT, make_project, prepare_data, records, train_toml  # noqa: E402
 
 SITE = """name = "trainslurm"
 scheduler = "slurm"
@@ -39,31 +39,7 @@ OMP_NUM_THREADS = "1"
 TOKENIZERS_PARALLELISM = "false"
 """
 
-TRAIN = """[model]
-name = "llama-test"
-config_file = "configs/models/tiny.json"
-
-[parallel]
-micro_batch_size = 4
-global_batch_size = 8
-
-[data]
-config_file = "configs/data/tiny.toml"
-seq_len = 32
-
-[schedule]
-warmup_steps = 5
-
-[checkpoint]
-interval_steps = 1000
-keep_last = 2
-
-[training]
-max_steps = 200
-eval_interval = 200
-eval_batches = 2
-log_interval = 1
-"""
+TRAIN = train_toml(steps=200, warmup=5, lr=None, seed=None, schedule=None)
 
 # One CPU rank; micro-batch 4 x 2 accumulation steps = the global batch of 8.
 PLAN = """[inputs]

@@ -34,36 +34,29 @@ dir = "data/tiny"
 shard_tokens = {shard_tokens}
 """
 
-TRAIN_TOML = """[model]
-name = "llama-test"
-config_file = "configs/models/tiny.json"
-
-[optimizer]
-lr = 0.003
-
-[parallel]
-micro_batch_size = 4
-global_batch_size = 8
-
-[data]
-config_file = "configs/data/tiny.toml"
-seq_len = 32
-
-[schedule]
-type = "cosine"
-warmup_steps = {warmup}
-
-[checkpoint]
-interval_steps = {interval}
-keep_last = 2
-
-[training]
-max_steps = {steps}
-seed = 11
-eval_interval = {eval_interval}
-eval_batches = 2
-log_interval = 1
-"""
+def train_toml(*, steps: int, interval: int = 1000, eval_interval: int | None = None, warmup: int = 1,
+               micro_batch: int = 4, global_batch: int = 8, eval_batches: int = 2, keep_last: int | None = 2,
+               lr: float | None = 0.003, seed: int | None = 11, schedule: str | None = "cosine",
+               model: str = "llama-test", model_file: str | None = "configs/models/tiny.json",
+               data_file: str = "configs/data/tiny.toml", seq_len: int = 32, init_from: str | None = None) -> str:
+    """The tests' one training config: the tiny llama on the tiny data. A key given None is
+    left out (the config's default applies); `eval_interval` defaults to `steps`."""
+    lines = ["[model]", f'name = "{model}"']
+    if model_file:
+        lines.append(f'config_file = "{model_file}"')
+    if init_from:
+        lines += ["", "[init]", f'from = "{init_from}"']
+    if lr is not None:
+        lines += ["", "[optimizer]", f"lr = {lr}"]
+    lines += ["", "[parallel]", f"micro_batch_size = {micro_batch}", f"global_batch_size = {global_batch}",
+              "", "[data]", f'config_file = "{data_file}"', f"seq_len = {seq_len}",
+              "", "[schedule]"] + ([f'type = "{schedule}"'] if schedule else []) + [f"warmup_steps = {warmup}",
+              "", "[checkpoint]", f"interval_steps = {interval}"] + (
+              [f"keep_last = {keep_last}"] if keep_last is not None else []) + [
+              "", "[training]", f"max_steps = {steps}"] + ([f"seed = {seed}"] if seed is not None else []) + [
+              f"eval_interval = {steps if eval_interval is None else eval_interval}",
+              f"eval_batches = {eval_batches}", "log_interval = 1"]
+    return "\n".join(lines) + "\n"
 
 
 def quiet_env(**extra: str) -> dict:
@@ -108,8 +101,7 @@ def make_run(root: Path, name: str, steps: int = 30, interval: int = 10, eval_in
     run = root / "runs" / name
     run.mkdir(parents=True)
     (run / "config.toml").write_text(
-        TRAIN_TOML.format(steps=steps, interval=interval, eval_interval=eval_interval,
-                          warmup=min(5, steps)) + extra)
+        train_toml(steps=steps, interval=interval, eval_interval=eval_interval, warmup=min(5, steps)) + extra)
     return run
 
 
