@@ -37,6 +37,10 @@ class ServeConfig(StrictModel):
     for later requests that start with the same tokens (evicted least recently used first)."""
     api_key_env: Optional[str] = None
     """Environment variable holding the bearer key (no auth when unset)."""
+    compile: bool = False
+    """torch.compile each step's dense parts (norms, q/k/v and output projections, RoPE, MLP) with
+    dynamic batch sizes; attention over the paged KV cache stays eager. One rank, or MPI data-parallel
+    replicas; refused with tensor-parallel ranks. Slower start (a compile at the first steps)."""
     dtype: str = "auto"
     """Weights dtype: auto (bf16 on a GPU, fp32 on a CPU), bf16, fp16, fp32."""
     threads: Optional[int] = Field(None, ge=1, le=4096)

@@ -38,14 +38,14 @@ def _prompts(n: int, s: dict[str, Any]) -> list[list[int]]:
     return torch.randint(0, s["vocab_size"], (n, s["prompt"]), generator=g).tolist()
 
 
-def engine_run(model, prompts: list[list[int]], new_tokens: int) -> dict[str, float]:
+def engine_run(model, prompts: list[list[int]], new_tokens: int, compile: bool = False) -> dict[str, float]:
     """One batch of requests through llmctl's engine: TTFT (mean, from submission) and the
     decode rate (tokens after each request's first, over the time after the last first token)."""
     from llmctl.serve.engine import Engine
     from llmctl.serve.sequence import SamplingParams, Sequence
 
     eng = Engine(model, eos_id=None, max_seqs=max(len(prompts), 1),
-                 max_batch_tokens=max(8192, len(prompts) * len(prompts[0])))
+                 max_batch_tokens=max(8192, len(prompts) * len(prompts[0])), compile=compile)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     seqs = [Sequence(p, params) for p in prompts]
     t0 = time.monotonic()
@@ -136,6 +136,18 @@ def serve(sec: Section) -> None:
         res[f"llmctl_c{n}"] = r
         sec.log(f"llmctl engine, {n} requests: {r['decode_tokens_per_s']:.1f} decode tokens/s, "
                 f"TTFT {r['ttft_s'] * 1e3:.1f} ms")
+    # ServeConfig `compile`: each block's dense parts compiled (the warm-up run compiles)
+    if sec.left() > sec.budget_s * 0.5:
+        engine_run(model, _prompts(2, s)[:1], 4, compile=True)
+        engine_run(model, _prompts(2, s)[:2], 4, compile=True)
+        for n in CONCURRENCY:
+            r = engine_run(model, _prompts(n, s), s["new_tokens"], compile=True)
+            res[f"llmctl_compiled_c{n}"] = r
+            res.setdefault("ratios", {})[f"llmctl_compiled_over_eager_c{n}"] = (
+                r["decode_tokens_per_s"] / res[f"llmctl_c{n}"]["decode_tokens_per_s"])
+            sec.log(f"llmctl engine compiled, {n} requests: {r['decode_tokens_per_s']:.1f} decode tokens/s")
+    else:
+        sec.skipped["llmctl_compiled"] = f"budget: {sec.left():.0f} s left"
     if "roofline_bs1_tokens_per_s" in res:
         res["llmctl_c1_over_roofline"] = res["llmctl_c1"]["decode_tokens_per_s"] / res["roofline_bs1_tokens_per_s"]
     try:

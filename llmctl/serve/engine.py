@@ -45,7 +45,7 @@ class EngineFailure(RuntimeError):
 class Engine:
     def __init__(self, model, tokenizer=None, eos_id: Optional[int] = None, scheduler: str = "vllm-like",
                  max_batch_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16,
-                 num_blocks: Optional[int] = None, prefix_caching: bool = True):
+                 num_blocks: Optional[int] = None, prefix_caching: bool = True, compile: bool = False):
         from llmctl.serve.kvcache import PagedKVCache
         from llmctl.serve.runner import PagedRunner
         from llmctl.serve.scheduling import get_scheduler
@@ -63,7 +63,7 @@ class Engine:
         self.cache = PagedKVCache(cfg.layers, kv_heads, cfg.head_dim, num_blocks, block_size,
                                   dtype=dtype, device=model.tok_emb.weight.device,
                                   prefix_caching=prefix_caching)
-        self.runner = PagedRunner(model, self.cache)
+        self.runner = PagedRunner(model, self.cache, compile=compile)
         self.waiting: collections.deque = collections.deque()
         self.running: list[Sequence] = []
         self.inbox: queue.Queue = queue.Queue()

@@ -16,19 +16,47 @@ from __future__ import annotations
 DECODE_BUCKETS = 4  # attention calls for the decode rows of a step (at least 8 rows each)
 
 
+def _qkv(blk, x, cos, sin):
+    """A block's norm, q/k/v projections and RoPE over the step's flattened tokens."""
+    from llmctl.model.transformer import apply_rope
+
+    a, n = blk.attn, x.shape[0]
+    h = blk.norm1(x)
+    q = a.wq(h).view(n, a.heads, a.head_dim)
+    k = a.wk(h).view(n, a.kv_heads, a.head_dim)
+    v = a.wv(h).view(n, a.kv_heads, a.head_dim)
+    if cos is not None:
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return q, k, v
+
+
+def _post(blk, x, y):
+    """A block after attention: output projection, residual, norm, MLP, residual."""
+    x = x + blk.attn.wo(y)
+    return x + blk.mlp(blk.norm2(x))
+
+
 class PagedRunner:
-    def __init__(self, model, cache):
+    def __init__(self, model, cache, compile: bool = False):
         self.model, self.cache = model, cache
         self.cfg = model.cfg
         # Tensor parallel (llmctl.serve.tp): sums the ranks' partial outputs of the
         # row-parallel layers. None on a single rank.
         self.reduce = None
+        # `compile` (ServeConfig): the dense parts of every block through torch.compile with
+        # dynamic token counts (one graph for any batch, 1 aside); attention over the paged
+        # cache stays eager. One graph serves every block: modules are inputs, not constants.
+        self.compiled = compile
+        self._qkv, self._post = _qkv, _post
+        if compile:
+            import torch
+
+            self._qkv = torch.compile(_qkv, dynamic=True)
+            self._post = torch.compile(_post, dynamic=True)
 
     def forward(self, chunks, logits: bool = True):
         import torch
         import torch.nn.functional as F
-
-        from llmctl.model.transformer import apply_rope
 
         m, cache, dev = self.model, self.cache, self.model.tok_emb.weight.device
         toks, pos, slots = [], [], []
@@ -73,14 +101,11 @@ class PagedRunner:
             x = x + m.pos_emb(positions)
         else:
             cos, sin = m.rope_cos[positions].unsqueeze(1), m.rope_sin[positions].unsqueeze(1)
+        if self.compiled and self.reduce is not None:
+            raise RuntimeError("a compiled runner cannot be tensor-parallel (serve start refuses that mix)")
         for li, blk in enumerate(m.blocks):
             a = blk.attn
-            h = blk.norm1(x)
-            q = a.wq(h).view(N, a.heads, a.head_dim)
-            k = a.wk(h).view(N, a.kv_heads, a.head_dim)
-            v = a.wv(h).view(N, a.kv_heads, a.head_dim)
-            if cos is not None:
-                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k, v = self._qkv(blk, x, cos, sin)
             cache.k[li][slot_t] = k.to(cache.k[li].dtype)
             cache.v[li][slot_t] = v.to(cache.v[li].dtype)
             y = q.new_empty(N, a.heads * a.head_dim) if len(groups) > 1 else None
@@ -99,10 +124,11 @@ class PagedRunner:
                     y = yg
                 else:
                     y[g["flat"]] = yg
-            out = a.wo(y)
-            x = x + (self.reduce(out) if self.reduce else out)
-            out = blk.mlp(blk.norm2(x))
-            x = x + (self.reduce(out) if self.reduce else out)
+            if self.reduce is None:
+                x = self._post(blk, x, y)
+                continue
+            x = x + self.reduce(a.wo(y))
+            x = x + self.reduce(blk.mlp(blk.norm2(x)))
         if not logits:
             return None
         self._prompt_logprobs(chunks, x)

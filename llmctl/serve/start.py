@@ -43,6 +43,9 @@ def build_engine(settings, artifact_path: str, shard: tuple[int, int] | None = N
     """(artifact, engine); with `shard` = (rank, size) the model keeps its tensor-parallel slice."""
     from llmctl.export.hf import load_artifact
 
+    if getattr(settings, "compile", False) and shard is not None and shard[1] > 1:
+        raise LlmctlError(f"compile = true is not supported with {shard[1]} tensor-parallel ranks",
+                          hint='set compile = false, or mpi_mode = "dp" (whole replicas)')
     device = _device()
     dtype = settings.dtype if settings.dtype != "auto" else auto_dtype(device)
     art = load_artifact(artifact_path, dtype=dtype, device=device)
@@ -60,7 +63,8 @@ def engine_for(art, settings):
 
     eng = Engine.from_artifact(art, scheduler=settings.scheduler, max_batch_tokens=settings.max_batch_tokens,
                                block_size=settings.kv_block_size, num_blocks=settings.kv_blocks,
-                               prefix_caching=settings.prefix_caching)
+                               prefix_caching=settings.prefix_caching,
+                               compile=getattr(settings, "compile", False))
     if testhooks.enabled():
         testhooks.install(eng)
     return eng
