@@ -17,7 +17,7 @@ SECTIONS = (
     ("bench", "node:bench", 30, 10),
     ("train_gpt2", "training:train_gpt2", 170, 150),
     ("train_1b", "training:train_1b", 110, 60),
-    ("serve", "serving:serve", 120, 60),
+    ("serve", "serving:serve", 120, 90),
     ("nccl", "node:nccl", 20, 5),
 )
 

@@ -13,7 +13,7 @@ from llmctl.gpucheck.report import Section
 SHAPE = {"gpu": dict(layers=16, hidden=2048, heads=32, kv_heads=8, ffn=8192, vocab_size=128256, max_seq_len=2048,
                      prompt=128, new_tokens=128),
          "cpu": dict(layers=2, hidden=64, heads=4, kv_heads=2, ffn=128, vocab_size=512, max_seq_len=128,
-                     prompt=16, new_tokens=16)}
+                     prompt=16, new_tokens=32)}
 CONCURRENCY = (1, 64)
 
 
