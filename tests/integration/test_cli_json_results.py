@@ -127,3 +127,24 @@ def test_plan_calibrate_json(trained):
     written = shaped(cli(root, "plan", "calibrate", str(run), "--out", "cal.toml"), "plan calibrate")
     assert written["written"] == "cal.toml" and (root / "cal.toml").is_file()
     assert written["factor"] > 0 and written["new_tflops"] == pytest.approx(written["old_tflops"] * written["factor"])
+
+
+def test_eval_watch_json_with_submitted_jobs(trained):
+    import shutil
+    import time
+
+    root, run = trained
+    copy = root / "runs" / "r2"  # a run of its own (the watcher above evaluated r1's), in the project
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("eval"))
+    args = ("eval", "watch", "--run-dir", str(copy), "--submit", "--launcher", "local", "--tasks", "arithmetic",
+            "--limit", "2")
+    first = shaped(cli(root, *args), "eval watch")
+    assert first["submitted"] == ["step-00000006"] and first["evaluated"] == [] and first["table"] is None
+    (job,) = (copy / "eval" / "jobs").iterdir()
+    end = time.monotonic() + 240  # only keeps a broken job from hanging the suite
+    while not (job / "exit_code").is_file() and time.monotonic() < end:
+        time.sleep(0.5)
+    assert (job / "exit_code").read_text().strip() == "0", (job / "logs" / "job.out").read_text()
+    second = shaped(cli(root, *args), "eval watch")
+    assert second["evaluated"] == ["step-00000006"] and second["submitted"] == second["pending"] == []
+    assert [row["checkpoint"] for row in second["rows"]] == ["step-00000006"]
