@@ -116,6 +116,10 @@ class PlanInputs(StrictModel):
     """Training precision: bf16, or fp8 (the linear layers' GEMMs in FP8 through Transformer Engine, the rest bf16)."""
     tp_overlap: bool = False
     """Whether the time model overlapped tensor-parallel collectives with the GEMMs (Megatron-Core --tp-comm-overlap)."""
+    dp_overlap: bool = True
+    """Whether the time model reduced gradients beside the last micro-batch's backward (DDP/FSDP) or after it."""
+    sequence_parallel: bool = True
+    """Whether norms, dropout and residual adds were split over the tensor-parallel group (time and memory)."""
 
 
 class Alternative(StrictModel):

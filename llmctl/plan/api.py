@@ -39,6 +39,8 @@ class Request:
     attention: str = "flash"  # the attention kernel the run uses: flash (fused, SDPA) or eager
     precision: str = "bf16"  # bf16, or fp8 (Transformer Engine: linear layers' GEMMs in FP8)
     tp_overlap: bool = False  # TP collectives overlapped with GEMMs (Megatron-Core --tp-comm-overlap); default off
+    dp_overlap: bool = True  # gradient reduction beside the last backward (DDP/FSDP); off: after it
+    sequence_parallel: bool = True  # norms/dropout/residuals split over the TP group
 
 
 def _sha(path: Optional[str]) -> Optional[str]:
@@ -78,7 +80,8 @@ def load_inputs(req: Request):
         raise LlmctlError(f"--precision fp8: {cl.gpu_name} has no FP8 tensor rate in llmctl's accelerator table",
                           hint="FP8 training (Transformer Engine) needs Hopper, Ada or Blackwell GPUs; "
                                "use --precision bf16")
-    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention, req.precision, req.tp_overlap)
+    return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention, req.precision, req.tp_overlap,
+                               dp_overlap=req.dp_overlap, sequence_parallel=req.sequence_parallel)
 
 
 def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:
@@ -155,7 +158,8 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
                   hardware_sha256=_sha(req.hardware), **({"train": req.train, "train_sha256": _sha(req.train)}
                                                         if req.train else {}), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
                   seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy,
-                  attention=w.attention, precision=w.precision, tp_overlap=w.tp_overlap, device=cl.device)
+                  attention=w.attention, precision=w.precision, tp_overlap=w.tp_overlap,
+                  dp_overlap=w.dp_overlap, sequence_parallel=w.sequence_parallel, device=cl.device)
     best, *alts = outcome.plans
     data = {
         "inputs": inputs,

@@ -154,7 +154,9 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
     min_w = min(s.static_w_factor for s in tb.schedules)
     for z in zeros:
         bpp = _bpp(z, dp)
-        per, const = dp_time(cl, tp, cp, dp, z, 0)  # ZeRO-3's gathers are in zero3_gather
+        # the least exposure any schedule of this T gets (all hidden but DP_EXPOSED): a lower bound;
+        # ZeRO-3's gathers are in zero3_gather
+        per, const = dp_time(cl, tp, cp, dp, z, 0, hide=math.inf, params=1.0, overlap=w.dp_overlap)
         t_opt = 28.0 / (dp if z >= 1 else 1) / cl.hbm_bw
         tb.zeros.append(ZeroBound(zero=z, bytes_per_param=bpp, time=(per + t_opt) * p_max + const,
                                   static_u=bpp * p_avg / GB, static_w=bpp * min_w / GB))

@@ -25,10 +25,10 @@ from llmctl.errors import ConfigError, LlmctlError
 # intra-node link that is, in order: a measured all-gather (or all-reduce) bus bandwidth from
 # `llmctl hw benchmark` ([measured] allgather_busbw_gbps), else the link rate times the fraction
 # of it a tensor-parallel collective reaches in training. A100 is calibrated on Narayanan et al.
-# 2021 Table 1 (Megatron 2021, no NVLS): 150 of 300 GB/s; Hopper on the Megatron-Core 2024 table.
+# 2021 Table 1 (Megatron 2021, no NVLS): 0.43 of 300 GB/s; Hopper on the Megatron-Core 2024 table.
 # Every path to a Cluster (site-config, `hw probe`, `hw probe --site`, a scaffolded or hand-written
 # profile) applies this one rule, so the same machine gives the same plan whichever describes it.
-TP_BUS_EFFICIENCY = {"A100": 0.47}
+TP_BUS_EFFICIENCY = {"A100": 0.43}
 
 
 def nvlink_bus_efficiency(gpu_name: str) -> float:
@@ -98,7 +98,7 @@ class Cluster:
 # Narayanan et al. 2021, DeepSpeed ZeRO-3 rows; H100: Megatron-Core 2024), DEFAULT_SUSTAINED otherwise.
 # A measured matmul rate (`hw benchmark`) replaces it.
 DEFAULT_SUSTAINED = 0.69
-SUSTAINED_BY_GPU = {"A100": 0.66, "H100": 0.61}
+SUSTAINED_BY_GPU = {"A100": 0.79, "H100": 0.59}
 
 
 def sustained_fraction(gpu_name: str) -> float:

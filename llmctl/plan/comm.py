@@ -11,7 +11,7 @@ from __future__ import annotations
 # reaches as bus bandwidth: InfiniBand's encoding and headers, NCCL's protocol and the proxy
 # thread leave less than the line rate (calibrated; see docs/planner.md). Inside a node the
 # TP bus efficiency of `llmctl.plan.cluster` plays the same part.
-NET_BUS_EFFICIENCY = 0.65
+NET_BUS_EFFICIENCY = 0.66
 
 
 def all_reduce(nbytes: float, n: int, bw: float, latency: float) -> float:
@@ -36,15 +36,26 @@ def p2p(nbytes: float, bw: float, latency: float) -> float:
     return nbytes / bw + latency
 
 
-def group_bw(stride: int, size: int, gpus_per_node: int, intra: float, inter: float) -> float:
-    """Bandwidth of a ring whose members are `stride` ranks apart.
+def group_bw(stride: int, size: int, gpus_per_node: int, intra: float, inter: float, collective: bool = True) -> float:
+    """Bus bandwidth of a group whose members are `stride` ranks apart.
 
     Ranks are numbered node by node (tp fastest, then cp, dp, pp: Megatron's order),
     so every group stays inside one node iff stride * size divides the GPUs per node
     (3 ranks of an 8-GPU node would straddle two nodes); otherwise its ring crosses
-    the network and the slowest link bounds it.
+    the network. A collective then runs one ring per channel, and each of the k
+    members a node holds sends over its own NIC (one per GPU, as on DGX-class nodes),
+    so the ring's bus bandwidth is k NICs' worth, up to the intra-node bandwidth (NCCL's
+    rings through a node; nccl-tests' multi-node busbw approaches the node's NIC total).
+    A point-to-point exchange (`collective=False`: pipeline sends, ring attention) crosses
+    on one member's NIC.
     """
     if size <= 1:
         return intra
     span = stride * size
-    return intra if span <= gpus_per_node and gpus_per_node % span == 0 else inter * NET_BUS_EFFICIENCY
+    if span <= gpus_per_node and gpus_per_node % span == 0:
+        return intra
+    # members per node when the group fills whole nodes evenly; a group that straddles unevenly
+    # (ranks 6, 7, 8 of 8-GPU nodes) crosses where a node holds only one of them
+    even = stride < gpus_per_node and gpus_per_node % stride == 0 and span % gpus_per_node == 0
+    k = gpus_per_node // stride if collective and even else 1
+    return min(intra, k * inter * NET_BUS_EFFICIENCY)

@@ -25,24 +25,34 @@ from llmctl.plan.model_costs import BYTES, FP8_AMAX_HISTORY, FP8_GEMMS_PER_BLOCK
 GB = 1e9
 FRAGMENTATION = 1.05  # allocator fragmentation on top of what tensors need
 OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixed share
-DP_EXPOSED = 0.15  # share of the gradient reduction not hidden behind the backward pass
+# Gradient reduction (ZeRO <= 2) overlapped with the backward pass (PyTorch DDP/FSDP buckets, Megatron-Core
+# --overlap-grad-reduce): with gradient accumulation it can only start in the last micro-batch's backward,
+# so what exceeds that backward is exposed, and what it covers still costs DP_EXPOSED of itself (calibrated).
+# Without overlap (Megatron-LM 2021's local DDP, DeepSpeed's pipeline engine: after the last backward) all of it.
+DP_EXPOSED = 0.08
 TP_EXPOSED = 1.0  # tensor-parallel collectives without overlap sit on the critical path
 # With overlap (Megatron-Core --tp-comm-overlap, Transformer Engine userbuffers: the all-gathers and
 # reduce-scatters of sequence parallelism split into chunks pipelined with the GEMMs they feed), a
 # collective costs TP_OVERLAP_EXPOSED of itself (the SMs and HBM its kernels take from the GEMMs,
 # the first and last chunk), and all of what exceeds the linear layers' GEMM time (calibrated).
-TP_OVERLAP_EXPOSED = 0.5
+TP_OVERLAP_EXPOSED = 0.49
 # ZeRO-3's parameter gathers and gradient reduce-scatters run on their own stream beside the
 # compute; what compute covers still costs this fraction of itself (NCCL's SMs and HBM traffic
 # slow the GEMMs beside it; calibrated on the 175B ZeRO-3 rows of Narayanan et al. 2021 Table 2)
-ZERO3_OVERLAP_EXPOSED = 0.3
+ZERO3_OVERLAP_EXPOSED = 0.42
 CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention blocks
 # none; selective (the attention core, Korthikanti et al. 2022); full (every block of every stage
 # is recomputed, what Megatron's --recompute-granularity full --recompute-method uniform does);
 # partial (the solver's own option: full recomputation of only some blocks per stage, at
 # least one and not all of them, recompute_layers_per_stage says how many)
 RECOMPUTE_MODES = ("none", "selective", "full", "partial")
-GEMM_HALF_WIDTH = 1040.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+GEMM_HALF_WIDTH = 690.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+# Memory-bound kernels (norms, residual adds, activations, an eager attention's softmax): bytes through
+# HBM at this fraction of its datasheet rate (what a streaming kernel reaches on A100/H100, ~80%);
+# their backward moves about 1.5x the forward's bytes (the saved input and the incoming gradient read,
+# the input gradient written: a norm's 6 bytes against 4, a softmax's 6 against 4).
+HBM_EFFICIENCY = 0.82
+BWD_BYTES_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,10 @@ class Workload:
     precision: str = "bf16"  # "fp8": the linear layers' GEMMs in FP8 through Transformer Engine
     tp_overlap: bool = False  # TP collectives overlapped with the GEMMs (Megatron-Core --tp-comm-overlap); off
     # by default, as in Megatron-LM and in llmctl's trainer
+    dp_overlap: bool = True  # gradient reduction overlapped with the backward (DDP/FSDP, as llmctl's trainer);
+    # False: reduced after it (Megatron-LM 2021's local DDP, DeepSpeed's pipeline engine)
+    sequence_parallel: bool = True  # norms, dropout and residuals split over the TP group (Megatron
+    # --sequence-parallel, llmctl's trainer with tp > 1); False: whole on every TP rank (Megatron-LM 2021)
 
 
 @dataclass
@@ -115,8 +129,13 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # when that width is small: a saturating curve fitted to the calibration runs
     rate = cl.peak_flops * cl.sustained * sh.hidden / (sh.hidden + GEMM_HALF_WIDTH)
     g, lat = cl.gpus_per_node, cl.latency_s
-    # compute: forward 1x, backward 2x; selective recomputation redoes the attention core
-    f_layer = sh.layer_flops(s) * b / (t * c)
+    # compute: forward 1x, backward 2x; selective recomputation redoes the attention core.
+    # A fused causal kernel skips the score tiles above the diagonal (FlashAttention-2, Dao 2023
+    # sec. 3.1.1), so it does half the core's work; an eager softmax(QK^T) computes the whole square.
+    # The FLOPs a run is credited with (model_flops, MFU) still count the square, as Megatron does.
+    f_core = sh.attention_core_flops(s) * b / (t * c)
+    core_work = 0.5 if w.attention == "flash" else 1.0
+    f_layer = sh.layer_flops(s) * b / (t * c) - (1 - core_work) * f_core
     compute = 3 * f_layer / rate
     fp8 = w.precision == "fp8"
     static_layer = 0.0
@@ -136,8 +155,13 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
         # an FP8 copy of each linear weight and its transpose (Hopper's FP8 GEMMs take one
         # layout), and the scaling state of every FP8 tensor
         static_layer = 2 * sh.linear_params() / t + FP8_GEMMS_PER_BLOCK * 3 * (FP8_AMAX_HISTORY + 2) * 4
+    # memory-bound kernels beside the GEMMs (`memory_bound_bytes`); an eager softmax's share is
+    # recomputed with the core under selective recomputation
+    hbm = cl.hbm_bw * HBM_EFFICIENCY
+    mem_fwd = sh.memory_bound_bytes(s, b, t, c, w.attention, w.sequence_parallel) / hbm
+    mem_score = (mem_fwd - sh.memory_bound_bytes(s, b, t, c, "flash", w.sequence_parallel) / hbm)
     if cfg.recompute == "selective":
-        sel = sh.attention_core_flops(s) * b / (t * c) / rate
+        sel = core_work * f_core / rate + mem_score
     else:
         sel = 0.0
     # tensor (+sequence) parallel: 2 all-gathers + 2 reduce-scatters forward, same backward
@@ -150,11 +174,12 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
         tp_fwd *= TP_EXPOSED
     # context parallel: ring exchange of this rank's K and V chunk, c-1 steps, 3x for fwd+bwd
     kv_chunk = 2 * BYTES * s / c * b * sh.kv_heads * sh.head_dim / t
-    bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw)
+    bw_cp = comm.group_bw(t, c, g, cl.intra_bw, cl.inter_bw, collective=False)
     cp_time = 3 * (c - 1) * comm.p2p(kv_chunk, bw_cp, lat) * CP_EXPOSED if c > 1 else 0.0
-    fwd = compute / 3
+    fwd = compute / 3 + mem_fwd
+    memory_bound = (1 + BWD_BYTES_RATIO) * mem_fwd
     compute += sel
-    t_layer = compute + 2 * tp_fwd + cp_time
+    t_layer = compute + memory_bound + 2 * tp_fwd + cp_time
     # one more forward (and its TP collectives) per recomputed block: in every block under
     # "full", in the blocks the split chooses under "partial"
     t_rec_block = fwd + tp_fwd
@@ -162,9 +187,9 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     t_layer += rec_layer
     t_recompute = t_rec_block if cfg.recompute == "partial" else 0.0
     # pipeline: each rank sends an activation forward and a gradient backward per chunk
-    bw_pp = comm.group_bw(t * c * d, p, g, cl.intra_bw, cl.inter_bw)
+    bw_pp = comm.group_bw(t * c * d, p, g, cl.intra_bw, cl.inter_bw, collective=False)
     p2p = 2 * v * comm.p2p(act_msg / t, bw_pp, lat) if p > 1 else 0.0
-    head = 3 * sh.head_flops(s) * b / (t * c) / rate
+    head = 3 * sh.head_flops(s) * b / (t * c) / rate + sh.logits_memory_bytes(s, b, t, c) / hbm
     t_rank = [p2p] * p
     t_rank[-1] += head
     z3_layer, z3_rank = zero3_exposed(w, cl, cfg, fwd, head / 3)
@@ -183,18 +208,22 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     # selective drops the attention core's s^2 tensors; under full recomputation the blocks
     # that are not recomputed are ordinary blocks and keep them (docs/planner.md)
     keep_core = cfg.recompute != "selective"
-    a_layer = sh.act_bytes(s, b, t, c, keep_core, w.attention)
+    sp = w.sequence_parallel
+    a_layer = sh.act_bytes(s, b, t, c, keep_core, w.attention, sp)
     if fp8:
         a_layer -= sh.fp8_saved_bytes(s, b, t, c)
-    a_ckpt = sh.act_checkpoint_bytes(s, b, t, c) if cfg.recompute in ("full", "partial") else a_layer
+    a_ckpt = sh.act_checkpoint_bytes(s, b, t, c, sp) if cfg.recompute in ("full", "partial") else a_layer
     if cfg.recompute == "full":  # every block keeps only its input
         a_layer = a_ckpt
     mult = [inflight(p, v, m, r) for r in range(p)]
     a_rank = [0.0] * p
     a_rank[-1] += sh.logits_bytes(s, b, t, c)
     if cfg.recompute in ("full", "partial"):  # the block being recomputed holds its full activations
-        a_rank = [x + sh.act_bytes(s, b, t, c, True, w.attention) for x in a_rank]
-    t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m)
+        a_rank = [x + sh.act_bytes(s, b, t, c, True, w.attention, sp) for x in a_rank]
+    # the backward of one micro-batch over a rank's share of the blocks hides the gradient reduction
+    hide = (2 * fwd + (fwd if cfg.recompute == "full" else 0.0)) * sh.layers / p
+    t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m, hide=hide if w.dp_overlap else 0.0,
+                           params=sh.params_total / (t * p), overlap=w.dp_overlap)
     # Adam step is memory-bound: read/write fp32 master, m, v and the bf16 weight and gradient
     t_opt = 28.0 / (d if z >= 1 else 1) / cl.hbm_bw
     usable = max(0.0, (cl.memory_gb - OVERHEAD_GB) * GB / FRAGMENTATION)
@@ -202,18 +231,22 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                         params_layer=sh.params_layer / t, params_rank_const=pr, bytes_per_param=bpp,
                         act_layer=a_layer, act_ckpt=a_ckpt, act_mult=mult, act_rank_const=a_rank,
                         t_dp_per_param=t_dp, t_dp_const=t_dp_c, t_opt_per_param=t_opt, mem_limit=usable,
-                        time_parts={"compute": compute, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
+                        time_parts={"compute": compute, "memory_bound": memory_bound, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
                                     "recompute": rec_layer, "zero3_comm": z3_layer, "zero3_const": sum(z3_rank),
                                     "p2p": p2p, "head": head}, layer_static_bytes=static_layer)
 
 
-def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int) -> tuple[float, float]:
+def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int, hide: float = 0.0, params: float = 0.0,
+            overlap: bool = True) -> tuple[float, float]:
     """Exposed data-parallel seconds per parameter on the GPU, and the latency constant.
 
     Gradients are all-reduced once per step (ZeRO-1/2: reduce-scatter + all-gather,
-    the same volume), DP_EXPOSED of it outside the backward pass. ZeRO-3's traffic
-    (parameter gathers and gradient reduce-scatters around every block of every
-    micro-batch) is costed per block against the compute that hides it
+    the same volume). Overlapped, the reduction runs beside the last micro-batch's
+    backward (`hide` seconds on a rank; `params` the parameters of an average rank):
+    exposed = max(DP_EXPOSED * C, C - hide) of its C seconds, written as a fraction of C
+    fixed per layout so the stage split stays linear. Not overlapped: all of C.
+    ZeRO-3's traffic (parameter gathers and gradient reduce-scatters around every block
+    of every micro-batch) is costed per block against the compute that hides it
     (`zero3_exposed`), not here. `m` is kept for the callers' signature.
     """
     del m
@@ -222,7 +255,11 @@ def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int) -> tuple[float,
     bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw)
     per = BYTES * comm.all_reduce(1, d, bw, 0)
     const = 2 * (d - 1) * cl.latency_s
-    return per * DP_EXPOSED, const * DP_EXPOSED
+    if not overlap:
+        return per, const
+    total = per * params + const
+    frac = max(DP_EXPOSED, 1 - hide / total) if total > 0 else DP_EXPOSED
+    return per * frac, const * frac
 
 
 def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: float) -> tuple[float, list[float]]:
@@ -247,7 +284,9 @@ def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: f
     if cfg.zero < 3 or d <= 1:
         return 0.0, [0.0] * p
     sh = w.shape
-    bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw)
+    # across nodes at one NIC's rate per GPU, not the k NICs of a ring through the node: what
+    # DeepSpeed's ZeRO-3 of 2021 reached (Narayanan et al. 2021 Table 2; docs/planner.md)
+    bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw, collective=False)
     lat = cl.latency_s
 
     def ag(params: float) -> float:
@@ -322,7 +361,7 @@ def evaluate(co: Coefficients, layers: list[int], recomputed: Optional[list[int]
     # where the time goes: each GPU's share of the work, then the bubble (incl. imbalance)
     share = co.m / p
     tl = co.time_parts
-    layer_keys = ("compute", "tp_comm", "cp_comm", "recompute", "zero3_comm")
+    layer_keys = ("compute", "memory_bound", "tp_comm", "cp_comm", "recompute", "zero3_comm")
     per_layer = sum(tl[k] for k in layer_keys)
     scale = co.t_layer / per_layer if per_layer else 0.0
     parts = {k: share * sum(n_r) * tl[k] * scale for k in layer_keys}

@@ -108,11 +108,14 @@ class LayerShape:
         return 3 * (self.layers * self.layer_flops(s) + self.head_flops(s))
 
     # --- activation bytes per layer per micro-batch ----------------------------
-    def act_bytes(self, s: int, b: int, t: int, c: int, keep_core: bool, attention: str = "eager") -> float:
+    def act_bytes(self, s: int, b: int, t: int, c: int, keep_core: bool, attention: str = "eager",
+                  sequence_parallel: bool = True) -> float:
         """Activations one block stores for backward (tensor+sequence parallel t, context c).
 
         `keep_core`: the attention core's own tensors are kept (not selectively recomputed);
         `attention`: "eager" keeps the s^2 scores, "flash" the per-row log-sum-exp.
+        Without sequence parallelism the norms' inputs, the GEMMs' hidden-width inputs and the
+        dropout masks are whole on every tensor-parallel rank: Korthikanti eq. 2's 10sbh.
         """
         h, a, k, d, f = self.hidden, self.heads, self.kv_heads, self.head_dim, self.ffn
         sl = s / c  # context parallelism splits the sequence
@@ -126,11 +129,43 @@ class LayerShape:
             core = 4 * a * sl * b
         elif keep_core:  # softmax output (+ dropout mask and output): 5as^2b, or 2as^2b without dropout
             core = (5 if self.dropout else 2) * a * sl * s * b
-        return (attn + mlp + norms + core) / t
+        if sequence_parallel:
+            return (attn + mlp + norms + core) / t
+        whole = 2 * BYTES * sb * h + 2 * mask * sb * h + norms
+        return whole + (attn + mlp + norms + core - whole) / t
 
-    def act_checkpoint_bytes(self, s: int, b: int, t: int, c: int) -> float:
-        """A fully recomputed block keeps only its input (2sbh, sequence-parallel)."""
-        return BYTES * s / c * b * self.hidden / t
+    def act_checkpoint_bytes(self, s: int, b: int, t: int, c: int, sequence_parallel: bool = True) -> float:
+        """A fully recomputed block keeps only its input (2sbh; split over t with sequence parallelism)."""
+        return BYTES * s / c * b * self.hidden / (t if sequence_parallel else 1)
+
+    # --- memory-bound kernels: bytes through HBM per micro-batch on one GPU --------
+    def memory_bound_bytes(self, s: int, b: int, t: int, c: int, attention: str,
+                           sequence_parallel: bool = True) -> float:
+        """Forward HBM bytes of one block's memory-bound kernels (backward: BWD_BYTES_RATIO of it).
+
+        Per token, bf16: two norms (read x, write y: 4 bytes per element of h), two residual adds with
+        their bias and dropout (read two, write one, a 1-byte mask with dropout: 6-7 bytes), all split
+        over the tensor-parallel group only with sequence parallelism (Korthikanti et al. 2022 sec.
+        4.2.2; without it every rank does all of them); the MLP's activation (GeLU: read and write
+        ffn; SwiGLU: read two, write one), split over t. An eager attention also runs the fused
+        scale-mask-softmax (read, write) and dropout (read, write, mask) over its a/t x s x s scores;
+        a fused kernel keeps them on chip.
+        """
+        h, a, f = self.hidden, self.heads, self.ffn
+        sl = s / c
+        sb = sl * b
+        drop = 1 if self.dropout else 0
+        hidden = sb * h * (2 * 2 * BYTES + 2 * (3 * BYTES + drop)) / (t if sequence_parallel else 1)
+        act = sb * f * BYTES * (3 if self.swiglu else 2) / t
+        score = self.heads / t * sl * s * b * (2 * BYTES + (2 * BYTES + 1) * drop) if attention == "eager" else 0.0
+        del a
+        return hidden + act + score
+
+    def logits_memory_bytes(self, s: int, b: int, t: int, c: int) -> float:
+        """HBM bytes of the cross-entropy over the vocabulary-parallel logits, forward and backward:
+        the cast to fp32 (read 2, write 4), max and sum of exponentials (read 4 twice, write 4), the
+        gradient (read 4, write 2): 24 bytes per logit (Megatron's vocab-parallel cross-entropy)."""
+        return 24.0 * s / c * b * self.vocab / t
 
     def logits_bytes(self, s: int, b: int, t: int, c: int) -> float:
         """fp32 logits for the cross-entropy on the last stage (vocab split over t)."""

@@ -213,7 +213,7 @@ def test_zero3_exposure_depends_on_the_compute_that_hides_it():
         parts = r.evaluation.parts
         share = parts["zero3_comm"] / r.evaluation.step_time
         # covered traffic costs only ZERO3_OVERLAP_EXPOSED of itself; uncovered traffic all of it
-        assert (share < 0.3) if n == 384 else (share > 0.5), (n, share)
+        assert (share < 0.4) if n == 384 else (share > 0.5), (n, share)
     assert tflops[1536] < 0.5 * tflops[384]
     # with links fast enough nothing is exposed but each pass's first gather
     fast = Cluster(nodes=48, gpus_per_node=8, memory_gb=80, peak_flops=312e12, sustained=0.69, hbm_bw=2e12,
