@@ -1,0 +1,18 @@
+"""The test folders have no __init__.py, so pytest imports each test file by its basename:
+two files of one name in tests/unit and tests/integration (or tests/bench) stop the whole
+collection with "import file mismatch". Caught here, one file at a time, with both paths."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent
+
+
+def test_no_two_test_files_share_a_basename():
+    seen: dict[str, list[str]] = defaultdict(list)
+    for p in TESTS.rglob("test_*.py"):
+        seen[p.name].append(str(p.relative_to(TESTS)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"test files sharing a basename (rename one): {clashes}"
