@@ -5,7 +5,7 @@ torch defaults to one thread per core of the machine. On a shared login node or 
 compute node split between jobs that oversubscribes the CPUs the job was given, and
 a decode step or a training step, chains of small matmuls, then waits on descheduled
 threads (decode on the tiny model fell from 143 to 2.8 tokens/s on a loaded node;
-tests/bench/test_thread_policy.py). The count, first match:
+tests/bench/test_bench_thread_policy.py). The count, first match:
 
 1. the config's `threads` (serve config `threads`, training config `training.threads`);
 2. `OMP_NUM_THREADS`, when set (the user's or the launcher's explicit choice; torchrun
