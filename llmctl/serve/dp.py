@@ -99,6 +99,7 @@ class Router:
         self.reports = {r: {"running": 0, "waiting": 0, "stats": {}, "kv_used": 0.0} for r in self.workers}
         self.last_heard = {r: time.monotonic() for r in self.workers}
         self.last_check = 0.0
+        self.peer_lost_at = 0.0  # when this rank first saw the launcher's report of a lost peer
         self.where: dict[int, int] = {}          # seq_id -> rank serving it
         self.remote: dict[int, tuple] = {}       # seq_id -> (seq, loop, q) on a worker
         self.pending: dict[int, tuple] = {}      # seq_id -> listener, until submit picks a rank
@@ -272,8 +273,19 @@ class Router:
         if dead:
             self._lose(dead, "MPI rank lost: " + ", ".join(
                 f"rank {r} (pid {self.ranks[r][1]}) is gone" for r in dead))
-        elif rankloss.PEER_LOST.is_set():  # on another host: the launcher said so
-            self._lose(sorted(self.alive), "MPI rank lost: the MPI launcher reports that a rank died")
+        elif rankloss.PEER_LOST.is_set():  # on another host: the launcher said so, naming none
+            # A live replica reports every REPORT_EVERY_S: the lost one is the one gone quiet.
+            # Give them a few report periods to tell; then name what can be known.
+            now = time.monotonic()
+            self.peer_lost_at = self.peer_lost_at or now
+            quiet = [r for r in self.alive if now - self.last_heard[r] > 3 * REPORT_EVERY_S]
+            if quiet:
+                self._lose(sorted(quiet), "MPI rank lost: " + ", ".join(
+                    f"rank {r} on {self.ranks[r][0]} (pid {self.ranks[r][1]}) stopped reporting after the "
+                    "MPI launcher reported a dead rank" for r in sorted(quiet)))
+            elif now - self.peer_lost_at > 4 * REPORT_EVERY_S:
+                self._lose(sorted(self.alive), "MPI rank lost: " + rankloss.remote_loss(
+                    self.ranks, self.host, self.alive))
 
     def _check_raise(self) -> None:
         self._check()

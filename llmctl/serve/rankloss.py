@@ -152,6 +152,21 @@ def pid_gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
 
 
+def remote_loss(ranks, host: str, candidates) -> str:
+    """What to say when the launcher reports a lost rank (hydra's SIGUSR1, which names
+    none) and every rank on this host is still running: the lost one is among the
+    `candidates` on other hosts. With one such rank (one per node) that names it exactly;
+    with several, it names them and their hosts, never more than can be known."""
+    remote = [r for r in sorted(candidates) if ranks[r][0] != host]
+    if len(remote) == 1:
+        r = remote[0]
+        return (f"rank {r} on {ranks[r][0]} (pid {ranks[r][1]}) is lost: the MPI launcher reports "
+                f"that a rank died, and every rank on {host} is running")
+    hosts = sorted({ranks[r][0] for r in remote})
+    return (f"one of ranks {', '.join(map(str, remote))} on {', '.join(hosts)} is lost: the MPI launcher "
+            f"reports that a rank died, and every rank on {host} is running")
+
+
 def watch_local_pids(ranks) -> None:
     """Tell the output guard which peers share this host ([(host, pid)] by rank)."""
     if _GUARD is not None:

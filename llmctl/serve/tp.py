@@ -23,7 +23,7 @@ import time
 
 from llmctl.errors import LlmctlError
 from llmctl.serve.allreduce import AllReduce
-from llmctl.serve.rankloss import (PEER_LOST, Incoming, RankLost, await_leader, pid_gone, wait,
+from llmctl.serve.rankloss import (PEER_LOST, Incoming, RankLost, await_leader, pid_gone, remote_loss, wait,
                                    watch_local_pids)
 
 PING_EVERY_S = 1.0
@@ -100,8 +100,8 @@ class Leader:
         for r, (host, pid) in enumerate(self.ranks):
             if r and host == self.host and pid_gone(pid):
                 raise RankLost(f"rank {r} (pid {pid}) is gone")
-        if PEER_LOST.is_set():  # on another host: the launcher said so (SIGUSR1)
-            raise RankLost("the MPI launcher reports that a rank died")
+        if PEER_LOST.is_set():  # on another host: the launcher said so (SIGUSR1, naming none)
+            raise RankLost(remote_loss(self.ranks, self.host, self.workers))
 
     def _send_all(self, msg) -> None:
         if self.error:
