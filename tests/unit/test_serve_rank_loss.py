@@ -126,3 +126,13 @@ def test_waits_spin_only_when_the_nodes_ranks_fit_its_cpus(monkeypatch):
         with pytest.raises(LlmctlError) as e:
             rankloss.set_spin(1)
         assert "LLMCTL_MPI_SPIN_US" in str(e.value)
+
+
+def test_a_rank_lost_on_another_host_is_named_as_far_as_can_be_known():
+    from llmctl.serve.rankloss import remote_loss
+
+    ranks = [("node1", 10), ("node2", 20)]
+    assert remote_loss(ranks, "node1", [1]).startswith("rank 1 on node2 (pid 20) is lost")
+    ranks = [("node1", 10), ("node1", 11), ("node2", 20), ("node3", 30)]
+    msg = remote_loss(ranks, "node1", [1, 2, 3])  # rank 1 is on this host, and running
+    assert msg.startswith("one of ranks 2, 3 on node2, node3 is lost") and "every rank on node1" in msg
