@@ -59,14 +59,21 @@ def group() -> None:
 @click.option("--tp-comm-overlap/--no-tp-comm-overlap", default=False, show_default=True,
               help="The run overlaps tensor-parallel collectives with the GEMMs (Megatron-Core "
                    "--tp-comm-overlap, Transformer Engine); off as in Megatron-LM's default and llmctl's trainer.")
-@click.option("--dp-comm-overlap/--no-dp-comm-overlap", default=True, show_default=True,
+@click.option("--dp-comm-overlap/--no-dp-comm-overlap", default=None,
               help="The run reduces gradients beside the last micro-batch's backward (PyTorch DDP/FSDP, llmctl's "
-                   "trainer, Megatron-Core --overlap-grad-reduce); off: after it (Megatron-LM's local DDP of 2021, "
-                   "DeepSpeed's pipeline engine).")
+                   "trainer, Megatron-Core --overlap-grad-reduce); off: after it (Megatron-LM's local DDP of 2021). "
+                   "Default: the engine's way: beside it, except under --engine deepspeed (its ZeRO-1/2 "
+                   "overlap_comm is off by default, and its pipeline engine reduces after the flush whatever "
+                   "is asked).")
 @click.option("--sequence-parallel/--no-sequence-parallel", default=True, show_default=True,
               help="Norms, dropout and residual adds split over the tensor-parallel group (Megatron "
                    "--sequence-parallel, llmctl's trainer with tp > 1); off: whole on every TP rank, in time "
                    "and activation memory.")
+@click.option("--engine", type=click.Choice(["megatron", "deepspeed", "fsdp"]), default="megatron", show_default=True,
+              help="The framework that runs the layout, where it changes a mechanism: megatron (Megatron-LM/Core and "
+                   "llmctl's trainer: batched pipeline sends, interleaving; ZeRO-3 as FSDP), deepspeed (its pipeline "
+                   "engine: 1F1B only, blocking sends one after another; its ZeRO buckets and ZeRO-3) or fsdp "
+                   "(PyTorch FSDP: one gather per block, prefetched on its own stream).")
 @click.option("--top", type=click.IntRange(min=0), default=3, show_default=True, help="Alternatives to keep.")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds the solver may take.")
@@ -78,7 +85,7 @@ def group() -> None:
 def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_batch, train_path, target_flops,
             max_memory_gb, max_comm_bw_gbps, peak_tflops, strategy, tp, pp, dp, cp, vpp, micro_batch,
             zero_stage, recompute, tp_across_nodes, precision, attention, tp_comm_overlap, dp_comm_overlap,
-            sequence_parallel, top, time_limit, out,
+            sequence_parallel, engine, top, time_limit, out,
             explain_error, as_json) -> None:
     """Solve the parallelism plan as an integer linear program."""
     from llmctl.plan.api import Request, compute_plan
@@ -92,7 +99,7 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
                   max_memory_gb=max_memory_gb, max_comm_bw_gbps=max_comm_bw_gbps, peak_tflops=peak_tflops,
                   strategy=strategy, fixed=fixed, top=top, time_limit=time_limit, train=train_path,
                   attention=attention, precision=precision, tp_overlap=tp_comm_overlap,
-                  dp_overlap=dp_comm_overlap, sequence_parallel=sequence_parallel)
+                  dp_overlap=dp_comm_overlap, sequence_parallel=sequence_parallel, engine=engine)
     plan, outcome = compute_plan(req)
     sens = None
     if explain_error:

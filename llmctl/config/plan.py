@@ -120,6 +120,8 @@ class PlanInputs(StrictModel):
     """Whether the time model reduced gradients beside the last micro-batch's backward (DDP/FSDP) or after it."""
     sequence_parallel: bool = True
     """Whether norms, dropout and residual adds were split over the tensor-parallel group (time and memory)."""
+    engine: Literal["megatron", "deepspeed", "fsdp"] = "megatron"
+    """The framework whose mechanisms the time model costed: megatron (Megatron-LM/Core, llmctl's trainer), deepspeed (PipelineEngine, DeepSpeed ZeRO) or fsdp (PyTorch FSDP)."""
 
 
 class Alternative(StrictModel):

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
 from llmctl.plan.cluster import Cluster
-from llmctl.plan.cost import Config, Workload
+from llmctl.plan.cost import Config, Workload, dp_overlapped
 from llmctl.plan.search import Fixed, Result, SearchOutcome, search
 
 GB = 1e9
@@ -39,8 +39,10 @@ class Request:
     attention: str = "flash"  # the attention kernel the run uses: flash (fused, SDPA) or eager
     precision: str = "bf16"  # bf16, or fp8 (Transformer Engine: linear layers' GEMMs in FP8)
     tp_overlap: bool = False  # TP collectives overlapped with GEMMs (Megatron-Core --tp-comm-overlap); default off
-    dp_overlap: bool = True  # gradient reduction beside the last backward (DDP/FSDP); off: after it
+    dp_overlap: Optional[bool] = None  # gradient reduction beside the last backward (DDP/FSDP); off: after
+    # it; None: the engine's default (cost.dp_overlapped)
     sequence_parallel: bool = True  # norms/dropout/residuals split over the TP group
+    engine: str = "megatron"  # the framework whose mechanisms are costed (cost.ENGINES)
 
 
 def _sha(path: Optional[str]) -> Optional[str]:
@@ -81,7 +83,8 @@ def load_inputs(req: Request):
                           hint="FP8 training (Transformer Engine) needs Hopper, Ada or Blackwell GPUs; "
                                "use --precision bf16")
     return model, cl, Workload(LayerShape.of(model), seq, gb, req.attention, req.precision, req.tp_overlap,
-                               dp_overlap=req.dp_overlap, sequence_parallel=req.sequence_parallel)
+                               dp_overlap=req.dp_overlap, sequence_parallel=req.sequence_parallel,
+                               engine=req.engine)
 
 
 def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:
@@ -104,6 +107,10 @@ def check_fixed(fx: Fixed, cl: Cluster, w: Workload, strategy: str) -> None:
     if fx.pp and fx.pp > sh.layers:
         raise LlmctlError(f"--pp {fx.pp} exceeds the model's {sh.layers} layers")
     if fx.vpp and fx.vpp > 1:
+        if w.engine == "deepspeed":
+            raise LlmctlError(f"--vpp {fx.vpp}: DeepSpeed's pipeline engine runs 1F1B without interleaving "
+                              f"(its TrainSchedule); --engine deepspeed takes --vpp 1 only",
+                              hint="use --vpp 1, or --engine megatron for the interleaved schedule")
         if fx.pp == 1:
             raise LlmctlError(f"--vpp {fx.vpp} needs a pipeline (--pp > 1): virtual stages interleave pipeline ranks")
         if fx.pp and fx.pp * fx.vpp > sh.layers:
@@ -151,6 +158,10 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
             else:
                 fx.dp = rest or None
     check_fixed(fx, cl, w, req.strategy)
+    if req.dp_overlap and w.engine == "deepspeed" and (fx.pp or 1) > 1:
+        raise LlmctlError(f"--dp-comm-overlap with --engine deepspeed --pp {fx.pp}: DeepSpeed's pipeline engine "
+                          f"reduces gradients after the pipeline's flush (its TrainSchedule's ReduceGrads)",
+                          hint="drop --dp-comm-overlap, or plan with --engine megatron")
     outcome = search(w, cl, fx, top=req.top, time_limit=req.time_limit)
     if not outcome.plans:
         explain(w, cl, fx, outcome)  # raises with the binding constraint and the smallest fix
@@ -159,7 +170,9 @@ def compute_plan(req: Request) -> tuple[Any, SearchOutcome]:
                                                         if req.train else {}), nodes=cl.nodes, gpus_per_node=cl.gpus_per_node,
                   seq_len=w.seq_len, global_batch=w.global_batch, memory_gb=cl.memory_gb, strategy=req.strategy,
                   attention=w.attention, precision=w.precision, tp_overlap=w.tp_overlap,
-                  dp_overlap=w.dp_overlap, sequence_parallel=w.sequence_parallel, device=cl.device)
+                  dp_overlap=dp_overlapped(w, outcome.plans[0].cfg.pp), sequence_parallel=w.sequence_parallel,
+                  engine=w.engine,
+                  device=cl.device)
     best, *alts = outcome.plans
     data = {
         "inputs": inputs,

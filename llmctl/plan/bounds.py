@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 
 from llmctl.plan.cluster import Cluster
-from llmctl.plan.cost import Config, Workload, coefficients, dp_time
+from llmctl.plan.cost import Config, Workload, coefficients, dp_collectives, dp_overlapped, dp_time
 
 GB = 1e9
 
@@ -156,7 +156,8 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
         bpp = _bpp(z, dp)
         # the least exposure any schedule of this T gets (all hidden but DP_EXPOSED): a lower bound;
         # ZeRO-3's gathers are in zero3_gather
-        per, const = dp_time(cl, tp, cp, dp, z, 0, hide=math.inf, params=1.0, overlap=w.dp_overlap)
+        per, const = dp_time(cl, tp, cp, dp, z, 0, hide=math.inf, params=1.0, overlap=dp_overlapped(w, pp),
+                             collectives=dp_collectives(w, tp, pp, dp))
         t_opt = 28.0 / (dp if z >= 1 else 1) / cl.hbm_bw
         tb.zeros.append(ZeroBound(zero=z, bytes_per_param=bpp, time=(per + t_opt) * p_max + const,
                                   static_u=bpp * p_avg / GB, static_w=bpp * min_w / GB))

@@ -74,8 +74,10 @@ class Cluster:
     """Intra-node bandwidth per device, bytes/s one direction."""
     inter_bw: float
     """Inter-node bandwidth per device (node NIC bandwidth / devices per node), bytes/s."""
-    latency_s: float = 5e-6
-    """Per-hop latency of a collective step (NCCL ring step, order of microseconds)."""
+    latency_s: float = 6e-6
+    """Per-step latency of a ring collective: NCCL's own tuning model (src/graph/tuning.cc, hwLat for the
+    ring with the Simple protocol large messages use) charges 5.7 us per NVLink step and 6.6 us per
+    network step (not fitted: the fit set hardly constrains it; docs/planner.md)."""
     gpu_name: str = "GPU"
     fp8_flops: float = 0.0
     device: str = "gpu"

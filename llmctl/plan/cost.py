@@ -14,6 +14,7 @@ which for equal stages is (m + (p-1)/v) * tau: the bubble (p-1)/(v*m).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -29,13 +30,13 @@ OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixe
 # --overlap-grad-reduce): with gradient accumulation it can only start in the last micro-batch's backward,
 # so what exceeds that backward is exposed, and what it covers still costs DP_EXPOSED of itself (calibrated).
 # Without overlap (Megatron-LM 2021's local DDP, DeepSpeed's pipeline engine: after the last backward) all of it.
-DP_EXPOSED = 0.08
+DP_EXPOSED = 0.075
 TP_EXPOSED = 1.0  # tensor-parallel collectives without overlap sit on the critical path
 # With overlap (Megatron-Core --tp-comm-overlap, Transformer Engine userbuffers: the all-gathers and
 # reduce-scatters of sequence parallelism split into chunks pipelined with the GEMMs they feed), a
 # collective costs TP_OVERLAP_EXPOSED of itself (the SMs and HBM its kernels take from the GEMMs,
 # the first and last chunk), and all of what exceeds the linear layers' GEMM time (calibrated).
-TP_OVERLAP_EXPOSED = 0.49
+TP_OVERLAP_EXPOSED = 0.47
 # ZeRO-3's parameter gathers and gradient reduce-scatters run on their own stream beside the
 # compute; what compute covers still costs this fraction of itself (NCCL's SMs and HBM traffic
 # slow the GEMMs beside it; calibrated on the 175B ZeRO-3 rows of Narayanan et al. 2021 Table 2)
@@ -46,13 +47,24 @@ CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention block
 # partial (the solver's own option: full recomputation of only some blocks per stage, at
 # least one and not all of them, recompute_layers_per_stage says how many)
 RECOMPUTE_MODES = ("none", "selective", "full", "partial")
-GEMM_HALF_WIDTH = 690.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+GEMM_HALF_WIDTH = 718.0  # model width at which GEMMs reach half the sustained rate (calibrated)
 # Memory-bound kernels (norms, residual adds, activations, an eager attention's softmax): bytes through
 # HBM at this fraction of its datasheet rate (what a streaming kernel reaches on A100/H100, ~80%);
 # their backward moves about 1.5x the forward's bytes (the saved input and the incoming gradient read,
 # the input gradient written: a norm's 6 bytes against 4, a softmax's 6 against 4).
-HBM_EFFICIENCY = 0.82
+HBM_EFFICIENCY = 0.84
 BWD_BYTES_RATIO = 1.5
+# The framework that runs the layout, where it changes a mechanism (docs/planner.md, "Engines"):
+# megatron: Megatron-LM / Megatron-Core (and llmctl's trainer): 1F1B or interleaved pipeline whose
+#   send and receive of a micro-batch go out together (batched isend/irecv); ZeRO-3 as PyTorch FSDP.
+# deepspeed: DeepSpeed's PipelineEngine (1F1B only; each send and receive its own blocking
+#   instruction, TrainSchedule) and DeepSpeed's ZeRO (gradients in reduce_bucket_size buckets;
+#   ZeRO-3 gathers costed as its fit rows of 2021 show).
+# fsdp: PyTorch FSDP (one flat buffer per wrapped block, its all-gathers on their own stream with
+#   backward prefetch; Zhao et al. 2023): exposed = max(0, comm - compute) per block.
+ENGINES = ("megatron", "deepspeed", "fsdp")
+DS_REDUCE_BUCKET = 5e8  # DeepSpeed zero_optimization.reduce_bucket_size default (elements)
+MCORE_BUCKET = 4e7  # Megatron-Core DDP bucket: max(40M, 1M x dp) parameters (--overlap-grad-reduce)
 
 
 @dataclass(frozen=True)
@@ -78,10 +90,11 @@ class Workload:
     precision: str = "bf16"  # "fp8": the linear layers' GEMMs in FP8 through Transformer Engine
     tp_overlap: bool = False  # TP collectives overlapped with the GEMMs (Megatron-Core --tp-comm-overlap); off
     # by default, as in Megatron-LM and in llmctl's trainer
-    dp_overlap: bool = True  # gradient reduction overlapped with the backward (DDP/FSDP, as llmctl's trainer);
-    # False: reduced after it (Megatron-LM 2021's local DDP, DeepSpeed's pipeline engine)
+    dp_overlap: Optional[bool] = None  # gradient reduction overlapped with the backward (DDP/FSDP, as llmctl's
+    # trainer); False: reduced after it (Megatron-LM 2021's local DDP); None: the engine's default (dp_overlapped)
     sequence_parallel: bool = True  # norms, dropout and residuals split over the TP group (Megatron
     # --sequence-parallel, llmctl's trainer with tp > 1); False: whole on every TP rank (Megatron-LM 2021)
+    engine: str = "megatron"  # the framework's mechanisms (ENGINES)
 
 
 @dataclass
@@ -186,9 +199,14 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     rec_layer = t_rec_block if cfg.recompute == "full" else 0.0
     t_layer += rec_layer
     t_recompute = t_rec_block if cfg.recompute == "partial" else 0.0
-    # pipeline: each rank sends an activation forward and a gradient backward per chunk
+    # pipeline: each rank sends an activation forward and a gradient backward per chunk (1/t of it:
+    # Megatron's scatter/gather, DeepSpeed's partitioned pipe buffers). Megatron posts a micro-batch's
+    # send and receive together, so two transfers per micro-batch lie on the critical path; DeepSpeed's
+    # TrainSchedule issues each send and receive as its own blocking instruction, one after the
+    # other, so four do (a discrete-event simulation of both schedules gives (m+p-1)·2c resp. ·4c)
     bw_pp = comm.group_bw(t * c * d, p, g, cl.intra_bw, cl.inter_bw, collective=False)
-    p2p = 2 * v * comm.p2p(act_msg / t, bw_pp, lat) if p > 1 else 0.0
+    xfers = 4 if w.engine == "deepspeed" else 2
+    p2p = xfers * v * comm.p2p(act_msg / t, bw_pp, lat) if p > 1 else 0.0
     head = 3 * sh.head_flops(s) * b / (t * c) / rate + sh.logits_memory_bytes(s, b, t, c) / hbm
     t_rank = [p2p] * p
     t_rank[-1] += head
@@ -222,8 +240,10 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
         a_rank = [x + sh.act_bytes(s, b, t, c, True, w.attention, sp) for x in a_rank]
     # the backward of one micro-batch over a rank's share of the blocks hides the gradient reduction
     hide = (2 * fwd + (fwd if cfg.recompute == "full" else 0.0)) * sh.layers / p
-    t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m, hide=hide if w.dp_overlap else 0.0,
-                           params=sh.params_total / (t * p), overlap=w.dp_overlap)
+    overlap = dp_overlapped(w, p)
+    t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m, hide=hide if overlap else 0.0,
+                           params=sh.params_total / (t * p), overlap=overlap,
+                           collectives=dp_collectives(w, t, p, d))
     # Adam step is memory-bound: read/write fp32 master, m, v and the bf16 weight and gradient
     t_opt = 28.0 / (d if z >= 1 else 1) / cl.hbm_bw
     usable = max(0.0, (cl.memory_gb - OVERHEAD_GB) * GB / FRAGMENTATION)
@@ -236,8 +256,33 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                                     "p2p": p2p, "head": head}, layer_static_bytes=static_layer)
 
 
+def dp_overlapped(w: Workload, p: int) -> bool:
+    """Whether the gradient reduction (ZeRO <= 2) runs beside the backward. DeepSpeed's pipeline engine
+    reduces after the pipeline's flush (its TrainSchedule's ReduceGrads), whatever is asked; its ZeRO-1/2
+    overlap only with zero_optimization.overlap_comm, off by default below stage 3 (DeepSpeedZeroConfig).
+    Otherwise as the workload says, by default beside it (PyTorch DDP/FSDP, Megatron-Core)."""
+    if w.engine == "deepspeed":
+        return bool(w.dp_overlap) and p == 1
+    return w.dp_overlap is not False
+
+
+def dp_collectives(w: Workload, t: int, p: int, d: int) -> int:
+    """Collectives one gradient reduction of a rank takes: each pays a ring's latency.
+
+    DeepSpeed's ZeRO-1/2 reduce buckets of reduce_bucket_size elements; Megatron one contiguous
+    buffer, or with the reduction overlapped Megatron-Core's buckets of max(40M, 1M x dp) parameters;
+    FSDP one reduce-scatter per wrapped block and one for the root.
+    """
+    params = w.shape.params_total / (t * p)
+    if w.engine == "fsdp":
+        return -(-w.shape.layers // p) + 1
+    if w.engine == "deepspeed":
+        return max(1, math.ceil(params / DS_REDUCE_BUCKET))
+    return max(1, math.ceil(params / max(MCORE_BUCKET, 1e6 * d))) if dp_overlapped(w, p) else 1
+
+
 def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int, hide: float = 0.0, params: float = 0.0,
-            overlap: bool = True) -> tuple[float, float]:
+            overlap: bool = True, collectives: int = 1) -> tuple[float, float]:
     """Exposed data-parallel seconds per parameter on the GPU, and the latency constant.
 
     Gradients are all-reduced once per step (ZeRO-1/2: reduce-scatter + all-gather,
@@ -254,7 +299,7 @@ def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int, hide: float = 0
         return 0.0, 0.0
     bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw)
     per = BYTES * comm.all_reduce(1, d, bw, 0)
-    const = 2 * (d - 1) * cl.latency_s
+    const = collectives * 2 * (d - 1) * cl.latency_s
     if not overlap:
         return per, const
     total = per * params + const
@@ -284,17 +329,22 @@ def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: f
     if cfg.zero < 3 or d <= 1:
         return 0.0, [0.0] * p
     sh = w.shape
-    # across nodes at one NIC's rate per GPU, not the k NICs of a ring through the node: what
-    # DeepSpeed's ZeRO-3 of 2021 reached (Narayanan et al. 2021 Table 2; docs/planner.md)
-    bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw, collective=False)
+    ds = w.engine == "deepspeed"
+    # DeepSpeed's ZeRO-3 (2021): across nodes at one NIC's rate per GPU, not the k NICs of a ring
+    # through the node, and covered traffic still costs e of itself: what its fit rows show
+    # (Narayanan et al. 2021 Table 2). FSDP gathers one flat buffer per block with one NCCL
+    # all-gather (all_gather_into_tensor) on its own stream, prefetching the next block's (Zhao
+    # et al. 2023 sec. 3.2-3.3): a ring through every NIC of the node, and what compute covers is
+    # hidden (docs/planner.md, "Engines")
+    bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw, collective=not ds)
     lat = cl.latency_s
+    e = ZERO3_OVERLAP_EXPOSED if ds else 0.0
 
     def ag(params: float) -> float:
         return comm.all_gather(BYTES * params / t, d, bw, lat)
 
     def exposed(params: float, f: float, b: float) -> float:
         g = ag(params)
-        e = ZERO3_OVERLAP_EXPOSED
         return max(e * g, g - f) + max(2 * e * g, 2 * g - b) if params else 0.0  # RS moves what AG moves
 
     bwd = (3 if cfg.recompute == "full" else 2) * fwd

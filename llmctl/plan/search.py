@@ -123,10 +123,11 @@ def schedules(w: Workload, fx: Fixed, p: int, d: int) -> list[tuple[int, int, st
     micro-batches (with m < p the bubble is simply larger); only the interleaved
     schedule (vpp > 1) needs m to be a multiple of p (Narayanan et al. 2021 sec. 2.2;
     Megatron checks it). The free choice tries vpp up to MAX_VPP; a pinned vpp is
-    honoured up to the model's depth (pp * vpp <= layers).
+    honoured up to the model's depth (pp * vpp <= layers). DeepSpeed's pipeline engine has
+    no interleaved schedule: vpp = 1 only.
     """
     per_dp = w.global_batch // d
-    top = fx.vpp if fx.vpp else MAX_VPP
+    top = 1 if w.engine == "deepspeed" else fx.vpp if fx.vpp else MAX_VPP
     vs = [v for v in range(1, top + 1) if (v == 1 or p > 1) and p * v <= w.shape.layers]
     mbs = [b for b in divisors(per_dp) if b <= MAX_MICRO_BATCH or b == fx.mb]
     modes = free_recompute_modes(w) if fx.recompute is None else [fx.recompute]

@@ -40,6 +40,8 @@ def best(w, cl, fixed=None, max_vpp=4, max_mb=16, min_cp_tokens=4096):
                                                   RECOMPUTE_MODES):
             if (v > 1 and pp == 1) or pp * v > sh.layers or (dp == 1 and zero and "zero" not in pins):
                 continue
+            if v > 1 and w.engine == "deepspeed":  # DeepSpeed's pipeline engine does not interleave
+                continue
             chosen = dict(tp=tp, cp=cp, pp=pp, dp=dp, vpp=v, mb=mb, zero=zero, recompute=rec)
             if any(chosen[k] != x for k, x in pins.items()):
                 continue

@@ -47,8 +47,9 @@ def cases(draw, max_layers=8):
                  intra_bw=draw(st.sampled_from([2e9, 2e10, 3e11])), inter_bw=draw(st.sampled_from([1e8, 1e9, 2.5e10])),
                  fp8_flops=2e14)
     return Workload(sh, seq, batch, draw(st.sampled_from(["flash", "eager"])),
-                    draw(st.sampled_from(["bf16", "bf16", "fp8"])), dp_overlap=draw(st.booleans()),
-                    sequence_parallel=draw(st.booleans())), cl
+                    draw(st.sampled_from(["bf16", "bf16", "fp8"])), dp_overlap=draw(st.sampled_from([None, True, False])),
+                    sequence_parallel=draw(st.booleans()),
+                    engine=draw(st.sampled_from(["megatron", "megatron", "deepspeed", "fsdp"]))), cl
 
 
 def _check(w, cl, fx):

@@ -78,7 +78,7 @@ def runs() -> list[dict]:
                             # Megatron-LM 2021: no sequence parallelism, gradients all-reduced after the
                             # backward (local DDP); Megatron-Core 2024: both (--tp-comm-overlap needs
                             # --sequence-parallel; --overlap-grad-reduce)
-                            sp=not nar, dp_overlap=not nar, net=None,
+                            sp=not nar, dp_overlap=not nar, net=None, engine="megatron",
                             published=float(r["achieved_tflops_per_gpu"])))
     for r in csv.DictReader((DATA / "korthikanti2022.csv").open()):
         pub_sel = float(r["mfu_percent"]) / 100 * 312
@@ -93,7 +93,7 @@ def runs() -> list[dict]:
                             attention="eager", metric="model", tp_overlap=False, published=pub,
                             # the paper's sequence parallelism comes with selective recomputation; its
                             # full-recomputation baseline is Megatron without it (dp 1: no gradient reduction)
-                            sp=mode == "selective", dp_overlap=True, net=None))
+                            sp=mode == "selective", dp_overlap=True, net=None, engine="megatron"))
     for r in csv.DictReader((DATA / "published_runs.csv").open()):
         heads = int(r["heads"])
         fit = any(r["model"].startswith(f) for f in FIT_FAMILIES)
@@ -106,8 +106,10 @@ def runs() -> list[dict]:
                         vpp=_int(r["vpp"]), mb=_int(r["micro_batch"]), gb=int(r["global_batch"]),
                         recompute=r["recompute"] or None, zero=_int(r["zero"]), attention=r["attention"],
                         tp_overlap=r["tp_overlap"] == "1",
-                        sp=r["sequence_parallel"] != "0", dp_overlap=r["dp_overlap"] != "0",
+                        sp=r["sequence_parallel"] != "0",
+                        dp_overlap=None if r["dp_overlap"] == "" else r["dp_overlap"] == "1",
                         net=float(r["net_gbps_per_gpu"]) * 1e9 if r["net_gbps_per_gpu"] else None,
+                        engine=r["engine"],
                         metric=r["metric"], published=float(r["published_tflops"])))
     return out
 
@@ -121,7 +123,7 @@ def cost(run: dict) -> tuple[float, object]:
     model = ModelConfig(**kw)
     cl = _cluster(run["gpu"], run["gpus"], run["net"])
     w = Workload(LayerShape.of(model), run["seq"], run["gb"], run["attention"], tp_overlap=run["tp_overlap"],
-                 dp_overlap=run["dp_overlap"], sequence_parallel=run["sp"])
+                 dp_overlap=run["dp_overlap"], sequence_parallel=run["sp"], engine=run["engine"])
     fx = Fixed(tp=run["tp"], pp=run["pp"], dp=run["dp"], cp=run["cp"], vpp=run["vpp"], mb=run["mb"],
                zero=run["zero"], recompute=run["recompute"])
     out = search(w, cl, fx, top=0, time_limit=60)
