@@ -52,6 +52,8 @@ class ScheduleBound:
     rec_w: tuple[float, float] = (0.0, 0.0)  # R >= a * bytes_per_param + b (full recomputation)
     rec_u: tuple[float, float] = (0.0, 0.0)
     bad_zeros: tuple[int, ...] = ()  # ZeRO stages with which no split fits (per-rank block capacity)
+    dp_coef: tuple[float, float] = (0.0, 0.0)  # exact DP seconds per parameter and constant (ZeRO <= 2)
+    dp_extra: float = 0.0  # seconds this schedule's DP exposure adds to the (T, Z) bound's (ZeRO <= 2)
 
 
 @dataclass
@@ -124,7 +126,7 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
             pipe_avg=pipe_avg, pipe_int=pipe_int,
             per_rec_avg=avg_factor * co.t_recompute, per_rec_int=co.t_recompute / v,
             act_u=(a_min * flight_u + const_u) / GB, act_w=(L * a_min / H + const_w) / GB,
-            static_w_factor=static_w_factor, zero3_gather=0.0)
+            static_w_factor=static_w_factor, zero3_gather=0.0, dp_coef=(co.t_dp_per_param, co.t_dp_const))
         if r == "partial":
             delta = a_keep - co.act_ckpt
             lim = co.mem_limit
@@ -152,6 +154,13 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
     p_max = _p_max(base, L)
     p_avg = (L * base.params_layer + sum(base.params_rank_const)) / pp
     min_w = min(s.static_w_factor for s in tb.schedules)
+    # the (T, Z) rows below count the least DP exposure any schedule gets (all of it hidden but
+    # DP_EXPOSED); how much of the reduction the schedule's last backward leaves exposed is the
+    # same for ZeRO 0-2 and fixed per (T, S) (cost.dp_time), so each schedule adds its excess
+    per0, const0 = dp_time(cl, tp, cp, dp, 0, 0, hide=math.inf, params=1.0, overlap=dp_overlapped(w, pp),
+                           collectives=dp_collectives(w, tp, pp, dp))
+    for sb in tb.schedules:
+        sb.dp_extra = max(0.0, (sb.dp_coef[0] - per0) * p_max + (sb.dp_coef[1] - const0))
     for z in zeros:
         bpp = _bpp(z, dp)
         # the least exposure any schedule of this T gets (all hidden but DP_EXPOSED): a lower bound;
@@ -176,7 +185,7 @@ def _pipe_bounds(co, layers: int, caps: list[int]) -> tuple[float, float, float]
     base = min(tc)
     total = layers * tl + sum(tc)
     theta = integer_tau_bound(layers, p, v, tl, base, tc[-1] - base)
-    theta = max(theta, capped_tau_bound(caps, layers, v, tl, tc))
+    theta = max(theta, capped_tau_bound(caps, layers, v, tl, tc, floor=theta))
     avg = (m + (p - 1) / v) / p * total
     return avg, (m - 1 / v) * theta + total / v, theta
 
@@ -196,24 +205,42 @@ def _capacities(co, layers: int, bpp: float, a_min: float) -> list[int]:
     return out
 
 
-def capped_tau_bound(caps: list[int], layers: int, v: int, t_layer: float, t_const: list[float]) -> float:
+def capped_tau_bound(caps: list[int], layers: int, v: int, t_layer: float, t_const: list[float],
+                     floor: float = 0.0) -> float:
     """min over splits with v <= n_s <= caps[s] of max_s tau_s (inf when none): memory can force
-    blocks off the ranks that hold the most micro-batches, and so an unequal split."""
+    blocks off the ranks that hold the most micro-batches, and so an unequal split.
+
+    `floor`, a lower bound known already: when the ranks hold every block at it, the answer is
+    at most it and only max(floor, answer) is wanted, so it is returned without a search."""
     if any(c < v for c in caps) or sum(caps) < layers or t_layer <= 0:
         return math.inf if (any(c < v for c in caps) or sum(caps) < layers) else 0.0
 
-    def holds(theta: float) -> bool:
-        return sum(min(c, math.floor((theta - k) / t_layer * (1 + 1e-12))) for c, k in zip(caps, t_const)) >= layers
+    # ranks with the same capacity and constant count alike (all but the first and last, mostly)
+    groups: dict[tuple[int, float], int] = {}
+    for c, k in zip(caps, t_const):
+        groups[(c, k)] = groups.get((c, k), 0) + 1
 
-    cands = sorted({n * t_layer + k for k in set(t_const) for n in range(v, layers + 1)})
-    lo, hi = 0, len(cands) - 1
-    while lo < hi:  # the least candidate tau_max at which the ranks can hold every block
-        mid = (lo + hi) // 2
-        if holds(cands[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
-    return cands[lo]
+    def holds(theta: float) -> bool:
+        return sum(n * min(c, math.floor((theta - k) / t_layer * (1 + 1e-12)))
+                   for (c, k), n in groups.items()) >= layers
+
+    if floor > 0 and holds(floor):
+        return floor
+    # the least candidate tau_max = n t_layer + k (k a rank's constant) at which the ranks can hold
+    # every block: holds() rises with n, so a binary search over n for each k, then the least
+    best = math.inf
+    for k in set(t_const):
+        lo, hi = v, layers
+        if not holds(hi * t_layer + k):
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if holds(mid * t_layer + k):
+                hi = mid
+            else:
+                lo = mid + 1
+        best = min(best, lo * t_layer + k)
+    return best
 
 
 def _capacity_fits(co, layers: int, bpp: float, a_min: float) -> bool:

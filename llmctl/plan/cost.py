@@ -237,7 +237,8 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     a_rank = [0.0] * p
     a_rank[-1] += sh.logits_bytes(s, b, t, c)
     if cfg.recompute in ("full", "partial"):  # the block being recomputed holds its full activations
-        a_rank = [x + sh.act_bytes(s, b, t, c, True, w.attention, sp) for x in a_rank]
+        whole = sh.act_bytes(s, b, t, c, True, w.attention, sp)
+        a_rank = [x + whole for x in a_rank]
     # the backward of one micro-batch over a rank's share of the blocks hides the gradient reduction
     hide = (2 * fwd + (fwd if cfg.recompute == "full" else 0.0)) * sh.layers / p
     overlap = dp_overlapped(w, p)

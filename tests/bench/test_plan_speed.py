@@ -27,32 +27,35 @@ LLAMA_405B = dict(name="llama-405b", template="llama", layers=126, hidden=16384,
 H100, A100 = "slurm-h100-pyxis", "slurm-a100-ib"
 
 
-@pytest.mark.parametrize("name,model,nodes,batch,seq,top,site", [
+@pytest.mark.parametrize("name,model,nodes,batch,seq,top,site,engine", [
     # the issue's two targets
-    ("70b-1024", model_fields("llama", "70b"), 128, 1024, 4096, 0, H100),
-    ("405b-16384", LLAMA_405B, 2048, 2048, 8192, 0, H100),
+    ("70b-1024", model_fields("llama", "70b"), 128, 1024, 4096, 0, H100, "megatron"),
+    ("405b-16384", LLAMA_405B, 2048, 2048, 8192, 0, H100, "megatron"),
     # growth with the GPU count (70B, batch = GPUs, at least 512)
-    ("70b-64", model_fields("llama", "70b"), 8, 512, 4096, 0, H100),
-    ("70b-128", model_fields("llama", "70b"), 16, 512, 4096, 0, H100),
-    ("70b-8192", model_fields("llama", "70b"), 1024, 8192, 4096, 0, H100),
+    ("70b-64", model_fields("llama", "70b"), 8, 512, 4096, 0, H100, "megatron"),
+    ("70b-128", model_fields("llama", "70b"), 16, 512, 4096, 0, H100, "megatron"),
+    ("70b-8192", model_fields("llama", "70b"), 1024, 8192, 4096, 0, H100, "megatron"),
     # growth with depth (layers) at 1024 GPUs
-    ("7b-1024", model_fields("llama", "7b"), 128, 1024, 4096, 0, H100),
-    ("405b-1024", LLAMA_405B, 128, 1024, 8192, 0, H100),
+    ("7b-1024", model_fields("llama", "7b"), 128, 1024, 4096, 0, H100, "megatron"),
+    ("405b-1024", LLAMA_405B, 128, 1024, 8192, 0, H100, "megatron"),
     # with the default three alternatives
-    ("70b-1024-top3", model_fields("llama", "70b"), 128, 1024, 4096, 3, H100),
+    ("70b-1024-top3", model_fields("llama", "70b"), 128, 1024, 4096, 3, H100, "megatron"),
     # awkward GPU counts (a factor 3), with the default three alternatives (issue 17)
-    ("gpt175-384-a100-top3", GPT_175B, 48, 1536, 2048, 3, A100),
-    ("gpt175-96-a100-top3", GPT_175B, 12, 1536, 2048, 3, A100),
-    ("gpt175-1536-a100-top3", GPT_175B, 192, 1536, 2048, 3, A100),
-    ("gpt175-768-h100-top3", GPT_175B, 96, 1536, 2048, 3, H100),
-    ("70b-768-h100-top3", model_fields("llama", "70b"), 96, 1536, 4096, 3, H100),
-    ("405b-12288-h100-top3", LLAMA_405B, 1536, 2304, 8192, 3, H100),
+    ("gpt175-384-a100-top3", GPT_175B, 48, 1536, 2048, 3, A100, "megatron"),
+    ("gpt175-96-a100-top3", GPT_175B, 12, 1536, 2048, 3, A100, "megatron"),
+    ("gpt175-1536-a100-top3", GPT_175B, 192, 1536, 2048, 3, A100, "megatron"),
+    ("gpt175-768-h100-top3", GPT_175B, 96, 1536, 2048, 3, H100, "megatron"),
+    ("70b-768-h100-top3", model_fields("llama", "70b"), 96, 1536, 4096, 3, H100, "megatron"),
+    ("405b-12288-h100-top3", LLAMA_405B, 1536, 2304, 8192, 3, H100, "megatron"),
+    # the other engines' mechanisms (issue 17: DeepSpeed's pipeline engine, FSDP's ZeRO-3)
+    ("gpt175-384-a100-deepspeed-top3", GPT_175B, 48, 1536, 2048, 3, A100, "deepspeed"),
+    ("70b-1024-fsdp-top3", model_fields("llama", "70b"), 128, 1024, 4096, 3, H100, "fsdp"),
 ])
-def test_plan_speed(benchmark, tmp_path, name, model, nodes, batch, seq, top, site):
+def test_plan_speed(benchmark, tmp_path, name, model, nodes, batch, seq, top, site, engine):
     mpath = tmp_path / "m.json"
     mpath.write_text(json.dumps(model))
     args = ["plan", "compute", "--model", str(mpath), "--site", site, "--nodes", str(nodes),
-            "--global-batch", str(batch), "--seq-len", str(seq), "--top", str(top), "--json", "--time-limit", "100"]
+            "--global-batch", str(batch), "--seq-len", str(seq), "--top", str(top), "--json", "--time-limit", "100", "--engine", engine]
     result = benchmark.pedantic(run_cli, args=args, kwargs={"timeout": 300}, rounds=1, iterations=1)
     assert result.returncode == 0, result.stderr
     solver = json.loads(result.stdout)["solver"]
