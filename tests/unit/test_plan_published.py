@@ -145,17 +145,42 @@ def test_published_layout_is_costed(run):
         assert abs(got / run["published"] - 1) <= 0.10, (got, run["published"])
 
 
+def family(run: dict) -> str:
+    """The family a run is summarised under: its source (and what the source varies within it)."""
+    n, src = run["name"], run["source"]
+    if "Megatron-Core" in n:
+        return "Megatron-Core 2024 H100 (megatron)"
+    if "Megatron weak" in n:
+        return "Narayanan 2021 Table 1 (megatron)"
+    if "Korthikanti" in src:
+        return "Korthikanti 2022 Table 5 (megatron)"
+    if "PTD-P" in n:
+        return "Narayanan 2021 Table 2 PTD-P (megatron)"
+    if "ZeRO-3" in n:
+        return f"Narayanan 2021 Table 2 ZeRO-3 {n.split()[1]} (deepspeed)"
+    if "MPT" in n:
+        kind = "SHARD_GRAD_OP" if "grad-op" in n else "FULL_SHARD"
+        return f"MosaicML MPT {'H100' if 'H100' in n else 'A100'} {kind} (fsdp)"
+    return f"{' '.join(n.split()[:2 if n.startswith('Llama') else 1])} ({run['engine']})"
+
+
 def table() -> str:
-    lines = ["| set | run | source | layout (tp·pp·dp, recompute) | published | predicted | error |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| set | run | source | engine | layout (tp·pp·dp, recompute) | published | predicted | error |",
+             "|---|---|---|---|---|---|---|---|"]
     errs: dict[str, list[float]] = {"fit": [], "check": []}
+    fams: dict[tuple[str, str], list[float]] = {}
     for r in RUNS:
         got, plan = cost(r)
         err = got / r["published"] - 1
         errs[r["set"]].append(err)
+        fams.setdefault((r["set"], family(r)), []).append(err)
         lay = f"{r['tp']}·{r['pp']}·{r['dp']}, {plan.cfg.recompute if plan else '?'}"
-        lines.append(f"| {r['set']} | {r['name']} | {r['source']} | {lay} | {r['published']:.1f} | {got:.1f} | "
-                     f"{err:+.1%} |")
+        lines.append(f"| {r['set']} | {r['name']} | {r['source']} | {r['engine']} | {lay} | {r['published']:.1f} | "
+                     f"{got:.1f} | {err:+.1%} |")
+    lines += ["", "| set | family | runs | mean abs error | max abs error | signed range |", "|---|---|---|---|---|---|"]
+    for (k, f), e in fams.items():
+        a = [abs(x) for x in e]
+        lines.append(f"| {k} | {f} | {len(e)} | {statistics.mean(a):.1%} | {max(a):.1%} | {min(e):+.1%} … {max(e):+.1%} |")
     lines.append("")
     for k, e in errs.items():
         if e:
