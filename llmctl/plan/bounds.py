@@ -268,3 +268,59 @@ def _p_max(co, layers: int) -> float:
     pr = co.params_rank_const
     return max((layers * co.params_layer + sum(pr)) / p, co.params_layer + max(pr))
 
+
+
+def pipe_floor(co, layers: int) -> float:
+    """A lower bound of T_pipe over every split of the exact layout `co` (ZeRO stage known).
+
+    The master's rows average memory over the ranks, so they bound loosely where memory binds
+    rank by rank. Here rank s, holding n blocks, needs (partial recomputation) at least
+    r >= (n m_keep - room_s) / (m_keep - m_rec) of them recomputed, so its time is at least
+        tau_s(n) = n t_layer + c_s + t_rec max(0, (n m_keep - room_s) / (m_keep - m_rec)),
+    and it can hold at most cap_s blocks (all recomputed, or all kept without partial
+    recomputation). The least tau_max any split reaches, theta, is found by bisection on
+    "every rank's most blocks within theta add up to the model" (rising in theta); the
+    value returned keeps the bisection's lower end, where that fails, so it stays below.
+    Used on the triples the search is about to cost (llmctl.plan.search), not for all.
+    """
+    cfg = co.cfg
+    p, v, m = cfg.pp, cfg.vpp, co.m
+    tl, tr = co.t_layer, co.t_recompute
+    partial = cfg.recompute == "partial"
+    if tl <= 0:
+        return 0.0
+    ranks = []
+    for s in range(p):
+        room = co.mem_limit * (1 + 1e-9) - co.bytes_per_param * co.params_rank_const[s] - co.act_rank_const[s]
+        blk = co.bytes_per_param * co.params_layer + co.layer_static_bytes
+        keep = blk + co.act_mult[s] * co.act_layer
+        rec = blk + co.act_mult[s] * co.act_ckpt if partial else keep
+        cap = min(layers, math.floor(room / rec + 1e-9)) if rec > 0 else layers
+        if cap < v:
+            return math.inf
+        delta = keep - rec if partial else 0.0
+        ranks.append((cap, co.t_rank_const[s], keep, delta, room))
+
+    def holds(theta: float) -> bool:
+        total = 0
+        for cap, c, keep, delta, room in ranks:
+            n = min(cap, math.floor((theta - c) / tl * (1 + 1e-12)))
+            if delta > 0:
+                n = min(n, math.floor((theta - c + tr * room / delta) / (tl + tr * keep / delta) * (1 + 1e-12)))
+            if n < v:
+                return False
+            total += n
+        return total >= layers
+
+    hi = max(r[1] for r in ranks) + layers * (tl + tr) * (1 + 1e-9) + 1e-12
+    if not holds(hi):
+        return math.inf
+    lo = 0.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    rec_min = 1.0 if partial else 0.0  # partial recomputes at least one block
+    return (m - 1 / v) * lo + (layers * tl + sum(co.t_rank_const) + tr * rec_min) / v

@@ -10,7 +10,9 @@ reaches the K-th best exact time found: then no other layout can beat those K
 
 from __future__ import annotations
 
+import heapq
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -20,7 +22,7 @@ from typing import Any, Optional
 
 from llmctl.errors import LlmctlError
 from llmctl.plan.cluster import Cluster
-from llmctl.plan.bounds import TupleBound, tuple_bounds
+from llmctl.plan.bounds import TupleBound, pipe_floor, tuple_bounds
 from llmctl.plan.cost import RECOMPUTE_MODES, Config, Evaluation, Workload, coefficients, evaluate
 from llmctl.resources import data_dir
 
@@ -296,7 +298,13 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
     found: list[Result] = []
     it = 0
     status = "optimal"
-    for bound, i, j, k in ranked:
+    # a heap of (bound, i, j, k, refined): the ranked list is one already. Before a triple is
+    # costed its bound is refined with its exact coefficients (bounds.pipe_floor: memory rank by
+    # rank); if that lifts it above the next triple's, it goes back in the heap instead
+    heap = [(b, i, j, k, False) for b, i, j, k in ranked]
+    refined = 0
+    while heap:
+        bound, i, j, k, done = heap[0]
         if it >= max_iterations:
             break
         if time.perf_counter() - t0 > time_limit:
@@ -305,13 +313,26 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
         # no layout left can beat the `want` best found: its bound is already above the last
         if len(found) >= want and bound >= found[want - 1].evaluation.step_time * (1 - 1e-9):
             break
-        it += 1
+        heapq.heappop(heap)
         tb, sb, zb = bounds[i], bounds[i].schedules[j], bounds[i].zeros[k]
-        res = solve_stages(solver, w, cl, Config(tp=tb.tp, cp=tb.cp, pp=tb.pp, dp=tb.dp, vpp=sb.vpp, mb=sb.mb,
-                                                 zero=zb.zero, recompute=sb.recompute))
+        cfg = Config(tp=tb.tp, cp=tb.cp, pp=tb.pp, dp=tb.dp, vpp=sb.vpp, mb=sb.mb, zero=zb.zero,
+                     recompute=sb.recompute)
+        if not done:
+            refined += 1
+            co = coefficients(w, cl, cfg)
+            # the bound's pipeline part: under ZeRO-3 with the gathers, which the exact blocks include
+            rest = zb.time + (0.0 if zb.zero == 3 else sb.dp_extra)
+            better = rest + max(bound - rest, pipe_floor(co, w.shape.layers))
+            if better > bound * (1 + 1e-12):
+                if math.isfinite(better):
+                    heapq.heappush(heap, (better, i, j, k, True))
+                continue
+        it += 1
+        res = solve_stages(solver, w, cl, cfg)
         if res is not None:
             found.append(res)
             found.sort(key=lambda x: x.evaluation.step_time)
+    stats["refined"] = refined
     stats["iterations"] = it
     return SearchOutcome(found[:want], solver.name, status if found else "infeasible",
                          time.perf_counter() - t0, nvars, ncons, it, bool(ranked), stats)
