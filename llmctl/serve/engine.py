@@ -38,6 +38,16 @@ from typing import Optional
 from llmctl.serve.sequence import SamplingParams, Sequence
 
 
+def paged_attention_for(mode: str, device) -> str:
+    """ServeConfig `paged_attention` as the runner takes it: "auto" on a GPU is gather (the
+    blockwise path's many small ops cost kernel launches there; docs/performance.md); on a
+    CPU it stays "auto", which the runner decides per decode group by context length, as
+    measured (llmctl.serve.runner.BLOCKWISE_FROM)."""
+    if mode != "auto":
+        return mode
+    return "gather" if getattr(device, "type", str(device)).startswith("cuda") else "auto"
+
+
 class EngineFailure(RuntimeError):
     """The engine's state is unknown: fail what it holds and build a new one."""
 
@@ -45,7 +55,8 @@ class EngineFailure(RuntimeError):
 class Engine:
     def __init__(self, model, tokenizer=None, eos_id: Optional[int] = None, scheduler: str = "vllm-like",
                  max_batch_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16,
-                 num_blocks: Optional[int] = None, prefix_caching: bool = True, compile: bool = False):
+                 num_blocks: Optional[int] = None, prefix_caching: bool = True, compile: bool = False,
+                 paged_attention: str = "auto"):
         from llmctl.serve.kvcache import PagedKVCache
         from llmctl.serve.runner import PagedRunner
         from llmctl.serve.scheduling import get_scheduler
@@ -63,7 +74,8 @@ class Engine:
         self.cache = PagedKVCache(cfg.layers, kv_heads, cfg.head_dim, num_blocks, block_size,
                                   dtype=dtype, device=model.tok_emb.weight.device,
                                   prefix_caching=prefix_caching)
-        self.runner = PagedRunner(model, self.cache, compile=compile)
+        self.runner = PagedRunner(model, self.cache, compile=compile,
+                                  attention=paged_attention_for(paged_attention, self.cache.k[0].device))
         self.waiting: collections.deque = collections.deque()
         self.running: list[Sequence] = []
         self.inbox: queue.Queue = queue.Queue()

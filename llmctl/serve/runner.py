@@ -36,10 +36,29 @@ def _post(blk, x, y):
     return x + blk.mlp(blk.norm2(x))
 
 
+ATTENTION = ("gather", "blockwise", "auto")  # decode attention paths (ServeConfig paged_attention)
+# "auto" on a CPU: blockwise for a decode group whose longest context is at least
+# BLOCKWISE_FROM tokens and whose gather copy (keys alone: group size x longest context x
+# kv_heads x head_dim x element bytes) is at least BLOCKWISE_BYTES; gather otherwise.
+# tests/bench/test_bench_paged_attention.py: short contexts, or a small copy, gather faster
+# (SDPA's fused kernel beats the blockwise path's operator calls); every case past both
+# bounds read blockwise faster or even (docs/performance.md).
+BLOCKWISE_FROM = 1024
+BLOCKWISE_BYTES = 16 << 20
+
+
 class PagedRunner:
-    def __init__(self, model, cache, compile: bool = False):
+    def __init__(self, model, cache, compile: bool = False, attention: str = "gather"):
         self.model, self.cache = model, cache
         self.cfg = model.cfg
+        # How decode rows attend (prompt chunks always gather): "gather" copies each decoding
+        # sequence's keys out of the pool into one padded tensor for SDPA; "blockwise" reads
+        # the pool a segment of blocks at a time (llmctl.serve.paged); "auto" picks per decode
+        # group by its context and copy size (BLOCKWISE_FROM, BLOCKWISE_BYTES). The engine resolves ServeConfig's
+        # "auto" by device first (llmctl.serve.engine.paged_attention_for).
+        if attention not in ATTENTION:
+            raise ValueError(f"paged attention {attention!r}: one of {', '.join(ATTENTION)}")
+        self.attention = attention
         # Tensor parallel (llmctl.serve.tp): sums the ranks' partial outputs of the
         # row-parallel layers. None on a single rank.
         self.reduce = None
@@ -57,6 +76,8 @@ class PagedRunner:
     def forward(self, chunks, logits: bool = True):
         import torch
         import torch.nn.functional as F
+
+        from llmctl.serve.paged import paged_decode
 
         m, cache, dev = self.model, self.cache, self.model.tok_emb.weight.device
         toks, pos, slots = [], [], []
@@ -89,7 +110,8 @@ class PagedRunner:
             decode.sort(key=lambda b: chunks[b][0].num_computed)
         cuts = [len(decode) * i // nb for i in range(nb + 1)]
         parts = [decode[cuts[i]:cuts[i + 1]] for i in range(nb)] + [prefill]
-        groups = [self._group([chunks[b] for b in g], [starts[b] for b in g], positions, dev)
+        groups = [self._group([chunks[b] for b in g], [starts[b] for b in g], positions, dev,
+                              paged=g is not prefill and self._blockwise([chunks[b] for b in g]))
                   for g in parts if g]
         if len(groups) == 1:
             groups[0]["flat"] = None  # the whole batch: no gather/scatter
@@ -112,12 +134,20 @@ class PagedRunner:
             for g in groups:
                 qg = q if g["flat"] is None else q[g["flat"]]
                 B, maxq = g["B"], g["maxq"]
+                if "tables" in g:  # decode rows, read from the pool in place
+                    yg = paged_decode(qg, cache.k[li], cache.v[li], g["tables"], g["lens"],
+                                      cache.block_size, a.scale)
+                    if y is None:
+                        y = yg
+                    else:
+                        y[g["flat"]] = yg
+                    continue
                 qp = q.new_zeros(B * maxq, a.heads, a.head_dim)
                 qp[g["rows"]] = qg
                 qp = qp.view(B, maxq, a.heads, a.head_dim).transpose(1, 2)
                 kk = cache.k[li][g["kidx"]].transpose(1, 2).to(q.dtype)
                 vv = cache.v[li][g["kidx"]].transpose(1, 2).to(q.dtype)
-                yg = F.scaled_dot_product_attention(qp, kk, vv, attn_mask=g["mask"],
+                yg = F.scaled_dot_product_attention(qp, kk, vv, attn_mask=g["mask"], scale=a.scale,
                                                     enable_gqa=a.heads != a.kv_heads)
                 yg = yg.transpose(1, 2).reshape(B * maxq, a.heads * a.head_dim)[g["rows"]]
                 if y is None:
@@ -135,6 +165,15 @@ class PagedRunner:
         last = torch.tensor([st + n - 1 for st, (_, n) in zip(starts, chunks)], device=dev)
         xl = x[last]
         return m.head(m.norm(xl)).float()
+
+    def _blockwise(self, decodes) -> bool:
+        """Whether a group of decode chunks attends blockwise."""
+        if self.attention == "auto":
+            k = self.cache.k[0]
+            keys = max(s.num_computed for s, _ in decodes) + 1
+            copy = len(decodes) * keys * k.shape[1] * k.shape[2] * k.element_size()
+            return keys >= BLOCKWISE_FROM and copy >= BLOCKWISE_BYTES
+        return self.attention == "blockwise"
 
     def _prompt_logprobs(self, chunks, x) -> None:
         """Record log P(prompt[p+1] | prompt[:p+1]) and the top alternatives for every
@@ -159,10 +198,11 @@ class PagedRunner:
             for j in range(upto - c):
                 s.prompt_logprobs[c + 1 + j] = (chosen[j], list(zip(top_i[j].tolist(), top_v[j].tolist())))
 
-    def _group(self, chunks, starts, positions, dev) -> dict:
+    def _group(self, chunks, starts, positions, dev, paged: bool = False) -> dict:
         """Padded attention inputs for some of the batch's chunks: `flat` (their rows in
         the flattened batch), `rows` (the same rows in the [B * maxq] padded layout),
-        `kidx` (cache slots of each chunk's keys, padded) and `mask`."""
+        `kidx` (cache slots of each chunk's keys, padded) and `mask`. `paged` (decode rows
+        only, one each): the block tables and key counts instead (`tables`, `lens`)."""
         import torch
 
         B = len(chunks)
@@ -176,11 +216,15 @@ class PagedRunner:
         # Cache slots of every key position from the block tables, in one gather: a
         # Python list of B x maxk slots cost more than the model on small models.
         bs = self.cache.block_size
-        nblk = max(len(s.blocks) for s, _ in chunks)
-        tables = torch.tensor([s.blocks + [0] * (nblk - len(s.blocks)) for s, _ in chunks], device=dev)
+        nblk = -(-maxk // bs)  # blocks that hold keys (a sequence may hold one more, reserved)
+        tables = torch.tensor([s.blocks[:nblk] + [0] * (nblk - len(s.blocks[:nblk])) for s, _ in chunks],
+                              device=dev)
+        flat_t = torch.tensor(flat, device=dev)
+        if paged:
+            return {"flat": flat_t, "tables": tables, "lens": torch.tensor(k_len, device=dev),
+                    "B": B, "maxq": 1}
         j = torch.arange(maxk, device=dev)
         k_idx = tables[:, j // bs] * bs + j % bs  # past a row's length: some slot, masked below
-        flat_t = torch.tensor(flat, device=dev)
         rows = torch.tensor(q_rows, device=dev)
         # mask[b, i, j]: query i of sequence b may see key j (its position or earlier).
         qpos = torch.full((B * maxq,), -1, device=dev, dtype=torch.long)

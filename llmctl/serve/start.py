@@ -64,7 +64,8 @@ def engine_for(art, settings):
     eng = Engine.from_artifact(art, scheduler=settings.scheduler, max_batch_tokens=settings.max_batch_tokens,
                                block_size=settings.kv_block_size, num_blocks=settings.kv_blocks,
                                prefix_caching=settings.prefix_caching,
-                               compile=getattr(settings, "compile", False))
+                               compile=getattr(settings, "compile", False),
+                               paged_attention=getattr(settings, "paged_attention", "auto"))
     if testhooks.enabled():
         testhooks.install(eng)
     return eng
