@@ -30,13 +30,13 @@ OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixe
 # --overlap-grad-reduce): with gradient accumulation it can only start in the last micro-batch's backward,
 # so what exceeds that backward is exposed, and what it covers still costs DP_EXPOSED of itself (calibrated).
 # Without overlap (Megatron-LM 2021's local DDP, DeepSpeed's pipeline engine: after the last backward) all of it.
-DP_EXPOSED = 0.075
+DP_EXPOSED = 0.105
 TP_EXPOSED = 1.0  # tensor-parallel collectives without overlap sit on the critical path
 # With overlap (Megatron-Core --tp-comm-overlap, Transformer Engine userbuffers: the all-gathers and
 # reduce-scatters of sequence parallelism split into chunks pipelined with the GEMMs they feed), a
 # collective costs TP_OVERLAP_EXPOSED of itself (the SMs and HBM its kernels take from the GEMMs,
 # the first and last chunk), and all of what exceeds the linear layers' GEMM time (calibrated).
-TP_OVERLAP_EXPOSED = 0.47
+TP_OVERLAP_EXPOSED = 0.37
 # ZeRO-3's parameter gathers and gradient reduce-scatters run on their own stream beside the
 # compute; what compute covers still costs this fraction of itself (NCCL's SMs and HBM traffic
 # slow the GEMMs beside it; calibrated on the 175B ZeRO-3 rows of Narayanan et al. 2021 Table 2)
@@ -47,12 +47,12 @@ CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention block
 # partial (the solver's own option: full recomputation of only some blocks per stage, at
 # least one and not all of them, recompute_layers_per_stage says how many)
 RECOMPUTE_MODES = ("none", "selective", "full", "partial")
-GEMM_HALF_WIDTH = 718.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+GEMM_HALF_WIDTH = 737.0  # model width at which GEMMs reach half the sustained rate (calibrated)
 # Memory-bound kernels (norms, residual adds, activations, an eager attention's softmax): bytes through
-# HBM at this fraction of its datasheet rate (what a streaming kernel reaches on A100/H100, ~80%);
+# HBM at this fraction of its datasheet rate (calibrated; a streaming kernel reaches 80-90% on A100/H100);
 # their backward moves about 1.5x the forward's bytes (the saved input and the incoming gradient read,
 # the input gradient written: a norm's 6 bytes against 4, a softmax's 6 against 4).
-HBM_EFFICIENCY = 0.84
+HBM_EFFICIENCY = 0.857
 BWD_BYTES_RATIO = 1.5
 # The framework that runs the layout, where it changes a mechanism (docs/planner.md, "Engines"):
 # megatron: Megatron-LM / Megatron-Core (and llmctl's trainer): 1F1B or interleaved pipeline whose
@@ -61,7 +61,8 @@ BWD_BYTES_RATIO = 1.5
 #   instruction, TrainSchedule) and DeepSpeed's ZeRO (gradients in reduce_bucket_size buckets;
 #   ZeRO-3 gathers costed as its fit rows of 2021 show).
 # fsdp: PyTorch FSDP (one flat buffer per wrapped block, its all-gathers on their own stream with
-#   backward prefetch; Zhao et al. 2023): exposed = max(0, comm - compute) per block.
+#   backward prefetch; Zhao et al. 2023): exposed = max(e comm, comm - compute) per block, e the share
+#   any overlapped NCCL traffic costs the kernels beside it (DP_EXPOSED, as DDP's bucketed reduction).
 ENGINES = ("megatron", "deepspeed", "fsdp")
 DS_REDUCE_BUCKET = 5e8  # DeepSpeed zero_optimization.reduce_bucket_size default (elements)
 MCORE_BUCKET = 4e7  # Megatron-Core DDP bucket: max(40M, 1M x dp) parameters (--overlap-grad-reduce)
@@ -335,11 +336,11 @@ def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: f
     # through the node, and covered traffic still costs e of itself: what its fit rows show
     # (Narayanan et al. 2021 Table 2). FSDP gathers one flat buffer per block with one NCCL
     # all-gather (all_gather_into_tensor) on its own stream, prefetching the next block's (Zhao
-    # et al. 2023 sec. 3.2-3.3): a ring through every NIC of the node, and what compute covers is
-    # hidden (docs/planner.md, "Engines")
+    # et al. 2023 sec. 3.2-3.3): a ring through every NIC of the node, and what compute covers costs
+    # what overlapped NCCL traffic costs elsewhere, DP_EXPOSED of itself (docs/planner.md, "Engines")
     bw = comm.group_bw(t * c, d, cl.gpus_per_node, cl.intra_bw, cl.inter_bw, collective=not ds)
     lat = cl.latency_s
-    e = ZERO3_OVERLAP_EXPOSED if ds else 0.0
+    e = ZERO3_OVERLAP_EXPOSED if ds else DP_EXPOSED
 
     def ag(params: float) -> float:
         return comm.all_gather(BYTES * params / t, d, bw, lat)
