@@ -80,7 +80,8 @@ def test_fsdp_hides_what_compute_covers_where_deepspeed_zero3_does_not():
     gather = comm.all_gather(2 * sh.params_layer, 512, ring, cl.latency_s)
     # forward: one gather behind the block before; backward: a gather and a reduce-scatter
     assert fsdp.time_parts["zero3_comm"] == pytest.approx(3 * cost.DP_EXPOSED * gather)
-    assert ds.time_parts["zero3_comm"] > 0.1 * ds.t_layer > 10 * fsdp.time_parts["zero3_comm"]
+    assert ds.time_parts["zero3_comm"] > 0.1 * ds.t_layer
+    assert ds.time_parts["zero3_comm"] > 5 * fsdp.time_parts["zero3_comm"]
     # with too little compute to hide behind (micro-batch 1, no recomputation) FSDP exposes the rest
     thin = coefficients(Workload(sh, 2048, 512, engine="fsdp"), cl, Config(dp=512, mb=1, zero=3))
     assert thin.time_parts["zero3_comm"] > 3 * cost.DP_EXPOSED * gather
