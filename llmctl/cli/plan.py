@@ -70,10 +70,11 @@ def group() -> None:
                    "--sequence-parallel, llmctl's trainer with tp > 1); off: whole on every TP rank, in time "
                    "and activation memory.")
 @click.option("--engine", type=click.Choice(["megatron", "deepspeed", "fsdp"]), default="megatron", show_default=True,
-              help="The framework that runs the layout, where it changes a mechanism: megatron (Megatron-LM/Core and "
-                   "llmctl's trainer: batched pipeline sends, interleaving; ZeRO-3 as FSDP), deepspeed (its pipeline "
-                   "engine: 1F1B only, blocking sends one after another; its ZeRO buckets and ZeRO-3) or fsdp "
-                   "(PyTorch FSDP: one gather per block, prefetched on its own stream).")
+              help="The framework that runs the layout, where it changes a mechanism: megatron (Megatron-LM/Core, "
+                   "and llmctl's pipeline and FSDP2: batched pipeline sends, interleaving; ZeRO-3 as FSDP), deepspeed "
+                   "(its pipeline engine: 1F1B only, blocking sends one after another; its ZeRO buckets and ZeRO-3; "
+                   "llmctl's trainer runs ZeRO through DeepSpeed when tp = pp = 1) or fsdp (PyTorch FSDP: one "
+                   "gather per block, prefetched on its own stream).")
 @click.option("--top", type=click.IntRange(min=0), default=3, show_default=True, help="Alternatives to keep.")
 @click.option("--time-limit", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds the solver may take.")

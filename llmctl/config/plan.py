@@ -121,7 +121,7 @@ class PlanInputs(StrictModel):
     sequence_parallel: bool = True
     """Whether norms, dropout and residual adds were split over the tensor-parallel group (time and memory)."""
     engine: Literal["megatron", "deepspeed", "fsdp"] = "megatron"
-    """The framework whose mechanisms the time model costed: megatron (Megatron-LM/Core, llmctl's trainer), deepspeed (PipelineEngine, DeepSpeed ZeRO) or fsdp (PyTorch FSDP)."""
+    """The framework whose mechanisms the time model costed: megatron (Megatron-LM/Core; llmctl's pipeline and FSDP2), deepspeed (PipelineEngine, DeepSpeed ZeRO: llmctl's ZeRO with tp = pp = 1) or fsdp (PyTorch FSDP)."""
 
 
 class Alternative(StrictModel):

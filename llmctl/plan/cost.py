@@ -55,8 +55,9 @@ GEMM_HALF_WIDTH = 737.0  # model width at which GEMMs reach half the sustained r
 HBM_EFFICIENCY = 0.857
 BWD_BYTES_RATIO = 1.5
 # The framework that runs the layout, where it changes a mechanism (docs/planner.md, "Engines"):
-# megatron: Megatron-LM / Megatron-Core (and llmctl's trainer): 1F1B or interleaved pipeline whose
-#   send and receive of a micro-batch go out together (batched isend/irecv); ZeRO-3 as PyTorch FSDP.
+# megatron: Megatron-LM / Megatron-Core (and llmctl's pipeline, torch.distributed.pipelining): 1F1B or
+#   interleaved, a micro-batch's send and receive posted together (batched isend/irecv); ZeRO-3 as
+#   FSDP's (Megatron-Core's FSDP, llmctl's FSDP2 with tp or pp > 1).
 # deepspeed: DeepSpeed's PipelineEngine (1F1B only; each send and receive its own blocking
 #   instruction, TrainSchedule) and DeepSpeed's ZeRO (gradients in reduce_bucket_size buckets;
 #   ZeRO-3 gathers costed as its fit rows of 2021 show).
