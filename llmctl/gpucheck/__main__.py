@@ -11,14 +11,16 @@ from pathlib import Path
 
 # (name, function path, budget in seconds on a GPU, on a CPU). The GPU budgets add up to
 # 470 s: the whole run stays within 8 minutes on one H100 (a section past 1.5x its budget
-# is cut off; compilation is the part no loop can shorten).
+# is cut off; compilation is the part no loop can shorten). tp2 and nccl run only with two
+# or more GPUs (skipped at once on one, leaving their time to spare).
 SECTIONS = (
     ("probe", "node:probe", 20, 30),
     ("bench", "node:bench", 30, 10),
-    ("train_gpt2", "training:train_gpt2", 170, 150),
-    ("train_1b", "training:train_1b", 110, 60),
-    ("serve", "serving:serve", 120, 90),
-    ("nccl", "node:nccl", 20, 5),
+    ("train_gpt2", "training:train_gpt2", 160, 150),
+    ("train_1b", "training:train_1b", 100, 60),
+    ("serve", "serving:serve", 110, 90),
+    ("tp2", "tpdecode:tp2", 35, 60),
+    ("nccl", "node:nccl", 15, 5),
 )
 
 
@@ -62,6 +64,13 @@ def summary(report: dict) -> list[str]:
             lines.append(f"{head} " + "; ".join(parts))
             lines.append(f"{'':<20} bs-1 roofline {fmt(r.get('roofline_bs1_tokens_per_s'))} tok/s, llmctl at "
                          f"{fmt(r.get('llmctl_c1_over_roofline'))} of it")
+        elif name == "tp2":
+            parts = [f"{k} {fmt(v['decode_tokens_per_s'])} tok/s (TTFT {fmt(v['ttft_s'] * 1e3)} ms)"
+                     for k, v in r.items() if isinstance(v, dict) and "decode_tokens_per_s" in v]
+            lines.append(f"{head} {r.get('backend')} all-reduce, {r.get('launcher', {}).get('flavour')} "
+                         f"launcher: " + "; ".join(parts))
+            if r.get("ratios"):
+                lines.append(f"{'':<20} ratios: " + ", ".join(f"{k} {fmt(v)}" for k, v in r["ratios"].items()))
         elif name == "nccl":
             lines.append(f"{head} all-reduce busbw {fmt(r.get('allreduce_busbw_gbps'))} GB/s over {r.get('gpus')} GPUs")
         else:

@@ -1,7 +1,8 @@
 """gpu-check's serving section: decode tokens/s of a Llama-3.2-1B-shape model (random
 weights) at 1 and 64 concurrent requests, llmctl's engine beside transformers' `generate`
 (default cache, then static cache) on the same weights and prompts; time to first token;
-the 1-request figure against the weights-over-bandwidth roofline."""
+the 1-request figure against the weights-over-bandwidth roofline; the paged attention
+path that `auto` does not pick on this device, and `compile`, beside the default."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ CONCURRENCY = (1, 64)
 
 
 def _model(sec: Section, s: dict[str, Any]):
+    return llama(s, sec.ctx.device)
+
+
+def llama(s: dict[str, Any], device):
+    """The section's random-weight model of shape `s` on `device`, in serving's dtype there
+    (also what the tp2 section's ranks build and shard: the same seed, the same weights)."""
     import torch
 
     from llmctl.config.model import ModelConfig
@@ -27,8 +34,11 @@ def _model(sec: Section, s: dict[str, Any]):
                       heads=s["heads"], kv_heads=s["kv_heads"], ffn=s["ffn"], vocab_size=s["vocab_size"],
                       max_seq_len=s["max_seq_len"], tie_embeddings=True, rope={"base": 500000.0})
     torch.manual_seed(0)
-    dtype = torch.float32 if sec.ctx.cpu else torch.bfloat16  # serving's dtype on each device
-    return Transformer(cfg).to(device=sec.ctx.device, dtype=dtype).eval()
+    device = torch.device(device)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16  # serving's dtype on each device
+    with device:  # initialised where it runs: 1 B parameters initialise slowly on a CPU
+        model = Transformer(cfg)
+    return model.to(dtype=dtype).eval()
 
 
 def _prompts(n: int, s: dict[str, Any]) -> list[list[int]]:
@@ -38,14 +48,17 @@ def _prompts(n: int, s: dict[str, Any]) -> list[list[int]]:
     return torch.randint(0, s["vocab_size"], (n, s["prompt"]), generator=g).tolist()
 
 
-def engine_run(model, prompts: list[list[int]], new_tokens: int, compile: bool = False) -> dict[str, float]:
-    """One batch of requests through llmctl's engine: TTFT (mean, from submission) and the
-    decode rate (tokens after each request's first, over the time after the last first token)."""
+def engine_run(model, prompts: list[list[int]], new_tokens: int, compile: bool = False,
+               paged_attention: str = "auto", engine=None) -> dict[str, float]:
+    """One batch of requests through llmctl's engine (a new one, or `engine`): TTFT (mean,
+    from submission) and the decode rate (tokens after each request's first, over the time
+    after the last first token)."""
     from llmctl.serve.engine import Engine
     from llmctl.serve.sequence import SamplingParams, Sequence
 
-    eng = Engine(model, eos_id=None, max_seqs=max(len(prompts), 1),
-                 max_batch_tokens=max(8192, len(prompts) * len(prompts[0])), compile=compile)
+    eng = engine or Engine(model, eos_id=None, max_seqs=max(len(prompts), 1),
+                           max_batch_tokens=max(8192, len(prompts) * len(prompts[0])), compile=compile,
+                           paged_attention=paged_attention)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     seqs = [Sequence(p, params) for p in prompts]
     t0 = time.monotonic()
@@ -134,8 +147,25 @@ def serve(sec: Section) -> None:
     for n in CONCURRENCY:
         r = engine_run(model, _prompts(n, s), s["new_tokens"])
         res[f"llmctl_c{n}"] = r
+        sec.ctx.shared[f"serve_decode_c{n}"] = r["decode_tokens_per_s"]  # tp2's reference
         sec.log(f"llmctl engine, {n} requests: {r['decode_tokens_per_s']:.1f} decode tokens/s, "
                 f"TTFT {r['ttft_s'] * 1e3:.1f} ms")
+    # ServeConfig `paged_attention`: the path "auto" does not take on this device, beside it
+    from llmctl.serve.engine import paged_attention_for
+
+    default = paged_attention_for("auto", sec.ctx.device)
+    res["paged_attention_default"] = default
+    base = "gather" if default in ("gather", "auto") else "blockwise"  # (auto: contexts here are short)
+    other = "blockwise" if base == "gather" else "gather"
+    engine_run(model, _prompts(2, s)[:2], 4, paged_attention=other)
+    for n in CONCURRENCY:
+        r = engine_run(model, _prompts(n, s), s["new_tokens"], paged_attention=other)
+        res[f"llmctl_{other}_c{n}"] = r
+        ours = res[f"llmctl_c{n}"]["decode_tokens_per_s"]
+        ratio = r["decode_tokens_per_s"] / ours if other == "blockwise" else ours / r["decode_tokens_per_s"]
+        res.setdefault("ratios", {})[f"blockwise_over_gather_c{n}"] = ratio
+        sec.log(f"llmctl engine, paged attention {other}, {n} requests: {r['decode_tokens_per_s']:.1f} "
+                f"decode tokens/s")
     # ServeConfig `compile`: each block's dense parts compiled (the warm-up run compiles)
     if sec.left() > sec.budget_s * 0.5:
         engine_run(model, _prompts(2, s)[:1], 4, compile=True)

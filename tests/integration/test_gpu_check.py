@@ -44,7 +44,7 @@ def test_report_shape(report):
     out, rep, text, _ = report
     assert rep["schema"] == "llmctl-gpu-check/1" and rep["mode"] == "cpu"
     assert rep["environment"]["torch"] and rep["seconds"] > 0
-    assert list(rep["sections"]) == ["probe", "bench", "train_gpt2", "train_1b", "serve", "nccl"]
+    assert list(rep["sections"]) == ["probe", "bench", "train_gpt2", "train_1b", "serve", "tp2", "nccl"]
     for name, sec in rep["sections"].items():
         assert set(sec) >= {"status", "seconds", "budget_s", "reason", "error", "results", "skipped_parts"}, name
         assert sec["status"] in ("ok", "skipped", "partial", "failed"), name
@@ -89,6 +89,42 @@ def test_figures_positive_and_finite(report):
         assert key in sv or s["serve"]["skipped_parts"][key], key
     assert sv["llmctl_c64"]["tokens"] == 64 * sv["shape"]["new_tokens"]
     assert sv["roofline_bs1_tokens_per_s"] > 0
+    # both paged attention paths measured (the default and the other one)
+    assert sv["llmctl_blockwise_c64"]["tokens"] == sv["llmctl_c64"]["tokens"]
+    assert sv["ratios"]["blockwise_over_gather_c1"] > 0
+
+
+def test_tp2_decode_on_two_cpu_ranks(report):
+    """The tp2 section ran the serving engine on 2 MPI ranks (the launcher on PATH, its
+    flavour's flags), all-reducing over MPI; or, without mpi4py, says why it could not."""
+    _, rep, text, _ = report
+    sec = rep["sections"]["tp2"]
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        assert sec["status"] == "skipped" and "mpi4py" in sec["reason"]
+        return
+    assert sec["status"] == "ok", sec["error"]
+    r = sec["results"]
+    assert r["ranks"] == 2 and r["backend"] == "mpi"
+    assert r["launcher"]["flavour"] in ("openmpi", "mpich", "other")
+    new = rep["sections"]["serve"]["results"]["shape"]["new_tokens"]
+    for n in (1, 64):
+        assert r[f"llmctl_tp2_c{n}"]["tokens"] == n * new
+        assert r[f"llmctl_tp2_c{n}"]["decode_tokens_per_s"] > 0
+        assert r["ratios"][f"tp2_over_tp1_c{n}"] > 0
+    assert "tp2" in text and "mpi all-reduce" in text
+
+
+def test_tp2_launch_flags_follow_the_launcher_flavour():
+    from llmctl.gpucheck.tpdecode import launch_command
+
+    env = {"PYTHONPATH": "/x", "MPI4PY_LIBMPI": "libmpi.so.40"}
+    ompi = launch_command("/usr/bin/mpirun", "openmpi", ["python", "-m", "m"], env)
+    assert ompi[:3] == ["/usr/bin/mpirun", "-n", "2"] and "--oversubscribe" in ompi
+    assert ("--allow-run-as-root" in ompi) is (os.geteuid() == 0)
+    assert ompi[ompi.index("PYTHONPATH") - 1] == "-x" and ompi[-3:] == ["python", "-m", "m"]
+    assert launch_command("mpiexec", "mpich", ["python"], env) == ["mpiexec", "-n", "2", "python"]
 
 
 def test_probe_agrees_with_recorded_h100():

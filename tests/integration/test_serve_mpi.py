@@ -197,3 +197,25 @@ def test_two_data_parallel_replicas_match_one_rank_and_share_the_load(artifact):
         assert h.status_code == 503 and "rank 1" in h.json()["error"]
     finally:
         print(two.stop())  # shown by pytest when the test fails
+
+
+@pytest.mark.mpi
+def test_tensor_parallel_ranks_with_blockwise_paged_attention_match_one_rank(artifact, tmp_path):
+    """serve config paged_attention = "blockwise" on 2 tensor-parallel ranks (each reads its
+    own KV heads from its own pool): the one-rank gather path's greedy answers."""
+    needs("mpi", MPIEXEC.exists(), "pip install mpi4py mpich")
+    conf = {}
+    for mode in ("gather", "blockwise"):
+        conf[mode] = tmp_path / f"{mode}.toml"
+        conf[mode].write_text(f'paged_attention = "{mode}"\n')
+    with K.Server(artifact, "--config", str(conf["gather"])) as one:
+        want = concurrent_answers(one.url, PROMPTS)
+    two = K.Server(artifact, "--config", str(conf["blockwise"]), cmd=MPI_CMD, env={"LLMCTL_MPI_TIMEOUT_S": "10"})
+    try:
+        two.wait(90)
+        assert httpx.get(two.url + "/health").json()["ranks"] == 2
+        assert concurrent_answers(two.url, PROMPTS) == want
+    finally:
+        log = two.stop()
+        print(log)  # shown by pytest when the test fails
+    assert "paged_attention" in log and "blockwise" in log  # the resolved settings, as printed
