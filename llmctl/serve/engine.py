@@ -264,9 +264,11 @@ class Engine:
                 self._unhold(held)
                 held = []
                 chunks = self.scheduler.schedule(self)
-            if not chunks and not self.running and any(q.blocks for q in self.waiting):
+            if not chunks and any(q.blocks for q in self.waiting):
                 # Forked samples and matched prefixes wait holding shared blocks; when nothing
-                # runs and nothing fits, those are what the queue's head lacks: give them back.
+                # fits, those are what the queue's head (or a running prompt's next chunk)
+                # lacks: give them back. (With a prompt still running, they starved it: no
+                # chunk, no preemption, every step empty.)
                 for q in self.waiting:
                     if q.blocks:
                         self.cache.release(q)

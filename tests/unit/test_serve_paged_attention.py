@@ -122,9 +122,7 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 @pytest.mark.parametrize("kw", [
     dict(block_size=4),                                   # everything in one step, many blocks
     dict(block_size=16, max_batch_tokens=24),             # chunked prompts beside decodes
-    # pool short: preemption (without prefix caching: with it, waiting sequences holding
-    # matched blocks can starve the one running sequence of this size; see the report)
-    dict(block_size=4, num_blocks=48, max_batch_tokens=64, prefix_caching=False),
+    dict(block_size=4, num_blocks=48, max_batch_tokens=64),  # pool short: preemption
     dict(block_size=8, prefix_caching=False),
     dict(block_size=4, scheduler="fcfs"),
 ], ids=["one-step", "chunked", "preempted", "no-prefix-cache", "fcfs"])

@@ -234,3 +234,26 @@ def test_arrivals_and_aborts_mid_run_under_pressure(model, seed):
     assert eng.stats["prefix_cache_hits"] > 0 and aborted
     assert eng.stats["preemptions"] > 0 or eng.cache.evictions > 0, "no pressure: the pool is too big"
     consistent(eng.cache)
+
+
+def test_waiting_matches_do_not_starve_a_running_prompt(model):
+    """A long prompt mid-way through its chunks needs nearly the whole pool while waiting
+    requests hold the cached prefix blocks they matched: the engine gives those back
+    instead of stepping with nothing to run (it used to spin on empty steps for ever)."""
+    g = torch.Generator().manual_seed(5)
+    shared = torch.randint(0, 384, (24,), generator=g).tolist()
+    prompts = [(shared if i % 2 else []) + torch.randint(0, 384, (n,), generator=g).tolist()
+               for i, n in enumerate([3, 40, 17, 150, 5, 64, 9, 100])]
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    eng = Engine(model, block_size=4, num_blocks=48, max_batch_tokens=64)
+    seqs = [Sequence(p, params) for p in prompts]
+    for s in seqs:
+        eng.add(s)
+    for _ in range(500):
+        if not eng.has_work:
+            break
+        eng.step()
+    assert [len(s.output_ids) for s in seqs] == [12] * len(seqs)
+    plain = Engine(model, block_size=4, prefix_caching=False).generate(prompts, params)
+    assert [s.output_ids for s in seqs] == [s.output_ids for s in plain]
+    assert eng.cache.num_free == eng.cache.num_blocks
