@@ -45,7 +45,7 @@ class ServeConfig(StrictModel):
     """How a decode step attends over the paged KV cache: gather (copy each sequence's keys into
     one padded tensor, then SDPA), blockwise (read the cache a few blocks at a time with an online
     softmax, no copy that grows with the context), auto (what measured faster: on a CPU blockwise
-    from 1,024-token contexts and a 16 MiB copy on, gather below; gather on a GPU; docs/performance.md).
+    from 1,024-token contexts and a 4 MiB copy on, gather below; gather on a GPU; docs/performance.md).
     Prompt chunks always gather."""
     dtype: str = "auto"
     """Weights dtype: auto (bf16 on a GPU, fp32 on a CPU), bf16, fp16, fp32."""

@@ -44,7 +44,7 @@ ATTENTION = ("gather", "blockwise", "auto")  # decode attention paths (ServeConf
 # (SDPA's fused kernel beats the blockwise path's operator calls); every case past both
 # bounds read blockwise faster or even (docs/performance.md).
 BLOCKWISE_FROM = 1024
-BLOCKWISE_BYTES = 16 << 20
+BLOCKWISE_BYTES = 4 << 20
 
 
 class PagedRunner:

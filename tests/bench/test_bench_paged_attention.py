@@ -1,6 +1,7 @@
 """Decode speed of serving's two paged attention paths (ServeConfig `paged_attention`):
 `gather` (each sequence's keys copied into one padded tensor per layer, then SDPA) against
-`blockwise` (the pool read a segment of blocks at a time, llmctl/serve/paged.py).
+`blockwise` (the pool read a segment of blocks at a time, llmctl/serve/paged.py), and
+`auto` (the CPU default: one or the other per decode group, llmctl/serve/runner.py).
 
 One decode step of B sequences of L cached tokens through the engine's runner
 (`PagedRunner.forward`, the step the engine runs once the prompts are in): the cache is
@@ -8,7 +9,7 @@ filled with random K/V instead of running B x L prompt tokens first (the values 
 change the work). Decode tokens/s = B / step time. Two shapes: the tests' tiny llama
 (2 layers, hidden 64, 4 heads, 2 KV heads, head_dim 16) and a bigger CPU shape (4
 layers, hidden 512, 8 heads, 4 KV heads, head_dim 64, ffn 1536), at contexts 128 to
-2048 and batches 1 to 64. The two paths alternate round by round (interleaved
+2048 and batches 1 to 64. The three alternate round by round (interleaved
 repetitions on a shared machine), several steps a round; medians. Also a sweep of
 paged.SEGMENT_BYTES on the bigger shape at the longest context.
 
@@ -85,14 +86,16 @@ def step_seconds(eng, chunks, mode: str, steps: int) -> float:
 def compare(spec: dict, batch: int, context: int) -> dict:
     eng, chunks = decode_setup(spec, batch, context)
     steps = max(2, min(20, 4096 // (batch * max(context // 128, 1))))
-    times = {"gather": [], "blockwise": []}
+    modes = ["gather", "blockwise", "auto"]
+    times = {m: [] for m in modes}
     for r in range(ROUNDS):
-        for mode in (("gather", "blockwise") if r % 2 == 0 else ("blockwise", "gather")):
+        for mode in modes[r % 3:] + modes[:r % 3]:  # each mode first in turn
             times[mode].append(step_seconds(eng, chunks, mode, steps))
     med = {m: statistics.median(v) for m, v in times.items()}
     return {"batch": batch, "context": context, "steps_per_round": steps, "rounds": ROUNDS,
             "gather_tokens_per_s": round(batch / med["gather"], 1),
             "blockwise_tokens_per_s": round(batch / med["blockwise"], 1),
+            "auto_tokens_per_s": round(batch / med["auto"], 1),
             "blockwise_over_gather": round(med["gather"] / med["blockwise"], 3),
             "load_average": round(os.getloadavg()[0], 2)}
 
@@ -104,8 +107,8 @@ def test_paged_attention_decode(benchmark, shape, batch, context):
     stats = benchmark.pedantic(compare, args=(SHAPES[shape], batch, context), rounds=1, iterations=1)
     benchmark.extra_info.update(stats, shape=shape)
     print(f"\n{shape} B={batch} L={context}: gather {stats['gather_tokens_per_s']} tok/s, blockwise "
-          f"{stats['blockwise_tokens_per_s']} tok/s, blockwise/gather {stats['blockwise_over_gather']} "
-          f"(load {stats['load_average']})")
+          f"{stats['blockwise_tokens_per_s']} tok/s, blockwise/gather {stats['blockwise_over_gather']}, "
+          f"auto {stats['auto_tokens_per_s']} tok/s (load {stats['load_average']})")
     assert stats["gather_tokens_per_s"] > 0 and stats["blockwise_tokens_per_s"] > 0
 
 

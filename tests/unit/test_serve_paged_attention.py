@@ -229,7 +229,7 @@ def test_auto_needs_a_large_copy_too(monkeypatch):
         s = Sequence([1] * n, GREEDY)
         s.num_computed = n - 1
         seqs.append((s, 1))
-    assert not eng.runner._blockwise(seqs)  # 2 x 1,500 keys x 128 B: 384 KB, under 16 MiB
+    assert not eng.runner._blockwise(seqs)  # 2 x 1,500 keys x 128 B: 384 KB, under 4 MiB
     monkeypatch.setattr(runner, "BLOCKWISE_BYTES", 300_000)
     assert eng.runner._blockwise(seqs)
     assert not eng.runner._blockwise(seqs[1:])  # 20 tokens: under BLOCKWISE_FROM
