@@ -12,7 +12,7 @@ g[T] (ZeRO-3's exposed gathers), with rows that each involve only the chosen T:
   partial      1 <= R <= L - 1,  R >= a_w bpp[Z] + b_w,  R >= a_u bpp[Z] + b_u
   pipeline     pipe >= pipe_avg[S] + per_rec_avg[S] R,  pipe >= pipe_int[S] + per_rec_int[S] R
   ZeRO-3       g >= gather[S] when Z = 3
-  DP exposure  g >= dp_extra[S] when Z <= 2 (the reduction the schedule's last backward leaves exposed)
+  DP exposure  g >= dp_extra[S, Z] when Z <= 2 (the reduction the schedule's last backward leaves exposed)
   objective    time[Z] + pipe + g
 
 Because exactly one (T, S, Z) is chosen and every row is local to it, the ILP's optimum
@@ -49,7 +49,7 @@ def candidates(tuples, mem_limit_gb, layers):
                     pipe = max(sb.pipe_avg + sb.per_rec_avg * r, sb.pipe_int + sb.per_rec_int * r)
                 else:
                     pipe = plain
-                extra = sb.zero3_gather if zb.zero == 3 else sb.dp_extra  # ZeRO-3's gathers, or DP exposure
+                extra = sb.zero3_gather if zb.zero == 3 else sb.dp_extra.get(zb.zero, 0.0)  # ZeRO-3's, or DP
                 out.append((zb.time + pipe + extra, i, j, k))
     out.sort()
     return out

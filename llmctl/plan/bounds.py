@@ -52,8 +52,9 @@ class ScheduleBound:
     rec_w: tuple[float, float] = (0.0, 0.0)  # R >= a * bytes_per_param + b (full recomputation)
     rec_u: tuple[float, float] = (0.0, 0.0)
     bad_zeros: tuple[int, ...] = ()  # ZeRO stages with which no split fits (per-rank block capacity)
-    dp_coef: tuple[float, float] = (0.0, 0.0)  # exact DP seconds per parameter and constant (ZeRO <= 2)
-    dp_extra: float = 0.0  # seconds this schedule's DP exposure adds to the (T, Z) bound's (ZeRO <= 2)
+    dp_hide: float = 0.0  # seconds of backward the reduction hides behind (cost.Coefficients.dp_hide)
+    dp_extra: dict = field(default_factory=dict)  # ZeRO stage <= 2 -> seconds this schedule's DP
+    # exposure adds to the (T, Z) bound's
 
 
 @dataclass
@@ -126,7 +127,7 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
             pipe_avg=pipe_avg, pipe_int=pipe_int,
             per_rec_avg=avg_factor * co.t_recompute, per_rec_int=co.t_recompute / v,
             act_u=(a_min * flight_u + const_u) / GB, act_w=(L * a_min / H + const_w) / GB,
-            static_w_factor=static_w_factor, zero3_gather=0.0, dp_coef=(co.t_dp_per_param, co.t_dp_const))
+            static_w_factor=static_w_factor, zero3_gather=0.0, dp_hide=co.dp_hide)
         if r == "partial":
             delta = a_keep - co.act_ckpt
             lim = co.mem_limit
@@ -155,18 +156,26 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
     p_avg = (L * base.params_layer + sum(base.params_rank_const)) / pp
     min_w = min(s.static_w_factor for s in tb.schedules)
     # the (T, Z) rows below count the least DP exposure any schedule gets (all of it hidden but
-    # DP_EXPOSED); how much of the reduction the schedule's last backward leaves exposed is the
-    # same for ZeRO 0-2 and fixed per (T, S) (cost.dp_time), so each schedule adds its excess
-    per0, const0 = dp_time(cl, tp, cp, dp, 0, 0, hide=math.inf, params=1.0, overlap=dp_overlapped(w, pp),
-                           collectives=dp_collectives(w, tp, pp, dp))
-    for sb in tb.schedules:
-        sb.dp_extra = max(0.0, (sb.dp_coef[0] - per0) * p_max + (sb.dp_coef[1] - const0))
+    # DP_EXPOSED); how much of the reduction the schedule's last backward leaves exposed is fixed
+    # per (T, S, Z) (cost.dp_time), so each schedule adds its excess. ZeRO 0-2 differ only where
+    # DeepSpeed all-gathers the weights after the step (stages 1-2), so two cases at most
+    kw = dict(overlap=dp_overlapped(w, pp), collectives=dp_collectives(w, tp, pp, dp),
+              gather_after=w.engine == "deepspeed")
+    params = w.shape.params_total / (tp * pp)
+    for cls in {min(z, 1) if kw["gather_after"] else 0 for z in zeros if z < 3}:
+        per0, const0 = dp_time(cl, tp, cp, dp, cls, 0, hide=math.inf, params=1.0, **kw)
+        for sb in tb.schedules:
+            per, const = dp_time(cl, tp, cp, dp, cls, 0, hide=sb.dp_hide, params=params, **kw)
+            extra = max(0.0, (per - per0) * p_max + (const - const0))
+            for z in zeros:
+                if z < 3 and (min(z, 1) if kw["gather_after"] else 0) == cls:
+                    sb.dp_extra[z] = extra
     for z in zeros:
         bpp = _bpp(z, dp)
         # the least exposure any schedule of this T gets (all hidden but DP_EXPOSED): a lower bound;
         # ZeRO-3's gathers are in zero3_gather
         per, const = dp_time(cl, tp, cp, dp, z, 0, hide=math.inf, params=1.0, overlap=dp_overlapped(w, pp),
-                             collectives=dp_collectives(w, tp, pp, dp))
+                             collectives=dp_collectives(w, tp, pp, dp), gather_after=w.engine == "deepspeed")
         t_opt = 28.0 / (dp if z >= 1 else 1) / cl.hbm_bw
         tb.zeros.append(ZeroBound(zero=z, bytes_per_param=bpp, time=(per + t_opt) * p_max + const,
                                   static_u=bpp * p_avg / GB, static_w=bpp * min_w / GB))

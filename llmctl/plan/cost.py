@@ -121,6 +121,7 @@ class Coefficients:
     mem_limit: float  # bytes usable for tensors on one GPU (after overhead and fragmentation)
     time_parts: dict[str, float] = field(default_factory=dict)
     layer_static_bytes: float = 0.0  # bytes per block on a rank beside bytes_per_param (FP8 weight copies)
+    dp_hide: float = 0.0  # seconds of backward the gradient reduction can hide behind (dp_time's `hide`)
 
 
 def inflight(p: int, v: int, m: int, rank: int) -> float:
@@ -246,7 +247,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     overlap = dp_overlapped(w, p)
     t_dp, t_dp_c = dp_time(cl, t, c, d, cfg.zero, m, hide=hide if overlap else 0.0,
                            params=sh.params_total / (t * p), overlap=overlap,
-                           collectives=dp_collectives(w, t, p, d))
+                           collectives=dp_collectives(w, t, p, d), gather_after=w.engine == "deepspeed")
     # Adam step is memory-bound: read/write fp32 master, m, v and the bf16 weight and gradient
     t_opt = 28.0 / (d if z >= 1 else 1) / cl.hbm_bw
     usable = max(0.0, (cl.memory_gb - OVERHEAD_GB) * GB / FRAGMENTATION)
@@ -256,7 +257,8 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                         t_dp_per_param=t_dp, t_dp_const=t_dp_c, t_opt_per_param=t_opt, mem_limit=usable,
                         time_parts={"compute": compute, "memory_bound": memory_bound, "tp_comm": 2 * tp_fwd, "cp_comm": cp_time,
                                     "recompute": rec_layer, "zero3_comm": z3_layer, "zero3_const": sum(z3_rank),
-                                    "p2p": p2p, "head": head}, layer_static_bytes=static_layer)
+                                    "p2p": p2p, "head": head}, layer_static_bytes=static_layer,
+                        dp_hide=hide if overlap else 0.0)
 
 
 def dp_overlapped(w: Workload, p: int) -> bool:
@@ -285,7 +287,7 @@ def dp_collectives(w: Workload, t: int, p: int, d: int) -> int:
 
 
 def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int, hide: float = 0.0, params: float = 0.0,
-            overlap: bool = True, collectives: int = 1) -> tuple[float, float]:
+            overlap: bool = True, collectives: int = 1, gather_after: bool = False) -> tuple[float, float]:
     """Exposed data-parallel seconds per parameter on the GPU, and the latency constant.
 
     Gradients are all-reduced once per step (ZeRO-1/2: reduce-scatter + all-gather,
@@ -305,9 +307,12 @@ def dp_time(cl: Cluster, t: int, c: int, d: int, z: int, m: int, hide: float = 0
     const = collectives * 2 * (d - 1) * cl.latency_s
     if not overlap:
         return per, const
-    total = per * params + const
+    # DeepSpeed's ZeRO-1/2 all-gather the updated weights in the optimizer step ("Gather the updated
+    # weights from everyone", stage_1_and_2.py): that half is never beside the backward
+    share = 0.5 if gather_after and z in (1, 2) else 1.0
+    total = share * (per * params + const)
     frac = max(DP_EXPOSED, 1 - hide / total) if total > 0 else DP_EXPOSED
-    return per * frac, const * frac
+    return per * (1 - share + share * frac), const * (1 - share + share * frac)
 
 
 def zero3_exposed(w: Workload, cl: Cluster, cfg: Config, fwd: float, head_fwd: float) -> tuple[float, list[float]]:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 from llmctl.errors import LlmctlError
 from llmctl.plan.cluster import Cluster
 from llmctl.plan.bounds import TupleBound, pipe_floor, tuple_bounds
-from llmctl.plan.cost import RECOMPUTE_MODES, Config, Evaluation, Workload, coefficients, evaluate
+from llmctl.plan.cost import RECOMPUTE_MODES, Config, Evaluation, Workload, coefficients, dp_overlapped, evaluate
 from llmctl.resources import data_dir
 
 GB = 1e9
@@ -144,16 +144,22 @@ def free_recompute_modes(w: Workload) -> list[str]:
     return [r for r in RECOMPUTE_MODES if not (r == "selective" and w.attention == "flash")]
 
 
-def zero_stages(fx: Fixed, d: int) -> list[int]:
-    """ZeRO stages worth considering over dp = d.
+def zero_stages(fx: Fixed, d: int, w: Optional[Workload] = None, p: int = 1) -> list[int]:
+    """ZeRO stages worth considering over dp = d (pipeline depth p).
 
     In the cost model stage 1 moves the same bytes as stage 2 and keeps more memory,
     and stage 0 is slower (its optimizer step is not sharded) and keeps more still:
-    both are dominated by stage 2 and only appear when pinned.
+    both are dominated by stage 2 and only appear when pinned. Except under DeepSpeed with
+    the reduction overlapped: its stages 1-2 all-gather the weights after the step, so stage 0
+    (one all-reduce, all of it beside the backward) can be faster and is tried too.
     """
     if fx.zero is not None:
         return [fx.zero]
-    return [0] if d == 1 else [2, 3]
+    if d == 1:
+        return [0]
+    if w is not None and w.engine == "deepspeed" and dp_overlapped(w, p):
+        return [0, 2, 3]
+    return [2, 3]
 
 
 def master_tuples(w: Workload, cl: Cluster, fx: Fixed, tuples: list) -> tuple[list[TupleBound], float]:
@@ -161,7 +167,7 @@ def master_tuples(w: Workload, cl: Cluster, fx: Fixed, tuples: list) -> tuple[li
     out = []
     limit = None
     for t, c, p, d in tuples:
-        tb = tuple_bounds(w, cl, t, c, p, d, schedules(w, fx, p, d), zero_stages(fx, d))
+        tb = tuple_bounds(w, cl, t, c, p, d, schedules(w, fx, p, d), zero_stages(fx, d, w, p))
         if not tb.schedules or not tb.zeros:
             continue
         if limit is None:
@@ -321,7 +327,7 @@ def search(w: Workload, cl: Cluster, fx: Fixed, top: int = 3, time_limit: float 
             refined += 1
             co = coefficients(w, cl, cfg)
             # the bound's pipeline part: under ZeRO-3 with the gathers, which the exact blocks include
-            rest = zb.time + (0.0 if zb.zero == 3 else sb.dp_extra)
+            rest = zb.time + (0.0 if zb.zero == 3 else sb.dp_extra.get(zb.zero, 0.0))
             better = rest + max(bound - rest, pipe_floor(co, w.shape.layers))
             if better > bound * (1 + 1e-12):
                 if math.isfinite(better):

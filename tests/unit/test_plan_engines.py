@@ -130,3 +130,20 @@ def test_search_respects_the_engine_in_the_free_choice():
     w = Workload(LayerShape.of(GPT175), 2048, 1536, "eager", engine="deepspeed")
     out = search(w, gpus("a100", 384), Fixed(tp=8, pp=12), top=2)
     assert out.plans and all(p.cfg.vpp == 1 for p in out.plans)
+
+
+def test_deepspeed_zero12_gathers_the_updated_weights_after_the_step():
+    """DeepSpeed's ZeRO-1/2 all-gather the updated weights in the optimizer step (stage_1_and_2.py),
+    so with overlap_comm only the gradients' half of the traffic can hide behind the backward."""
+    cl = gpus("a100", 512)
+    full, _ = cost.dp_time(cl, 8, 1, 64, 1, 1, overlap=False)
+    hidden, _ = cost.dp_time(cl, 8, 1, 64, 1, 1, hide=1e9, params=1e9, overlap=True)
+    ds, _ = cost.dp_time(cl, 8, 1, 64, 1, 1, hide=1e9, params=1e9, overlap=True, gather_after=True)
+    ddp, _ = cost.dp_time(cl, 8, 1, 64, 0, 1, hide=1e9, params=1e9, overlap=True, gather_after=True)
+    assert hidden == pytest.approx(cost.DP_EXPOSED * full)
+    assert ds == pytest.approx((0.5 + 0.5 * cost.DP_EXPOSED) * full)
+    assert ddp == pytest.approx(hidden)  # ZeRO-0: one all-reduce beside the backward
+    sh = LayerShape.of(GPT175)
+    w = Workload(sh, 2048, 512, engine="deepspeed", dp_overlap=True)
+    co = coefficients(w, cl, Config(tp=8, dp=64, zero=2, mb=1, recompute="full"))
+    assert co.t_dp_per_param > 0.5 * full
