@@ -38,7 +38,8 @@ def print_plan(plan) -> None:
     devices = f"{i.gpus_per_node} {unit}{'es' if cpu and i.gpus_per_node != 1 else ''}" if cpu else \
         f"{i.gpus_per_node} GPU{'s' if i.gpus_per_node != 1 else ''}"
     click.echo(f"plan for {i.model} on {i.nodes} node{'s' if i.nodes != 1 else ''} x {devices} "
-               f"(seq {i.seq_len}, global batch {i.global_batch}, {i.strategy})")
+               f"(seq {i.seq_len}, global batch {i.global_batch}, {i.strategy}"
+               f"{'' if i.engine == 'megatron' else ', engine ' + i.engine})")
     click.echo(f"  tp={p.tp} pp={p.pp} dp={p.dp} cp={p.cp} vpp={p.vpp} micro_batch={p.micro_batch} "
                f"grad_accum={p.grad_accum} zero={p.zero_stage} recompute={recompute_name(p)}")
     if p.layers_per_stage:
