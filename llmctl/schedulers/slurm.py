@@ -241,6 +241,10 @@ def _unit(key: str, live: Optional[dict[str, str]], runs: list[tuple[str, str]])
         restarts = len(runs) - 1
     # Run i of the job is line i of sacct -D; the current one is line `restarts`.
     last = runs[restarts - 1][0] if 0 < restarts <= len(runs) else None
+    if last in _RUNNING or last == "PENDING":
+        # slurmctld has requeued the job but slurmdbd has not yet closed the run before
+        # (it lags on a busy controller): how it ended is not known yet, not "RUNNING".
+        last = None
     exit_code, signal = parse_exit(code) if state in FINAL_STATES else (None, None)
     detail = {"reason": live["Reason"]} if live and live.get("Reason") not in (None, "None") else {}
     return JobStatus(key, state, restarts=restarts, exit_code=exit_code, exit_signal=signal,

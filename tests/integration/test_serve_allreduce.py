@@ -44,9 +44,15 @@ SCRIPT = textwrap.dedent("""
     out["bf16_dtype"] = str(rb.dtype)
     out["bf16"] = rb.float().tolist()
 
-    mode = sys.argv[1]
+    mode, folder = sys.argv[1], sys.argv[2]
+
+    def report():  # one file per rank: lines printed by several ranks can interleave in hydra's output
+        with open(os.path.join(folder, f"rank{rank}.json.tmp"), "w") as f:
+            json.dump(out, f)
+        os.replace(os.path.join(folder, f"rank{rank}.json.tmp"), os.path.join(folder, f"rank{rank}.json"))
+
     if rank == size - 1:            # the peer that never joins the next collective
-        print(json.dumps(out), flush=True)
+        report()
         if mode == "exit":
             os._exit(0)
         time.sleep(3 * rankloss.TIMEOUT_S + 5)
@@ -58,7 +64,7 @@ SCRIPT = textwrap.dedent("""
     except rankloss.RankLost as e:
         out["lost"] = str(e)
     out["waited_s"] = time.monotonic() - t0
-    print(json.dumps(out), flush=True)
+    report()
     os._exit(0)                     # not MPI_Finalize: it would wait for the missing rank
 """)
 
@@ -69,10 +75,9 @@ def test_three_ranks_sum_in_place_and_a_missing_peer_ends_the_wait(tmp_path, mod
     script = tmp_path / "allreduce.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, LLMCTL_MPI_TIMEOUT_S="2", OMP_NUM_THREADS="1")
-    p = subprocess.run([str(MPIEXEC), "-disable-auto-cleanup", "-n", "3", sys.executable, str(script), mode],
-                       env=env, capture_output=True, text=True, timeout=120)
-    lines = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    by_rank = {o["rank"]: o for o in lines}
+    p = subprocess.run([str(MPIEXEC), "-disable-auto-cleanup", "-n", "3", sys.executable, str(script), mode,
+                        str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    by_rank = {int(f.stem[4:]): json.loads(f.read_text()) for f in tmp_path.glob("rank*.json")}
     assert sorted(by_rank) == [0, 1, 2], p.stdout + p.stderr
     want = [[6.0 * v for v in range(i * 4, i * 4 + 4)] for i in range(3)]  # (1 + 2 + 3) * arange
     for o in by_rank.values():

@@ -198,3 +198,15 @@ def test_torque_exit_status_of_a_completed_job(tmp_path):
     r = status(tmp_path, run, env)
     assert "1234.torque01 FAILED restarts=0 exit=127" in r.stdout, r.stdout + r.stderr
     assert calls(tmp_path)[-1] == "qstat -f 1234.torque01"  # Torque's -x means XML
+
+
+def test_slurm_restart_before_accounting_closed_the_lost_run_says_nothing_false(tmp_path):
+    """Requeued (scontrol says Restarts=1) while slurmdbd still lists the lost run as RUNNING:
+    how that run ended is not known yet, so no "(last: RUNNING)"."""
+    run = run_folder(tmp_path)
+    live = SCONTROL_127.replace("JobState=FAILED Reason=NonZeroExitCode", "JobState=PENDING Reason=BeginTime")
+    live = live.replace("Restarts=0", "Restarts=1").replace("ExitCode=127:0", "ExitCode=0:0")
+    env = fake_tools(tmp_path, scontrol=(live, 0), sacct=("4|RUNNING|0:0\n", 0), squeue=("PENDING\n", 0))
+    st = json.loads(status(tmp_path, run, env, "--json").stdout)
+    assert st["restarts"] == 1 and st["last_state"] is None, st
+    assert "(last:" not in status(tmp_path, run, env).stdout
