@@ -24,8 +24,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	LLMCTL=$(abspath $(BIN))/llmctl PY=$(abspath $(BIN))/python DEMO_DIR=$(DEMO) bash scripts/demo.sh
 
+# Two workers (pytest-xdist): each test file stays on one worker, and the files that submit
+# to the local SLURM cluster run one after another on one of them (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP) services
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The local SLURM cluster the integration tests submit to (Debian packages; needs
 # root). Without root the SLURM tests skip, unless LLMCTL_REQUIRE_SLURM=1.
@@ -40,7 +43,7 @@ services-down:
 # The whole suite with every core kept busy by spinning processes (tests/conftest.py):
 # no test may depend on how fast the machine is.
 test-loaded: $(STAMP) services
-	LLMCTL_TEST_LOAD=$$(nproc) $(BIN)/python -m pytest -q
+	LLMCTL_TEST_LOAD=$$(nproc) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -97,3 +97,24 @@ def spinning(n: int):
         for p in procs:
             p.kill()
             p.join(5)
+
+
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Each test file
+# is one group, so its module fixtures (a trained run, a server) are built once, on one
+# worker. The files that submit to the local SLURM cluster form one group between them:
+# they run one after another on one worker, as the cluster's two partitions and the
+# multi-node tests' node failures would otherwise make them wait on each other's jobs,
+# while the other worker takes unit tests and the integration tests without SLURM.
+CLUSTER_FILES = {
+    "test_bwrap_site.py", "test_eval_runs.py", "test_hw_benchmark.py", "test_multinode.py",
+    "test_multinode_jobs.py", "test_parallel_train.py", "test_serve_batch.py", "test_site_init_slurm.py",
+    "test_slurm_jobs.py", "test_slurm_pbs_mpi.py", "test_slurm_preflight.py", "test_train_slurm.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = Path(str(item.fspath))
+        cluster = (path.name in CLUSTER_FILES or item.get_closest_marker("slurm") is not None
+                   or item.get_closest_marker("multinode") is not None)
+        item.add_marker(pytest.mark.xdist_group("slurm-cluster" if cluster else path.name))
