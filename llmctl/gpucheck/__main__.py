@@ -18,8 +18,8 @@ SECTIONS = (
     ("bench", "node:bench", 30, 10),
     ("train_gpt2", "training:train_gpt2", 160, 150),
     ("train_1b", "training:train_1b", 100, 60),
-    ("serve", "serving:serve", 110, 90),
-    ("tp2", "tpdecode:tp2", 35, 60),
+    ("serve", "serving:serve", 100, 90),
+    ("tp2", "tpdecode:tp2", 45, 60),
     ("nccl", "node:nccl", 15, 5),
 )
 

@@ -56,9 +56,11 @@ def engine_run(model, prompts: list[list[int]], new_tokens: int, compile: bool =
     from llmctl.serve.engine import Engine
     from llmctl.serve.sequence import SamplingParams, Sequence
 
-    eng = engine or Engine(model, eos_id=None, max_seqs=max(len(prompts), 1),
-                           max_batch_tokens=max(8192, len(prompts) * len(prompts[0])), compile=compile,
-                           paged_attention=paged_attention)
+    eng = engine
+    if eng is None:
+        eng = Engine(model, eos_id=None, max_seqs=max(len(prompts), 1),
+                     max_batch_tokens=max(8192, len(prompts) * len(prompts[0])), compile=compile,
+                     paged_attention=paged_attention)
     params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
     seqs = [Sequence(p, params) for p in prompts]
     t0 = time.monotonic()
