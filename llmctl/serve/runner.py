@@ -2,8 +2,11 @@
 
 A batch is a list of (sequence, n): run the next n tokens of each sequence (a
 prompt chunk, or 1 token to decode). The linear layers see all tokens of the
-batch flattened; attention is one padded call in which each query row sees only
-its own sequence's cached keys up to its position. New K/V are written into
+batch flattened; attention runs per group (prompt chunks; decodes in up to
+DECODE_BUCKETS groups by context length), each query row seeing only its own
+sequence's cached keys up to its position: one padded SDPA call over keys
+gathered from the pool, or, for decode groups, the pool read in place a few
+blocks at a time (llmctl.serve.paged; `attention`). New K/V are written into
 the sequence's slots before attention, so a chunk attends to itself causally.
 Returns the logits of each chunk's last token; for a sequence that asked for
 echo + logprobs, the log-probabilities of its prompt tokens are recorded on it
@@ -54,8 +57,8 @@ class PagedRunner:
         # How decode rows attend (prompt chunks always gather): "gather" copies each decoding
         # sequence's keys out of the pool into one padded tensor for SDPA; "blockwise" reads
         # the pool a segment of blocks at a time (llmctl.serve.paged); "auto" picks per decode
-        # group by its context and copy size (BLOCKWISE_FROM, BLOCKWISE_BYTES). The engine resolves ServeConfig's
-        # "auto" by device first (llmctl.serve.engine.paged_attention_for).
+        # group by its context and copy size (BLOCKWISE_FROM, BLOCKWISE_BYTES). The engine
+        # resolves ServeConfig's "auto" by device first (engine.paged_attention_for).
         if attention not in ATTENTION:
             raise ValueError(f"paged attention {attention!r}: one of {', '.join(ATTENTION)}")
         self.attention = attention
