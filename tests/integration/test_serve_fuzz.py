@@ -196,4 +196,6 @@ def test_generated_bodies_never_hurt_the_server(server):
     n = sum(statuses.values())
     print(f"\nfuzz: {n} bodies in {time.monotonic() - t0:.1f} s, statuses {dict(sorted(statuses.items()))}")
     assert n >= 500
-    assert statuses.get(200, 0) >= 25, statuses  # valid bodies are generated too, and served
+    # valid bodies are generated too, and served: about 5 % of them (23-35 of 520 seen), so a
+    # floor well under that, or a random draw fails it (the normal request every 25 is extra)
+    assert statuses.get(200, 0) >= 10, statuses
