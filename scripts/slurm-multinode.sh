@@ -30,7 +30,8 @@
 #     slurmctld runs). `localhost`/127.0.0.1 inside a namespace is the namespace's own.
 #   - Several slurmds on one machine need their own spool, pid and log:
 #     SlurmdSpoolDir/SlurmdPidFile/SlurmdLogFile with %n (the node name).
-#   - SlurmdTimeout=10: with the default 300 s a lost node is noticed after 5 minutes.
+#   - SlurmdTimeout=30: with the default 300 s a lost node is noticed after 5 minutes; with
+#     10 s a slurmd starved by a busy 2-core machine (two test workers) was declared lost.
 #   - The node lines come BEFORE `NodeName=localhost`: while `localhost` is the only node
 #     SLURM matches every name to it, and slurmctld dies "Duplicated NodeHostName node1".
 #   - With pipefail, `ip addr show | grep -q X` fails when grep exits early: read into a string.

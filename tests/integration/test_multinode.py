@@ -273,7 +273,7 @@ def test_node_lost_mid_job_is_requeued_and_resumes_to_the_uninterrupted_weights(
             time.sleep(0.3)
         subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True, timeout=10)
         deadline = time.monotonic() + 180
-        # NODE_FAIL after SlurmdTimeout (10 s) and a ping round; last_state stays None until
+        # NODE_FAIL after SlurmdTimeout (30 s) and a ping round; last_state stays None until
         # slurmdbd has closed the lost run (it lags the requeue on a busy machine)
         while (st := status())["restarts"] < 1 or st.get("last_state") is None:
             assert time.monotonic() < deadline, (st, logs(run))

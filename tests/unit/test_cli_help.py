@@ -121,7 +121,18 @@ def test_json_shapes_of_the_login_node_commands(project):
     cli_json(project, "job list")
 
 
+def ensure_plan(project):
+    """The plan the login-node test writes; made here too, so no test depends on another's order."""
+    if not (project / "plans" / "local.toml").is_file():
+        for args in (("hw", "probe", "--emit", "configs/hw/local.toml"),
+                     ("plan", "compute", "--model", "configs/models/llama-tiny.json", "--hardware",
+                      "configs/hw/local.toml", "--train", "configs/train.toml", "--out", "plans/local.toml")):
+            r = run_cli(*args, cwd=project, env=env(project))
+            assert r.returncode == 0, r.stderr
+
+
 def test_json_shapes_of_a_job_from_launch_to_cancel(project):
+    ensure_plan(project)
     cli_json(project, "data prepare", "--config", "configs/data/example.toml")
     out = cli_json(project, "train launch", "--plan", "plans/local.toml", "--dry-run", "--run-dir", "runs/j")
     assert out["dry_run"] is True and out["job_id"] is None and out["resolved"]["kind"] == "train"
