@@ -30,7 +30,7 @@ OVERHEAD_GB = 2.0  # CUDA context, NCCL buffers, workspace: the framework's fixe
 # --overlap-grad-reduce): with gradient accumulation it can only start in the last micro-batch's backward,
 # so what exceeds that backward is exposed, and what it covers still costs DP_EXPOSED of itself (calibrated).
 # Without overlap (Megatron-LM 2021's local DDP, DeepSpeed's pipeline engine: after the last backward) all of it.
-DP_EXPOSED = 0.105
+DP_EXPOSED = 0.095
 TP_EXPOSED = 1.0  # tensor-parallel collectives without overlap sit on the critical path
 # With overlap (Megatron-Core --tp-comm-overlap, Transformer Engine userbuffers: the all-gathers and
 # reduce-scatters of sequence parallelism split into chunks pipelined with the GEMMs they feed), a
@@ -41,18 +41,22 @@ TP_OVERLAP_EXPOSED = 0.37
 # compute; what compute covers still costs this fraction of itself (NCCL's SMs and HBM traffic
 # slow the GEMMs beside it; calibrated on the 175B ZeRO-3 rows of Narayanan et al. 2021 Table 2)
 ZERO3_OVERLAP_EXPOSED = 0.42
+# FP8 GEMMs (Transformer Engine on Hopper) reach this share of the fraction of peak that bf16 GEMMs
+# sustain: the FP8 peak is twice bf16's, the kernels' achieved rate less than twice (calibrated on
+# the NeMo 24.07 FP8 table, docs/planner.md)
+FP8_SUSTAINED = 0.87
 CP_EXPOSED = 0.5  # ring attention overlaps KV exchange with the attention blocks
 # none; selective (the attention core, Korthikanti et al. 2022); full (every block of every stage
 # is recomputed, what Megatron's --recompute-granularity full --recompute-method uniform does);
 # partial (the solver's own option: full recomputation of only some blocks per stage, at
 # least one and not all of them, recompute_layers_per_stage says how many)
 RECOMPUTE_MODES = ("none", "selective", "full", "partial")
-GEMM_HALF_WIDTH = 737.0  # model width at which GEMMs reach half the sustained rate (calibrated)
+GEMM_HALF_WIDTH = 803.0  # model width at which GEMMs reach half the sustained rate (calibrated)
 # Memory-bound kernels (norms, residual adds, activations, an eager attention's softmax): bytes through
 # HBM at this fraction of its datasheet rate (calibrated; a streaming kernel reaches 80-90% on A100/H100);
 # their backward moves about 1.5x the forward's bytes (the saved input and the incoming gradient read,
 # the input gradient written: a norm's 6 bytes against 4, a softmax's 6 against 4).
-HBM_EFFICIENCY = 0.857
+HBM_EFFICIENCY = 0.897
 BWD_BYTES_RATIO = 1.5
 # The framework that runs the layout, where it changes a mechanism (docs/planner.md, "Engines"):
 # megatron: Megatron-LM / Megatron-Core (and llmctl's pipeline, torch.distributed.pipelining): 1F1B or
@@ -97,6 +101,8 @@ class Workload:
     sequence_parallel: bool = True  # norms, dropout and residuals split over the TP group (Megatron
     # --sequence-parallel, llmctl's trainer with tp > 1); False: whole on every TP rank (Megatron-LM 2021)
     engine: str = "megatron"  # the framework's mechanisms (ENGINES)
+    p2p_overlap: Optional[bool] = None  # pipeline sends/receives beside the chunks' compute; None: the
+    # engine's default (p2p_overlapped)
 
 
 @dataclass
@@ -163,7 +169,7 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
         if not cl.fp8_flops:
             raise LlmctlError(f"{cl.gpu_name} has no FP8 tensor rate in llmctl's accelerator table",
                               hint="FP8 training needs Hopper, Ada or Blackwell GPUs; plan with --precision bf16")
-        rate8 = cl.fp8_flops * cl.sustained * sh.hidden / (sh.hidden + GEMM_HALF_WIDTH)
+        rate8 = cl.fp8_flops * cl.sustained * FP8_SUSTAINED * sh.hidden / (sh.hidden + GEMM_HALF_WIDTH)
         f_lin = sh.linear_flops(s) * b / (t * c)
         compute = 3 * (f_lin / rate8 + (f_layer - f_lin) / rate)
         compute += 3 * sh.fp8_cast_elements(s, b, t, c) / cl.hbm_bw
@@ -210,6 +216,12 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
     bw_pp = comm.group_bw(t * c * d, p, g, cl.intra_bw, cl.inter_bw, collective=False)
     xfers = 4 if w.engine == "deepspeed" else 2
     p2p = xfers * v * comm.p2p(act_msg / t, bw_pp, lat) if p > 1 else 0.0
+    if p > 1 and p2p_overlapped(w, v):
+        # Megatron-Core's interleaved schedule posts a chunk's transfers before it computes the
+        # chunk beside them (--overlap-p2p-communication): a micro-batch's transfers on a rank hide
+        # behind its v chunks' forward and backward, and what they cover still costs DP_EXPOSED of
+        # itself, as any NCCL traffic beside the kernels does
+        p2p = max(DP_EXPOSED * p2p, p2p - 3 * fwd * sh.layers / p)
     head = 3 * sh.head_flops(s) * b / (t * c) / rate + sh.logits_memory_bytes(s, b, t, c) / hbm
     t_rank = [p2p] * p
     t_rank[-1] += head
@@ -259,6 +271,18 @@ def coefficients(w: Workload, cl: Cluster, cfg: Config) -> Coefficients:
                                     "recompute": rec_layer, "zero3_comm": z3_layer, "zero3_const": sum(z3_rank),
                                     "p2p": p2p, "head": head}, layer_static_bytes=static_layer,
                         dp_hide=hide if overlap else 0.0)
+
+
+def p2p_overlapped(w: Workload, v: int) -> bool:
+    """Whether the pipeline's transfers run beside the chunks' compute. Megatron-Core overlaps them in
+    its interleaved schedule by default (--overlap-p2p-communication; Megatron-LM before 2023 waited
+    for each batched send/receive); DeepSpeed's PipelineEngine blocks on each (TrainSchedule).
+    Otherwise as the workload says."""
+    if w.engine == "deepspeed":
+        return False
+    if w.p2p_overlap is not None:
+        return w.p2p_overlap
+    return w.engine == "megatron" and v > 1
 
 
 def dp_overlapped(w: Workload, p: int) -> bool:

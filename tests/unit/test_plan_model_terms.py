@@ -107,3 +107,44 @@ def test_the_cli_records_overlap_and_sequence_parallel(tmp_path):
     assert (a["inputs"]["dp_overlap"], a["inputs"]["sequence_parallel"]) == (True, True)
     assert (b["inputs"]["dp_overlap"], b["inputs"]["sequence_parallel"]) == (False, False)
     assert b["predicted"]["step_time_s"] > a["predicted"]["step_time_s"]
+
+
+def test_interleaved_pipeline_transfers_hide_behind_the_chunks():
+    """Megatron-Core's interleaved schedule overlaps a chunk's sends and receives with its compute
+    (--overlap-p2p-communication, on by default): what the chunks cover costs DP_EXPOSED of itself.
+    1F1B, Megatron-LM 2021 (p2p_overlap False) and DeepSpeed's pipeline engine wait for each."""
+    sh = LayerShape.of(GPT)
+    cl = a100s(64)
+    cfg = Config(tp=2, pp=4, dp=8, vpp=2)
+    w = Workload(sh, 2048, 256, "flash")
+    blocking = coefficients(Workload(sh, 2048, 256, "flash", p2p_overlap=False), cl, cfg).time_parts["p2p"]
+    overlapped = coefficients(w, cl, cfg).time_parts["p2p"]
+    assert blocking > 0
+    # the chunks' forward and backward (24/4 blocks per rank) far exceed two 2048 x 2048 transfers
+    assert math.isclose(overlapped, cost.DP_EXPOSED * blocking, rel_tol=1e-9)
+    # one chunk per rank (vpp 1): 1F1B posts no transfer ahead of its compute
+    one = coefficients(w, cl, Config(tp=2, pp=4, dp=8, vpp=1)).time_parts["p2p"]
+    assert math.isclose(one, blocking / 2, rel_tol=1e-9)
+    # DeepSpeed blocks on each of its four transfers whatever is asked
+    ds = coefficients(Workload(sh, 2048, 256, "flash", engine="deepspeed", p2p_overlap=True), cl,
+                      Config(tp=2, pp=4, dp=8, vpp=1)).time_parts["p2p"]
+    assert math.isclose(ds, 2 * one, rel_tol=1e-9)
+
+
+def test_fp8_gemms_run_at_their_calibrated_share_of_the_fp8_peak():
+    """The linear layers' GEMMs at fp8_flops x sustained x FP8_SUSTAINED (x the width factor); the
+    attention core stays at the bf16 rate."""
+    import dataclasses
+
+    sh = LayerShape.of(GPT)
+    cl = dataclasses.replace(a100s(8), fp8_flops=2 * a100s(8).peak_flops)
+    cfg = Config(tp=1, dp=8)
+    bf = coefficients(Workload(sh, 2048, 8, "flash"), cl, cfg).time_parts["compute"]
+    f8 = coefficients(Workload(sh, 2048, 8, "flash", precision="fp8"), cl, cfg).time_parts["compute"]
+    width = sh.hidden / (sh.hidden + cost.GEMM_HALF_WIDTH)
+    lin = 3 * sh.linear_flops(2048)
+    casts = 3 * sh.fp8_cast_elements(2048, 1, 1, 1) / cl.hbm_bw
+    expect = bf - lin / (cl.peak_flops * cl.sustained * width) \
+        + lin / (cl.fp8_flops * cl.sustained * cost.FP8_SUSTAINED * width) + casts
+    assert math.isclose(f8, expect, rel_tol=1e-9)
+    assert 0 < cost.FP8_SUSTAINED < 1  # calibrated below the bf16 share (docs/planner.md)
