@@ -121,8 +121,9 @@ def compute(model_path, hardware, site, nodes, gpus_per_node, seq_len, global_ba
             click.echo("\nwhat the prediction rests on (chosen layout)")
             click.echo("  dominant terms: " + ", ".join(f"{k} {v:.0%}" for k, v in sens["dominant"][:4]))
             click.echo("  step-time change per +1% in each constant (elasticity):")
+            width = max(map(len, sens["elasticity"]))
             for k, v in sens["elasticity"].items():
-                click.echo(f"    {k:32s} {v:+.3f}")
+                click.echo(f"    {k:{width}s}  {v:+.3f}")
         if out:
             click.echo(f"wrote {out}")
 

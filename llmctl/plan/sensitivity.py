@@ -25,8 +25,9 @@ CLUSTER = (("sustained fraction of peak", "sustained"), ("intra-node bus bandwid
 # module constants of the cost model: (module, name shown, constant)
 MODULE = ((cost, "GEMM half-width", "GEMM_HALF_WIDTH"), (cost, "TP exposure", "TP_EXPOSED"),
           (cost, "TP exposure under overlap", "TP_OVERLAP_EXPOSED"),
-          (cost, "DP exposure (ZeRO <= 2)", "DP_EXPOSED"), (cost, "ZeRO-3 exposure under overlap", "ZERO3_OVERLAP_EXPOSED"),
-          (cost, "CP exposure", "CP_EXPOSED"), (comm, "network bus efficiency", "NET_BUS_EFFICIENCY"))
+          (cost, "overlapped DP / pipeline traffic share", "DP_EXPOSED"), (cost, "ZeRO-3 exposure under overlap", "ZERO3_OVERLAP_EXPOSED"),
+          (cost, "CP exposure", "CP_EXPOSED"), (comm, "network bus efficiency", "NET_BUS_EFFICIENCY"),
+          (cost, "FP8 GEMM share of the sustained rate", "FP8_SUSTAINED"))
 
 
 def _step(w: Workload, cl: Cluster, res) -> float:

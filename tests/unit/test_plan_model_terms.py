@@ -148,3 +148,23 @@ def test_fp8_gemms_run_at_their_calibrated_share_of_the_fp8_peak():
         + lin / (cl.fp8_flops * cl.sustained * cost.FP8_SUSTAINED * width) + casts
     assert math.isclose(f8, expect, rel_tol=1e-9)
     assert 0 < cost.FP8_SUSTAINED < 1  # calibrated below the bf16 share (docs/planner.md)
+
+
+def test_explain_error_names_the_fp8_constant_where_it_matters():
+    """`--explain-error`'s elasticities include FP8_SUSTAINED: about -(FP8 GEMM share of the step)
+    under --precision fp8, nothing under bf16."""
+    import dataclasses
+
+    from llmctl.plan.search import Fixed, search
+    from llmctl.plan.sensitivity import sensitivity
+
+    sh = LayerShape.of(GPT)
+    cl = dataclasses.replace(a100s(8), fp8_flops=2 * a100s(8).peak_flops)
+    label = "FP8 GEMM share of the sustained rate"
+    out = {}
+    for prec in ("bf16", "fp8"):
+        w = Workload(sh, 2048, 64, "flash", precision=prec)
+        res = search(w, cl, Fixed(tp=1, pp=1, dp=8, cp=1), top=0, time_limit=30).plans[0]
+        out[prec] = sensitivity(w, cl, res)["elasticity"][label]
+    assert out["bf16"] == 0.0
+    assert -1.0 < out["fp8"] < -0.2

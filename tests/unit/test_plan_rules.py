@@ -202,7 +202,6 @@ def test_zero3_exposure_depends_on_the_compute_that_hides_it():
     setting of Narayanan et al. 2021 Table 2): at 384 GPUs (micro-batch 4) the per-block compute
     covers the traffic; at 1536 GPUs (micro-batch 1) the traffic is larger than the compute and the
     throughput per GPU collapses. Those runs were DeepSpeed's ZeRO-3 (--engine deepspeed)."""
-    from llmctl.plan import cost
     from llmctl.plan.cost import Config, coefficients
 
     w = Workload(LayerShape.of(GPT175), 2048, 1536, "eager", engine="deepspeed")
@@ -300,7 +299,6 @@ def test_overlapped_zero3_traffic_still_costs_a_share_of_itself():
     covered traffic still costs ZERO3_OVERLAP_EXPOSED of itself, and traffic the compute cannot
     cover is exposed whole."""
     from llmctl.plan import cost
-    from llmctl.plan import cost
     from llmctl.plan.cost import Config, coefficients
 
     w = Workload(LayerShape.of(GPT175), 2048, 1536, "eager", engine="deepspeed")
@@ -319,7 +317,6 @@ def test_tp_overlap_hides_tensor_parallel_collectives_behind_the_gemms():
     """--tp-comm-overlap (Megatron-Core / Transformer Engine): the TP collectives cost
     TP_OVERLAP_EXPOSED of themselves while the linear GEMMs cover them, all of what they do not cover;
     without overlap (the default) they are fully exposed."""
-    from llmctl.plan import cost
     from llmctl.plan import cost
     from llmctl.plan.cost import Config, coefficients
 
