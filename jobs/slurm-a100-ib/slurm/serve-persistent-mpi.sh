@@ -63,8 +63,6 @@ fi
 for n in $(printf '%s\n' $nodes | head -n 2); do
   for _ in $(seq 8); do echo "$n" >>"$HOSTFILE"; done
 done
-export MASTER_ADDR=$(head -n 1 "$HOSTFILE")
-export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
 child=""
 trap 'echo "llmctl: USR1 received: forwarding to the program (it checkpoints and requeues)"; if [ -n "$child" ]; then kill -USR1 "$child" 2>/dev/null || true; fi' USR1
 trap 'echo "llmctl: TERM received: forwarding to the program (it checkpoints and stops, no requeue)"; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM
