@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from llmctl.hw.bench.comm import free_port
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 LOSS_TOL, WEIGHT_TOL = 1e-5, 2e-5
@@ -55,12 +56,6 @@ FOUR_RANKS = {
     "dp2_tp2_sp": {"dp": 2, "tp": 2, "dp_mode": "fsdp", "sequence_parallel": True},
     "pp2_tp2_sp": {"pp": 2, "tp": 2, "sequence_parallel": True},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_env() -> dict:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from llmctl.hw.bench.comm import free_port
 
 TINY_LLAMA = {"name": "tiny-llama", "template": "llama", "layers": 2, "hidden": 64, "ffn": 128, "heads": 4,
               "kv_heads": 2, "vocab_size": 384, "max_seq_len": 256}
@@ -58,12 +59,6 @@ def tiny_artifact(root: Path, spec: dict = TINY_LLAMA, name: str = "tiny", seed:
     model = tiny_model(spec, seed)
     return write_artifact(model.cfg, dict(model.state_dict()), root / name, "fp32", tok_file, eos,
                           {"source_checkpoint": "test"})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
