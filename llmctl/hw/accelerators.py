@@ -57,13 +57,19 @@ class AcceleratorSpec:
 
 
 def _s(name, patterns, bf16, fp16, fp8, tf32, fp32, mem, nvlink, source) -> AcceleratorSpec:
-    # Capacity in GB as the datasheet names it (the entry name carries it, e.g. "80GB").
+    # Capacity as the datasheet names it (the entry name carries it, e.g. "80GB"), in bytes / 1e9 as
+    # llmctl counts memory everywhere: an HBM datasheet's "GB" is binary (an "80GB" H100 or A100 holds
+    # 80 GiB = 85.9e9 bytes; NVML reports 81,559 resp. 81,920 MiB), a GDDR board's decimal (an L40S's
+    # 48 GB is 46,068 MiB)
     gb = re.search(r"(\d+)GB", name)
-    return AcceleratorSpec(name, tuple(patterns), float(gb.group(1)) if gb else _CAPACITY[name],
-                           bf16, fp16, fp8, tf32, fp32, mem, nvlink, source)
+    cap = float(gb.group(1)) if gb else _CAPACITY[name]
+    if name not in _GDDR:
+        cap = round(cap * 2**30 / 1e9, 1)
+    return AcceleratorSpec(name, tuple(patterns), cap, bf16, fp16, fp8, tf32, fp32, mem, nvlink, source)
 
 
 # Capacities of the entries whose name does not say it.
+_GDDR = {"L40S", "L4", "A10"}  # GDDR boards: decimal capacities
 _CAPACITY = {"B200": 180.0, "L40S": 48.0, "L4": 24.0, "A10": 24.0, "V100 SXM2": 32.0, "V100 PCIe": 32.0}
 
 

@@ -161,3 +161,17 @@ def test_cpu_list_matches_the_bitmask(cpus):
         lo, _, hi = part.partition("-")
         back |= set(range(int(lo), int(hi or lo) + 1))
     assert back == cpus
+
+
+def test_the_accelerator_table_and_a_probe_agree_on_capacity(h100):
+    """An HBM datasheet's "80GB" is 80 GiB: the table's capacity (bytes / 1e9, as the planner counts)
+    is within 0.5% of what NVML reports on the recorded H100 node, so `--site` and a probed
+    profile plan the same memory; a GDDR board's capacity stays decimal."""
+    from llmctl.hw.accelerators import lookup
+
+    (dev,) = h100["devices"]
+    spec = lookup(dev["name"])
+    assert dev["memory_gb"] == pytest.approx(85.52, abs=0.01)
+    assert spec.memory_gb == pytest.approx(dev["memory_gb"], rel=0.005)
+    assert lookup("NVIDIA A100-SXM4-80GB").memory_gb == pytest.approx(81920 * 2**20 / 1e9, abs=0.05)
+    assert lookup("NVIDIA L40S").memory_gb == 48.0
