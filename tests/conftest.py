@@ -100,11 +100,12 @@ def spinning(n: int):
 
 
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Each test file
-# is one group, so its module fixtures (a trained run, a server) are built once, on one
-# worker. The files that submit to the local SLURM cluster form one group between them:
-# they run one after another on one worker, as the cluster's two partitions and the
-# multi-node tests' node failures would otherwise make them wait on each other's jobs,
-# while the other worker takes unit tests and the integration tests without SLURM.
+# is one unit of work, so its module fixtures (a trained run, a server) are built once, on one
+# worker. The files that submit to the local SLURM cluster form one unit between them: they run
+# one after another on one worker, as the cluster's two partitions and the multi-node tests' node
+# failures (one takes node2's link down) would otherwise break each other's jobs, while the other
+# worker takes unit tests and the integration tests without SLURM. A file that uses the `slurm`
+# or `multinode` marker must be listed here (tests/unit/test_test_layout.py checks it).
 CLUSTER_FILES = {
     "test_bwrap_site.py", "test_eval_runs.py", "test_hw_benchmark.py", "test_multinode.py",
     "test_multinode_jobs.py", "test_parallel_train.py", "test_serve_batch.py", "test_site_init_slurm.py",
@@ -112,9 +113,17 @@ CLUSTER_FILES = {
 }
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        path = Path(str(item.fspath))
-        cluster = (path.name in CLUSTER_FILES or item.get_closest_marker("slurm") is not None
-                   or item.get_closest_marker("multinode") is not None)
-        item.add_marker(pytest.mark.xdist_group("slurm-cluster" if cluster else path.name))
+def pytest_xdist_make_scheduler(config, log):
+    """The units above, scheduled by xdist's scope scheduler. Not xdist_group markers: xdist 3.8
+    turns them into a node-id suffix through `item._nodeid`, which pytest 9 no longer reads, so
+    no group applied and two workers ran multi-node tests side by side."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ClusterScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "slurm-cluster" if Path(path).name in CLUSTER_FILES else path
+
+    return ClusterScheduling(config, log)
