@@ -156,26 +156,19 @@ def tuple_bounds(w: Workload, cl: Cluster, tp: int, cp: int, pp: int, dp: int,
     p_avg = (L * base.params_layer + sum(base.params_rank_const)) / pp
     min_w = min(s.static_w_factor for s in tb.schedules)
     # the (T, Z) rows below count the least DP exposure any schedule gets (all of it hidden but
-    # DP_EXPOSED); how much of the reduction the schedule's last backward leaves exposed is fixed
-    # per (T, S, Z) (cost.dp_time), so each schedule adds its excess. ZeRO 0-2 differ only where
-    # DeepSpeed all-gathers the weights after the step (stages 1-2), so two cases at most
+    # DP_EXPOSED): a lower bound; ZeRO-3's gathers are in zero3_gather. How much of the reduction
+    # the schedule's last backward leaves exposed is fixed per (T, S, Z) (cost.dp_time), so each
+    # schedule adds its excess (ZeRO <= 2)
     kw = dict(overlap=dp_overlapped(w, pp), collectives=dp_collectives(w, tp, pp, dp),
               gather_after=w.engine == "deepspeed")
     params = w.shape.params_total / (tp * pp)
-    for cls in {min(z, 1) if kw["gather_after"] else 0 for z in zeros if z < 3}:
-        per0, const0 = dp_time(cl, tp, cp, dp, cls, 0, hide=math.inf, params=1.0, **kw)
-        for sb in tb.schedules:
-            per, const = dp_time(cl, tp, cp, dp, cls, 0, hide=sb.dp_hide, params=params, **kw)
-            extra = max(0.0, (per - per0) * p_max + (const - const0))
-            for z in zeros:
-                if z < 3 and (min(z, 1) if kw["gather_after"] else 0) == cls:
-                    sb.dp_extra[z] = extra
     for z in zeros:
         bpp = _bpp(z, dp)
-        # the least exposure any schedule of this T gets (all hidden but DP_EXPOSED): a lower bound;
-        # ZeRO-3's gathers are in zero3_gather
-        per, const = dp_time(cl, tp, cp, dp, z, 0, hide=math.inf, params=1.0, overlap=dp_overlapped(w, pp),
-                             collectives=dp_collectives(w, tp, pp, dp), gather_after=w.engine == "deepspeed")
+        per, const = dp_time(cl, tp, cp, dp, z, 0, hide=math.inf, params=1.0, **kw)
+        if z < 3:
+            for sb in tb.schedules:
+                per_s, const_s = dp_time(cl, tp, cp, dp, z, 0, hide=sb.dp_hide, params=params, **kw)
+                sb.dp_extra[z] = max(0.0, (per_s - per) * p_max + (const_s - const))
         t_opt = 28.0 / (dp if z >= 1 else 1) / cl.hbm_bw
         tb.zeros.append(ZeroBound(zero=z, bytes_per_param=bpp, time=(per + t_opt) * p_max + const,
                                   static_u=bpp * p_avg / GB, static_w=bpp * min_w / GB))
